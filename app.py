@@ -1,0 +1,40 @@
+"""Entry point of the Refinity API server.
+
+`python app.py` serves on HOST:PORT with Flask's threaded server; `python app.py --demo`
+does the same with simulated GPT and Stable Diffusion backends, for a machine with no
+keys and no GPU. Under gunicorn (`gunicorn -c gunicorn.conf.py app:app`) the module
+attribute `app` is built on first access, so importing this module starts nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from core.factory import create_app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the development server, optionally with simulated backends."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", action="store_true", help="start simulated GPT and SD backends too")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {}
+    if args.demo:
+        from simulators.demo import start_demo_backends
+
+        overrides = start_demo_backends()
+    server = create_app(overrides)
+    server.run(host=server.config["HOST"], port=server.config["PORT"], threaded=True)
+
+
+def __getattr__(name: str):
+    # gunicorn asks for `app:app`; build it then, once, rather than at import.
+    if name == "app":
+        globals()["app"] = create_app()
+        return globals()["app"]
+    raise AttributeError(name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The sketching app (APP_PAINT): participant sessions and its generation pipelines."""

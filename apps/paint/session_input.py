@@ -1,0 +1,57 @@
+"""Validation of the session routes' bodies, field by field, before anything is stored."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from apps.paint.stages import SCHEME_FIELDS, STAGES
+from core import validation as v
+from core.envelope import BadInput
+
+MAX_TASK = 2000
+MAX_SCHEMES_PER_STAGE = 1000
+
+
+@dataclass(frozen=True)
+class SavedState:
+    """What one save of a participant carries."""
+
+    design_task: str
+    current_stage: str
+    schemes: dict[str, list[dict[str, Any]]]  # participant field -> list of opaque schemes
+
+
+def read_start() -> str:
+    """Return the username of a /paint/start body."""
+    body = v.json_object()
+    return v.username(body.get("username"))
+
+
+def _schemes(value: Any, field: str) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    items = v.array(value, field, max_items=MAX_SCHEMES_PER_STAGE)
+    for index, scheme in enumerate(items):
+        v.storable(v.obj(scheme, f"{field}[{index}]"), f"{field}[{index}]")
+    return items
+
+
+def read_save() -> tuple[str, SavedState]:
+    """Return the username and the state of a /paint/save body."""
+    body = v.json_object()
+    name = v.username(body.get("username"))
+    data = v.obj(body.get("data"), "data")
+    by_stage = v.obj(data.get("designSchemes"), "data.designSchemes")
+    unknown = sorted(set(by_stage) - set(STAGES))
+    if unknown:
+        raise BadInput("data.designSchemes", f"unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}")
+    schemes = {
+        field: _schemes(by_stage.get(stage), f"data.designSchemes.{stage}")
+        for stage, field in SCHEME_FIELDS.items()
+    }
+    state = SavedState(
+        design_task=v.string(data.get("designTask"), "data.designTask", max_length=MAX_TASK),
+        current_stage=v.one_of(data.get("currentStage"), "data.currentStage", STAGES),
+        schemes=schemes,
+    )
+    return name, state

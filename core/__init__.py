@@ -1,0 +1,1 @@
+"""The server's foundation: app factory, JSON envelope, storage, security and input checks."""

@@ -1,0 +1,91 @@
+"""The MongoDB handle of an app: one pymongo client, opened lazily, shared by all requests.
+
+Production points `MONGO_URI` at a real MongoDB. With it unset the factory starts the
+embedded wire-compatible store (core.embedded_store) and hands its URI here, so both
+paths run the same pymongo code.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from flask import Flask, current_app
+from pymongo import MongoClient
+from pymongo.database import Database
+from pymongo.uri_parser import parse_uri
+
+log = logging.getLogger(__name__)
+
+IndexSetup = Callable[[Database], None]
+
+
+class MongoStore:
+    """A pymongo client and database, with index setup done once the database answers."""
+
+    def __init__(self, uri: str, db_name: str, *, timeout_ms: int = 3000) -> None:
+        # Short timeouts so a stopped database becomes a 503 within seconds, not a hang;
+        # pymongo reconnects by itself when the database comes back.
+        self.client: MongoClient = MongoClient(
+            uri,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            socketTimeoutMS=max(timeout_ms * 10, 30_000),
+            connect=False,
+        )
+        self.db: Database = self.client[db_name]
+        self._index_setups: list[IndexSetup] = []
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def add_indexes(self, setup: IndexSetup) -> None:
+        """Register a function that creates indexes; it runs once, on first use."""
+        self._index_setups.append(setup)
+
+    def database(self) -> Database:
+        """Return the database, creating the registered indexes on the first call that reaches it."""
+        if not self._ready:
+            with self._lock:
+                if not self._ready:
+                    for setup in self._index_setups:
+                        setup(self.db)
+                    self._ready = True
+        return self.db
+
+    def ping(self) -> bool:
+        """Return whether the database answers right now."""
+        try:
+            self.client.admin.command("ping")
+            return True
+        except Exception:  # any failure means "not reachable" for a health check
+            return False
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()
+
+
+def redact(uri: str) -> str:
+    """Return `uri` without its credentials, for logs."""
+    try:
+        hosts = ",".join(f"{host}:{port}" for host, port in parse_uri(uri)["nodelist"])
+    except Exception:
+        return "mongodb://<unparseable URI>"
+    return f"mongodb://{hosts}"
+
+
+def init_app(app: Flask, uri: str) -> MongoStore:
+    """Attach a MongoStore for `uri` to `app`."""
+    store = MongoStore(uri, app.config["MONGO_DB"], timeout_ms=app.config["MONGO_TIMEOUT_MS"])
+    app.extensions["mongo"] = store
+    return store
+
+
+def get_store() -> MongoStore:
+    """Return the current app's MongoStore."""
+    return current_app.extensions["mongo"]
+
+
+def get_db() -> Database:
+    """Return the current app's database, ready for use."""
+    return get_store().database()

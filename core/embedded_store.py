@@ -1,0 +1,88 @@
+"""The embedded default store: a local MongoDB-wire-compatible server (nx-27017, SQLite-backed).
+
+No MongoDB server can be installed from the package registries our machines reach, so
+with `MONGO_URI` unset the app starts nx-27017 on a free loopback port with its files
+under `DATA_DIR/mongo` and talks to it through pymongo like to any MongoDB. Tests start
+it the same way. Data lives in SQLite files and survives restarts.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedStoreError(RuntimeError):
+    """The embedded store did not start."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free on `host` right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class EmbeddedStore:
+    """One nx-27017 server process with its data in `data_dir`."""
+
+    def __init__(self, data_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.host = host
+        self.port = port or free_port(host)
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        """The MongoDB URI that reaches this store."""
+        return f"mongodb://{self.host}:{self.port}/"
+
+    def start(self, timeout: float = 15.0) -> "EmbeddedStore":
+        """Start the server and wait until it accepts connections."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, "-m", "nx_27017.nx_27017",
+            "--data-dir", str(self.data_dir),
+            "--host", self.host, "--port", str(self.port),
+            "--log-file", str(self.data_dir / "nx-27017.log"),
+            "--pid-file", str(self.data_dir / "nx-27017.pid"),
+        ]
+        log_file = open(self.data_dir / "nx-27017.out", "ab")
+        self.process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        log_file.close()
+        deadline = time.monotonic() + timeout
+        while not _accepts(self.host, self.port):
+            if self.process.poll() is not None:
+                raise EmbeddedStoreError(f"nx-27017 exited with {self.process.returncode}; see {self.data_dir}/nx-27017.out")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise EmbeddedStoreError(f"nx-27017 did not listen on {self.host}:{self.port} within {timeout}s")
+            time.sleep(0.05)
+        atexit.register(self.stop)
+        return self
+
+    def stop(self) -> None:
+        """Stop the server, letting SQLite finish its writes."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
