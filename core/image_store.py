@@ -1,0 +1,112 @@
+"""Images in GridFS, stored once each under the SHA-256 of their bytes.
+
+Generation records and saved sessions keep only the hash; the bytes live here, so no
+document nears MongoDB's 16 MB limit and an image mentioned a thousand times is stored
+once. Images arrive as data URIs or raw base64; only PNG, JPEG and WebP are accepted.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import threading
+from dataclasses import dataclass
+
+import gridfs
+from pymongo.database import Database
+
+# The default bucket name: nx-27017 (the embedded store) handles GridFS writes only for "fs".
+BUCKET = "fs"
+SHA256_HEX_LENGTH = 64
+
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+)
+
+# GridFS aborts a duplicate upload by deleting every chunk of that _id, including the
+# first writer's, so writers of one hash take turns. One process serves the whole app.
+_put_lock = threading.Lock()
+
+
+class ImageDecodeError(ValueError):
+    """The value is not a base64 PNG, JPEG or WebP image (or a data URI of one)."""
+
+
+@dataclass(frozen=True)
+class Image:
+    """Decoded image bytes and their content type."""
+
+    data: bytes
+    content_type: str
+
+    @property
+    def sha256(self) -> str:
+        """The hex SHA-256 of the bytes: the image's key in the store."""
+        return hashlib.sha256(self.data).hexdigest()
+
+    def b64(self) -> str:
+        """Return the bytes as raw base64, the form the client shows."""
+        return base64.b64encode(self.data).decode("ascii")
+
+    def data_uri(self) -> str:
+        """Return the image as a data URI."""
+        return f"data:{self.content_type};base64,{self.b64()}"
+
+
+def sniff_content_type(data: bytes) -> str | None:
+    """Return the MIME type of PNG, JPEG or WebP bytes, else None."""
+    for signature, content_type in _SIGNATURES:
+        if data.startswith(signature):
+            return content_type
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def decode_image(value: str) -> Image:
+    """Decode a data URI or raw base64 string into an Image, checking what it really is."""
+    if not isinstance(value, str) or not value:
+        raise ImageDecodeError("is not an image string")
+    payload = value
+    if value.startswith("data:"):
+        header, sep, payload = value.partition(",")
+        if not sep or not header.endswith(";base64"):
+            raise ImageDecodeError("is a data URI but not a base64 one")
+    try:
+        data = base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageDecodeError("is not valid base64") from None
+    content_type = sniff_content_type(data)
+    if content_type is None:
+        raise ImageDecodeError("is not a PNG, JPEG or WebP image")
+    return Image(data, content_type)
+
+
+def _bucket(db: Database) -> gridfs.GridFSBucket:
+    return gridfs.GridFSBucket(db, bucket_name=BUCKET)
+
+
+def put_image(db: Database, image: Image) -> str:
+    """Store `image` unless it is already stored; return its SHA-256."""
+    key = image.sha256
+    with _put_lock:
+        if db[f"{BUCKET}.files"].find_one({"_id": key}, {"_id": 1}) is None:
+            _bucket(db).upload_from_stream_with_id(
+                key, key, image.data, metadata={"contentType": image.content_type}
+            )
+    return key
+
+
+def get_image(db: Database, key: str) -> Image | None:
+    """Return the stored image with SHA-256 `key`, or None."""
+    info = db[f"{BUCKET}.files"].find_one({"_id": key})
+    if info is None:
+        return None
+    data = _bucket(db).open_download_stream(key).read()
+    return Image(data, (info.get("metadata") or {}).get("contentType") or "application/octet-stream")
+
+
+def has_image(db: Database, key: str) -> bool:
+    """Return whether an image with SHA-256 `key` is stored."""
+    return db[f"{BUCKET}.files"].find_one({"_id": key}, {"_id": 1}) is not None

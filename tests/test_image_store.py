@@ -1,0 +1,58 @@
+"""The content-addressed image store, over the real wire connection."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+
+import pytest
+
+from core.image_store import ImageDecodeError, decode_image, get_image, has_image, put_image
+from tests.helpers import PNG_1PX
+
+JPEG_HEAD = b"\xff\xd8\xff\xe0" + b"\x00" * 20
+WEBP_HEAD = b"RIFF\x00\x00\x00\x00WEBPVP8 " + b"\x00" * 8
+
+
+@pytest.mark.parametrize("value,content_type", [
+    (PNG_1PX, "image/png"),
+    (f"data:image/png;base64,{PNG_1PX}", "image/png"),
+    (base64.b64encode(JPEG_HEAD).decode(), "image/jpeg"),
+    ("data:image/webp;base64," + base64.b64encode(WEBP_HEAD).decode(), "image/webp"),
+])
+def test_decode_accepts_png_jpeg_webp(value, content_type):
+    assert decode_image(value).content_type == content_type
+
+
+@pytest.mark.parametrize("value", ["", "data:image/png,rawtext", "data:image/png;base64,@@@",
+                                   base64.b64encode(b"GIF89a....").decode(), 42, None])
+def test_decode_rejects_non_images(value):
+    with pytest.raises(ImageDecodeError):
+        decode_image(value)
+
+
+def test_put_is_content_addressed_and_idempotent(db):
+    image = decode_image(PNG_1PX)
+    key = put_image(db, image)
+    assert key == hashlib.sha256(base64.b64decode(PNG_1PX)).hexdigest()
+    assert put_image(db, image) == key
+    assert len(list(db["fs.files"].find({}, {"_id": 1}))) == 1  # nx-27017 cannot count GridFS
+    stored = get_image(db, key)
+    assert stored.data == image.data and stored.content_type == "image/png"
+    assert has_image(db, key) and get_image(db, "0" * 64) is None
+
+
+def test_concurrent_puts_of_one_image_keep_it_readable(db):
+    image = decode_image(base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 2000).decode())
+    barrier = threading.Barrier(8)
+
+    def put():
+        barrier.wait()
+        put_image(db, image)
+
+    threads = [threading.Thread(target=put) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert get_image(db, image.sha256).data == image.data
