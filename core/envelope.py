@@ -30,6 +30,7 @@ class ApiError(Exception):
     def __init__(self, message: str, *, status: int | None = None, code: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.headers: dict[str, str] = {}
         if status is not None:
             self.status = status
         if code is not None:
@@ -91,7 +92,9 @@ def _http_error(error: HTTPException) -> Response:
 
 
 def _api_error(error: ApiError) -> Response:
-    return fail(error.message, status=error.status, code=error.code)
+    response = fail(error.message, status=error.status, code=error.code)
+    response.headers.update(error.headers)
+    return response
 
 
 def _backend_error(error: BackendError) -> Response:

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask
 
 import config
-from core import db, envelope, security
+from core import db, envelope, request_log, security
 from core.embedded_store import EmbeddedStore
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ def create_app(overrides: Mapping[str, Any] | None = None, *, env: Mapping[str, 
     app.json.sort_keys = False
 
     envelope.register_error_handlers(app)
+    request_log.init_app(app)  # first, so even a rejected request gets an id and a log line
     security.init_app(app)
     _open_store(app)
 

@@ -1,0 +1,51 @@
+"""One JSON log line per request, with the request id also in the response."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from core.rate_limit import TokenBucket
+
+
+def _lines(caplog):
+    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "refinity.access"]
+
+
+def test_each_request_logs_one_json_line(client, caplog):
+    caplog.set_level(logging.INFO, logger="refinity.access")
+    response = client.post("/paint/start?secret=abc", json={"username": "alice"},
+                           headers={"Authorization": "Bearer tok-123"})
+    (line,) = _lines(caplog)
+    assert line["route"] == "/paint/start" and line["status"] == 200 and line["method"] == "POST"
+    assert line["request_id"] == response.headers["X-Request-ID"]
+    assert line["duration_ms"] >= 0
+    text = json.dumps(line)
+    assert "abc" not in text and "tok-123" not in text and "alice" not in text
+
+
+def test_a_sane_incoming_request_id_is_kept(client):
+    assert client.get("/ping", headers={"X-Request-ID": "trace-42"}).headers["X-Request-ID"] == "trace-42"
+
+
+@pytest.mark.parametrize("incoming", ["has space", "x" * 65, "<script>"])
+def test_an_odd_incoming_request_id_is_replaced(client, incoming):
+    assert client.get("/ping", headers={"X-Request-ID": incoming}).headers["X-Request-ID"] != incoming
+
+
+def test_unmatched_routes_are_logged_without_their_path(client, caplog):
+    caplog.set_level(logging.INFO, logger="refinity.access")
+    client.get("/some/user-supplied/path")
+    (line,) = _lines(caplog)
+    assert line["route"] == "<unmatched>" and line["status"] == 404
+
+
+def test_token_bucket_grants_the_budget_then_says_how_long_to_wait():
+    now = [0.0]
+    bucket = TokenBucket(per_minute=3, clock=lambda: now[0])
+    assert [bucket.take("a") for _ in range(3)] == [0, 0, 0]
+    assert bucket.take("a") == pytest.approx(20.0)
+    assert bucket.take("b") == 0  # budgets are per client
+    now[0] += 20.0
+    assert bucket.take("a") == 0
