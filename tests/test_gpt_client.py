@@ -1,0 +1,183 @@
+"""The GPT client through the real `openai` SDK against the chat simulator over loopback."""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+
+import openai
+import pytest
+
+from agent.errors import BackendError, BackendTimeout
+from agent.gpt import (
+    ChatAnswer, GPTAuthError, GPTBadRequest, GPTClient, GPTConnectionError, GPTEmptyAnswer,
+    GPTNotConfigured, GPTRateLimited, GPTServerError, GPTTimeout,
+)
+from config import from_env
+from tests.gpt_fixtures import (  # noqa: F401
+    API_VERSION, IMAGE_B64, IMAGE_URI, chat_sim, make_gpt, wait_until,
+)
+
+
+def test_azure_chat_goes_through_the_sdk(chat_sim, make_gpt):
+    gpt = make_gpt("azure", AZURE_OPENAI_DEPLOYMENT="gpt-4o")
+    answer = gpt.chat("列出运动辅助产品，共 3 项")
+    assert isinstance(answer, ChatAnswer)
+    assert len(answer.text.split("#")) == 3
+    assert (answer.deployment, answer.retries) == ("gpt-4o", 0)
+    assert answer.latency >= 0 and answer.usage["total_tokens"] > 0
+    record = chat_sim.requests[-1]
+    assert (record.route, record.deployment, record.api_version) == ("azure", "gpt-4o", API_VERSION)
+    assert (gpt.provider, gpt.configured) == ("azure", True)
+
+
+def test_plain_openai_chat_goes_through_the_sdk(chat_sim, make_gpt):
+    gpt = make_gpt("openai", OPENAI_MODEL="gpt-4o-mini")
+    answer = gpt.chat([{"role": "system", "content": "你是设计助手"},
+                       {"role": "user", "content": "给出产品，共 2 项"}], temperature=0.2, max_tokens=50)
+    assert answer.deployment == "gpt-4o-mini" and len(answer.text.split("#")) == 2
+    record = chat_sim.requests[-1]
+    assert (record.route, record.deployment) == ("openai", "gpt-4o-mini")
+    assert "你是设计助手" in record.text
+    assert (gpt.provider, gpt.chat_deployment, gpt.vision_deployment) == ("openai", "gpt-4o-mini", "gpt-4o-mini")
+
+
+def test_vision_sends_every_image_to_the_vision_deployment(chat_sim, make_gpt):
+    gpt = make_gpt(AZURE_OPENAI_DEPLOYMENT="gpt-chat", AZURE_OPENAI_VISION_DEPLOYMENT="gpt-vision")
+    answer = gpt.vision("这些草图画的是什么产品？共 2 项", [IMAGE_URI, IMAGE_B64])  # raw base64 gets a prefix
+    assert answer.deployment == "gpt-vision" and len(answer.text.split("#")) == 2
+    record = chat_sim.requests[-1]
+    assert (record.deployment, record.images) == ("gpt-vision", 2)
+    assert record.prompt == "这些草图画的是什么产品？共 2 项"
+
+
+def test_rate_limit_is_retried_by_the_sdk(chat_sim, make_gpt):
+    gpt = make_gpt(GPT_MAX_RETRIES=2)
+    chat_sim.fail_next(2, status=429, retry_after=0.01)
+    answer = gpt.chat("共 1 项")
+    assert answer.retries == 2 and answer.text
+    assert [r.status for r in chat_sim.requests] == [429, 429, 200]
+    assert gpt.snapshot()["deployments"]["gpt-4o"]["retries"] == 2
+
+
+def test_rate_limit_beyond_the_retries_names_the_deployment(chat_sim, make_gpt):
+    gpt = make_gpt(GPT_MAX_RETRIES=2)
+    chat_sim.fail_next(3, status=429, retry_after=0.01)
+    with pytest.raises(GPTRateLimited) as caught:
+        gpt.chat("共 1 项")
+    error = caught.value
+    assert str(error) == "GPT deployment 'gpt-4o': rate limited (HTTP 429) after 2 retries"
+    assert error.deployment == "gpt-4o" and error.retries == 2
+    assert isinstance(error, BackendError) and error.backend == "gpt" and error.http_status == 503
+    assert isinstance(error.__cause__, openai.RateLimitError)
+    assert chat_sim.calls == 3
+    assert gpt.snapshot()["deployments"]["gpt-4o"]["failures"] == {"rate_limited": 1}
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_server_error(chat_sim, make_gpt, status):
+    gpt = make_gpt()
+    chat_sim.fail_next(1, status=status)
+    with pytest.raises(GPTServerError) as caught:
+        gpt.chat("x")
+    assert caught.value.status == status and f"HTTP {status}" in caught.value.cause
+
+
+@pytest.mark.parametrize("provider, key_setting", [("azure", "AZURE_OPENAI_API_KEY"),
+                                                   ("openai", "OPENAI_API_KEY")])
+def test_wrong_key_is_an_auth_error_that_never_shows_the_key(make_gpt, caplog, provider, key_setting):
+    caplog.set_level(logging.DEBUG)
+    wrong_key = "sk-wrong-7d1e0b9c"
+    gpt = make_gpt(provider, **{key_setting: wrong_key})
+    with pytest.raises(GPTAuthError) as caught:
+        gpt.chat("x")
+    error = caught.value
+    assert "HTTP 401" in error.cause and error.cause in str(error)
+    assert isinstance(error.__cause__, openai.AuthenticationError)
+    for text in [str(error)] + [record.getMessage() for record in caplog.records]:
+        assert wrong_key not in text and wrong_key[-4:] not in text
+
+
+def test_timeout(chat_sim, make_gpt):
+    gpt = make_gpt(GPT_TIMEOUT=0.3, GPT_MAX_RETRIES=0)
+    chat_sim.hang_next(1)
+    with pytest.raises(GPTTimeout) as caught:
+        gpt.chat("x")
+    chat_sim.release()
+    assert isinstance(caught.value, BackendTimeout) and caught.value.http_status == 504
+    assert isinstance(caught.value.__cause__, openai.APITimeoutError)
+    assert "'gpt-4o'" in str(caught.value) and "timed out" in str(caught.value)
+
+
+def test_unreachable_endpoint_is_a_connection_error(make_gpt):
+    with socket.socket() as probe:  # a port nobody listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    gpt = make_gpt(AZURE_OPENAI_ENDPOINT=f"http://127.0.0.1:{port}")
+    with pytest.raises(GPTConnectionError):
+        gpt.chat("x")
+
+
+def test_bad_request(make_gpt):
+    with pytest.raises(GPTBadRequest) as caught:
+        make_gpt().vision("x", ["data:image/png;base64,***"])
+    assert caught.value.status == 400
+
+
+@pytest.mark.parametrize("env, reason", [
+    ({}, "OPENAI_API_KEY"),
+    ({"AZURE_OPENAI_ENDPOINT": "http://127.0.0.1:9"}, "AZURE_OPENAI_API_KEY"),
+])
+def test_not_configured(env, reason):
+    gpt = GPTClient.from_config(from_env(env))
+    assert (gpt.configured, gpt.provider) == (False, "none")
+    with pytest.raises(GPTNotConfigured) as caught:
+        gpt.chat("x")
+    assert reason in str(caught.value)
+    with pytest.raises(GPTNotConfigured):
+        gpt.vision("x", [IMAGE_URI])
+    assert gpt.snapshot()["deployments"]["gpt-4o"]["failures"] == {"not_configured": 2}
+    gpt.close()
+
+
+def test_empty_answer(chat_sim, make_gpt):
+    gpt = make_gpt()
+    chat_sim.short_next(1)  # one item asked, none given: empty content
+    with pytest.raises(GPTEmptyAnswer) as caught:
+        gpt.chat("给一个名字")
+    assert "empty answer" in str(caught.value) and caught.value.deployment == "gpt-4o"
+    assert gpt.snapshot()["deployments"]["gpt-4o"]["failures"] == {"empty_answer": 1}
+
+
+def test_calls_beyond_the_limit_wait_for_a_slot(chat_sim, make_gpt):
+    gpt = make_gpt(GPT_MAX_CONCURRENCY=2)
+    chat_sim.hang_next(6)
+    answers: list[ChatAnswer] = []
+    callers = [threading.Thread(target=lambda: answers.append(gpt.chat("共 1 项"))) for _ in range(6)]
+    for caller in callers:
+        caller.start()
+    stats = lambda: gpt.snapshot()["deployments"]["gpt-4o"]  # noqa: E731
+    wait_until(lambda: chat_sim.held == 2 and stats()["waiting"] == 4)
+    assert chat_sim.in_flight == 2 and stats()["in_flight"] == 2
+    for left in (4, 2, 0):  # let two through at a time; the next two take their slots
+        chat_sim.release(2)
+        wait_until(lambda: chat_sim.held == min(left, 2) and stats()["waiting"] == max(left - 2, 0))
+    for caller in callers:
+        caller.join(timeout=10)
+    assert len(answers) == 6 and chat_sim.calls == 6
+    assert chat_sim.peak_in_flight == 2
+    assert stats() == {"calls": 6, "retries": 0, "in_flight": 0, "waiting": 0, "failures": {}}
+
+
+def test_each_deployment_has_its_own_limit(chat_sim, make_gpt):
+    gpt = make_gpt(GPT_MAX_CONCURRENCY=1, AZURE_OPENAI_VISION_DEPLOYMENT="gpt-vision")
+    chat_sim.hang_next(3)
+    callers = [threading.Thread(target=gpt.chat, args=("x",)) for _ in range(2)]
+    callers.append(threading.Thread(target=gpt.vision, args=("x", [IMAGE_URI])))
+    for caller in callers:
+        caller.start()
+    wait_until(lambda: chat_sim.held == 2 and gpt.snapshot()["deployments"]["gpt-4o"]["waiting"] == 1)
+    chat_sim.release()
+    for caller in callers:
+        caller.join(timeout=10)
+    assert sorted(r.deployment for r in chat_sim.requests) == ["gpt-4o", "gpt-4o", "gpt-vision"]
