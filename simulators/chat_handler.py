@@ -30,6 +30,9 @@ class ChatHandler(BaseHTTPRequestHandler):
     """Answer chat completions on the Azure and OpenAI routes of the simulator."""
 
     protocol_version = "HTTP/1.1"  # keep-alive, like the real service
+    # Headers and body go out in separate writes; with Nagle on, a reused connection
+    # waits ~40 ms for the client's delayed ACK before the body, on every call.
+    disable_nagle_algorithm = True
     server_version = "ChatSimulator/1"
     _ended = True  # no POST bookkeeping pending (a GET, or a POST already answered)
 
