@@ -53,6 +53,8 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "HOST": env.get("HOST") or "0.0.0.0",
         "PORT": _int(env, "PORT", 5000),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 32 * MB),
+        # /paint/save carries a participant's whole session, every sketch included.
+        "SAVE_MAX_CONTENT_LENGTH": _int(env, "SAVE_MAX_CONTENT_LENGTH", 512 * MB),
         "CORS_ORIGINS": _list(env, "CORS_ORIGINS") or ["*"],
         "API_TOKEN": env.get("API_TOKEN") or None,
         "LOG_LEVEL": env.get("LOG_LEVEL") or "INFO",

@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import gridfs
@@ -110,3 +111,12 @@ def get_image(db: Database, key: str) -> Image | None:
 def has_image(db: Database, key: str) -> bool:
     """Return whether an image with SHA-256 `key` is stored."""
     return db[f"{BUCKET}.files"].find_one({"_id": key}, {"_id": 1}) is not None
+
+
+def stored_keys(db: Database, keys: Iterable[str]) -> set[str]:
+    """Return which of `keys` are stored, asking the database once for all of them."""
+    wanted = list(dict.fromkeys(keys))
+    if not wanted:
+        return set()
+    found = db[f"{BUCKET}.files"].find({"_id": {"$in": wanted}}, {"_id": 1})
+    return {doc["_id"] for doc in found}

@@ -21,9 +21,9 @@ def json_object() -> dict[str, Any]:
     """Return the request body as a JSON object, or raise BadInput."""
     if not request.is_json:
         raise BadInput("body", "must be JSON, sent with Content-Type: application/json")
-    raw = request.get_data(cache=True)
     try:
-        body = json.loads(raw)
+        # Not cached: a save body may be hundreds of MB, so let the raw bytes go once parsed.
+        body = json.loads(request.get_data(cache=False))
     except (ValueError, RecursionError):
         raise BadInput("body", "is not valid JSON") from None
     if not isinstance(body, dict):

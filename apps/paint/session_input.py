@@ -1,8 +1,13 @@
 """Validation of the session routes' bodies, field by field, before anything is stored."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from bson import ObjectId
+from bson.errors import InvalidId
+from flask import current_app, request
 
 from apps.paint.stages import SCHEME_FIELDS, STAGES
 from core import validation as v
@@ -10,6 +15,8 @@ from core.envelope import BadInput
 
 MAX_TASK = 2000
 MAX_SCHEMES_PER_STAGE = 1000
+DEFAULT_HISTORY_LIMIT = 50
+MAX_HISTORY_LIMIT = 1000
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,9 @@ def _schemes(value: Any, field: str) -> list[dict[str, Any]]:
 
 
 def read_save() -> tuple[str, SavedState]:
-    """Return the username and the state of a /paint/save body."""
+    """Return the username and the state of a /paint/save body, allowing it the larger save limit."""
+    # A save carries the whole session, every sketch as a data URI: ~100 MB for 200 sketches.
+    request.max_content_length = current_app.config["SAVE_MAX_CONTENT_LENGTH"]
     body = v.json_object()
     name = v.username(body.get("username"))
     data = v.obj(body.get("data"), "data")
@@ -55,3 +64,29 @@ def read_save() -> tuple[str, SavedState]:
         schemes=schemes,
     )
     return name, state
+
+
+def read_history_query(args: Mapping[str, str]) -> tuple[str, int]:
+    """Return the username and the limit of a GET /paint/history query."""
+    unknown = sorted(set(args) - {"username", "limit"})
+    if unknown:
+        raise BadInput(unknown[0], "is not a parameter; use username and limit")
+    if "username" not in args:
+        raise BadInput("username", "is required")
+    name = v.username(args["username"])
+    limit = DEFAULT_HISTORY_LIMIT
+    if "limit" in args:
+        try:
+            limit = int(args["limit"].strip())
+        except ValueError:
+            raise BadInput("limit", "must be an integer") from None
+        v.integer(limit, "limit", low=1, high=MAX_HISTORY_LIMIT)
+    return name, limit
+
+
+def read_save_id(raw: str) -> ObjectId:
+    """Return the id of a saved state in a GET /paint/history/<id> path."""
+    try:
+        return ObjectId(raw)
+    except (InvalidId, TypeError):
+        raise BadInput("id", "must be a save id of 24 hex characters") from None

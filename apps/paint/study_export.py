@@ -1,0 +1,188 @@
+"""Export a study for analysis: sessions, every save, the schemes, generation records and all blobs.
+
+`export_study` is a plain function (the `flask export-study` command wraps it); the layout
+is described in apps.paint.study_files. Nothing in the database is changed.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bson import ObjectId, json_util
+from pymongo.database import Database
+
+from apps.paint import history, offload, study_files
+from apps.paint.scheme_store import SCHEMES
+from apps.paint.stages import SCHEME_FIELDS
+from core.image_store import BUCKET, get_image
+
+log = logging.getLogger(__name__)
+
+GENERATIONS = "generations"
+BATCH = 500
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+Progress = Callable[[Sequence[str]], AbstractContextManager[Iterable[str]]]
+
+
+class StudyExportError(RuntimeError):
+    """The export cannot be made as asked."""
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).isoformat()
+    if isinstance(value, ObjectId):
+        return str(value)
+    if isinstance(value, (dict, list)):
+        return json_util.dumps(value, ensure_ascii=False)
+    return value
+
+
+def _write_csv(out: study_files.ExportWriter, name: str, header: list[str], rows: Iterable[list[Any]]) -> None:
+    with out.text(name) as text:
+        writer = csv.writer(text)
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow([_cell(value) for value in row])
+
+
+def _find_in(db: Database, collection: str, ids: list[Any]) -> Iterator[dict[str, Any]]:
+    for start in range(0, len(ids), BATCH):
+        yield from db[collection].find({"_id": {"$in": ids[start:start + BATCH]}})
+
+
+def _hashes_in(value: Any) -> Iterator[str]:
+    """Yield every SHA-256 a generation record mentions: image refs and hash strings."""
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _hashes_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _hashes_in(item)
+    elif isinstance(value, str) and _SHA256.match(value):
+        yield value
+
+
+def _counts(lists: dict[str, list[Any]]) -> list[int]:
+    return [len(lists.get(field) or []) for field in SCHEME_FIELDS.values()]
+
+
+def _select(db: Database, username: str | None) -> dict[str, list[dict[str, Any]]]:
+    """Return the documents to export: participants, their visible saves, schemes, generations."""
+    who = {"username": username} if username else {}
+    participants = list(db[history.PARTICIPANTS].find(who).sort("username", 1))
+    if username and not participants:
+        raise StudyExportError(f"no participant is named {username!r}")
+    saves = [entry for p in participants
+             for entry in db[history.HISTORY].find(history.visible(p)).sort("revision", 1)]
+    scheme_ids = list(dict.fromkeys(
+        sid for doc in participants + saves for ids in (doc.get("schemeRefs") or {}).values() for sid in ids))
+    return {
+        "participants": participants,
+        "session_history": saves,
+        "session_schemes": list(_find_in(db, SCHEMES, scheme_ids)),
+        GENERATIONS: list(db[GENERATIONS].find(who).sort("createdAt", 1)),
+    }
+
+
+def _blob_keys(db: Database, records: dict[str, list[dict[str, Any]]]) -> list[str]:
+    keys = [ref["sha256"] for doc in records["session_schemes"] for ref in offload.references(doc)]
+    keys += [key for doc in records[GENERATIONS] for key in _hashes_in(doc)]
+    wanted = list(dict.fromkeys(keys))
+    # Hash-like strings of a record are blobs only when the image store has them.
+    stored = {doc["_id"] for doc in _find_in(db, f"{BUCKET}.files", wanted)}
+    return [key for key in wanted if key in stored]
+
+
+def _inline_blobs(participants: list[dict[str, Any]]) -> Iterator[offload.Blob]:
+    """Yield the images of participants still in the old format, whose schemes hold them inline."""
+    for participant in participants:
+        if "schemeRefs" not in participant:
+            for field in SCHEME_FIELDS.values():
+                for scheme in participant.get(field) or []:
+                    yield from offload.split(scheme).blobs
+
+
+STAGE_COUNTS = [f"{field.removesuffix('Schemes')}Count" for field in SCHEME_FIELDS.values()]
+SESSION_COLUMNS = ["participantId", "username", "createdAt", "updatedAt", "currentStage", "designTask",
+                   "revision", "format", *STAGE_COUNTS]
+SAVE_COLUMNS = ["saveId", "participantId", "username", "revision", "kind", "savedAt", "currentStage",
+                "designTask", *STAGE_COUNTS, *SCHEME_FIELDS.values()]
+
+
+def _session_row(p: dict[str, Any]) -> list[Any]:
+    legacy = "schemeRefs" not in p
+    return [p["_id"], p["username"], p.get("createdAt"), p.get("updatedAt"), p.get("currentStage"),
+            p.get("designTask"), p.get("revision", 0), "inline" if legacy else "refs",
+            *_counts(p if legacy else p["schemeRefs"])]
+
+
+def _save_row(e: dict[str, Any]) -> list[Any]:
+    refs = e["schemeRefs"]
+    return [e["_id"], e["participantId"], e["username"], e["revision"], e.get("kind"), e["savedAt"],
+            e["currentStage"], e["designTask"], *_counts(refs),
+            *(" ".join(refs.get(field) or []) for field in SCHEME_FIELDS.values())]
+
+
+def _scheme_row(s: dict[str, Any], files: dict[str, dict[str, Any]]) -> list[Any]:
+    moved = " ".join(f"{key}={files[s['scheme'][key]['sha256']]['file']}" for key in s["moved"])
+    return [s["_id"], moved, {k: v for k, v in s["scheme"].items() if k not in s["moved"]}]
+
+
+def _tables(out: study_files.ExportWriter, records: dict[str, list[dict[str, Any]]],
+            files: dict[str, dict[str, Any]]) -> None:
+    _write_csv(out, "sessions.csv", SESSION_COLUMNS, map(_session_row, records["participants"]))
+    _write_csv(out, "saves.csv", SAVE_COLUMNS, map(_save_row, records["session_history"]))
+    _write_csv(out, "schemes.csv", ["schemeId", "files", "inline"],
+               (_scheme_row(s, files) for s in records["session_schemes"]))
+    generations = records[GENERATIONS]
+    columns = list(dict.fromkeys(key for doc in generations for key in doc))
+    _write_csv(out, "generations.csv", columns, ([doc.get(c) for c in columns] for doc in generations))
+
+
+def _write_blob(out: study_files.ExportWriter, files: dict[str, dict[str, Any]], blob: offload.Blob) -> None:
+    name = study_files.blob_path(blob.key, blob.content_type)
+    out.binary(name, blob.data)
+    files[blob.key] = {"file": name, "contentType": blob.content_type, "size": len(blob.data)}
+
+
+def export_study(db: Database, target: Path, *, username: str | None = None, as_zip: bool = False,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """Write the study (or one participant's part of it) to `target`; return the manifest."""
+    records = _select(db, username)
+    keys = _blob_keys(db, records)
+    out = study_files.ExportWriter(target, as_zip)
+    files: dict[str, dict[str, Any]] = {}
+    try:
+        with (progress or nullcontext)(keys) as bar:
+            for key in bar:
+                image = get_image(db, key)
+                _write_blob(out, files, offload.Blob(key, image.data, image.content_type))
+        for blob in _inline_blobs(records["participants"]):
+            if blob.key not in files:
+                _write_blob(out, files, blob)
+        for collection, docs in records.items():
+            with out.text(study_files.record_path(collection)) as text:
+                text.writelines(study_files.dumps(doc) + "\n" for doc in docs)
+        _tables(out, records, files)
+        manifest = {
+            "format": study_files.FORMAT, "version": study_files.VERSION,
+            "exportedAt": datetime.now(timezone.utc).isoformat(), "database": db.name, "username": username,
+            "counts": {**{name: len(docs) for name, docs in records.items()}, "blobs": len(files)},
+            "records": {name: study_files.record_path(name) for name in records}, "blobs": files,
+        }
+        with out.text(study_files.MANIFEST) as text:
+            json.dump(manifest, text, ensure_ascii=False, indent=1)
+    finally:
+        out.close()
+    log.info("exported %s to %s", manifest["counts"], target)
+    return manifest
