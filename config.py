@@ -82,6 +82,7 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SD_ACQUIRE_TIMEOUT": _float(env, "SD_ACQUIRE_TIMEOUT", 600.0),
         "SD_COOLDOWN": _float(env, "SD_COOLDOWN", 15.0),
         "SD_MAX_ATTEMPTS": _int(env, "SD_MAX_ATTEMPTS", 3),
+        "SD_PROBE_TIMEOUT": _float(env, "SD_PROBE_TIMEOUT", 2.0),
         # Per-client limit on POST /generate, requests per minute; 0 turns it off.
         "GENERATE_RATE_LIMIT": _int(env, "GENERATE_RATE_LIMIT", 0),
     }

@@ -1,0 +1,137 @@
+"""A fair, failure-aware pool of Stable Diffusion WebUI instances shared by the whole server.
+
+A WebUI runs one generation at a time and silently queues the rest, so sending it several
+jobs stacks them on one GPU while others idle. The pool therefore leases each instance to
+one job at a time, to waiting threads in strict arrival order (`agent.pool_queue`): a
+releasing thread hands the instance straight to the oldest waiter, so no newcomer overtakes it.
+
+An instance that fails a job is set aside for `cooldown` seconds and the job is retried on
+another one. Health is checked lazily, with no resident thread: the first lease, release or
+waiter wake-up after a cooldown ends starts a short-lived thread that probes the instance
+(GET /internal/ping, else /sdapi/v1/progress); only a passing probe puts it back in the
+pool, a failed one restarts the cooldown. When every instance is cooling down, callers and
+waiters get `AllInstancesDown` at once instead of waiting for the acquire timeout.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.pool_queue import LeaseQueue
+from agent.sd import Generation, SDEndpoint, image2Image, text2Image
+from agent.sd_errors import (  # noqa: F401  (re-exported)
+    INSTANCE_FAILURES, AllInstancesDown, NoInstancesConfigured, PoolError, PoolTimeout, SDError,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SDResult:
+    """The images of one job (raw base64, never empty) and how the pool got them."""
+
+    images: list[str]
+    info: dict[str, Any]
+    instance: str
+    latency: float
+    queue_wait: float
+    attempts: int
+    errors: list[str] = field(default_factory=list)
+
+
+class SDInstancePool:
+    """Lease WebUI instances one job at a time, fairly, with failover and cooldowns."""
+
+    def __init__(self, endpoints: Sequence[str], *, connect_timeout: float = 3.0,
+                 read_timeout: float = 300.0, acquire_timeout: float = 600.0, cooldown: float = 15.0,
+                 max_attempts: int = 3, probe_timeout: float = 2.0, warn_wait: float = 30.0) -> None:
+        unique: dict[str, SDEndpoint] = {}
+        for url in endpoints:
+            endpoint = SDEndpoint.parse(url)
+            if endpoint.base_url in unique:  # two leases on one WebUI would stack its queue
+                log.warning("SD_ENDPOINTS lists %s twice; using it once", endpoint.name)
+            unique.setdefault(endpoint.base_url, endpoint)
+        self._queue = LeaseQueue(list(unique.values()), cooldown=cooldown, probe_timeout=probe_timeout,
+                                 warn_wait=warn_wait)
+        self._timeouts = (connect_timeout, read_timeout)
+        self._acquire_timeout, self._max_attempts = acquire_timeout, max(1, max_attempts)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> SDInstancePool:
+        """Build the pool from the app config (SD_ENDPOINTS, SD_*_TIMEOUT, SD_COOLDOWN, ...)."""
+        endpoints = cfg.get("SD_ENDPOINTS") or []
+        if isinstance(endpoints, str):
+            endpoints = [url.strip() for url in endpoints.split(",") if url.strip()]
+        return cls(
+            endpoints,
+            connect_timeout=float(cfg.get("SD_CONNECT_TIMEOUT", 3.0)),
+            read_timeout=float(cfg.get("SD_READ_TIMEOUT", 300.0)),
+            acquire_timeout=float(cfg.get("SD_ACQUIRE_TIMEOUT", 600.0)),
+            cooldown=float(cfg.get("SD_COOLDOWN", 15.0)),
+            max_attempts=int(cfg.get("SD_MAX_ATTEMPTS", 3)),
+            probe_timeout=float(cfg.get("SD_PROBE_TIMEOUT", 2.0)),
+        )
+
+    # -- jobs ---------------------------------------------------------------------------
+    def txt2img(self, payload: dict[str, Any]) -> SDResult:
+        """Run txt2img on a free instance, failing over to others; return its images."""
+        return self._run(text2Image, payload)
+
+    def img2img(self, payload: dict[str, Any]) -> SDResult:
+        """Run img2img on a free instance, failing over to others; return its images."""
+        return self._run(image2Image, payload)
+
+    def _run(self, call: Callable[..., Generation], payload: dict[str, Any]) -> SDResult:
+        deadline = time.monotonic() + self._acquire_timeout
+        errors: list[str] = []
+        waited = 0.0
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                # A retry goes back to the head of the queue: it arrived before every waiter.
+                instance, wait = self._queue.acquire(deadline - time.monotonic(), retry=bool(errors))
+            except PoolError as e:
+                if not errors:
+                    raise
+                raise type(e)(f"{e}; earlier attempts: {'; '.join(errors)}") from e
+            waited += wait
+            started, failure = time.monotonic(), None
+            try:
+                generation = call(instance.endpoint, payload, timeout=self._timeouts)
+            except INSTANCE_FAILURES as e:
+                failure = str(e)
+                errors.append(failure)
+                log.warning("SD job attempt %d of %d failed: %s", attempt, self._max_attempts, e)
+                if attempt == self._max_attempts:
+                    raise
+                continue
+            finally:
+                self._queue.release(instance, failure)
+            return SDResult(generation.images, generation.info, instance.endpoint.name,
+                            time.monotonic() - started, waited, attempt, errors)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    @contextmanager
+    def lease(self, timeout: float | None = None) -> Iterator[SDEndpoint]:
+        """Wait for a free instance (FIFO) and lend it to the block; an SD failure there cools it down."""
+        instance, _ = self._queue.acquire(self._acquire_timeout if timeout is None else timeout)
+        failure = None
+        try:
+            yield instance.endpoint
+        except INSTANCE_FAILURES as e:
+            failure = str(e)
+            raise
+        finally:
+            self._queue.release(instance, failure)
+
+    # -- metrics and shutdown ------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Return the pool's counters and each instance's state (no network, no credentials)."""
+        return self._queue.snapshot()
+
+    def close(self) -> None:
+        """Refuse new leases, wake every waiter with PoolError and wait for running probes."""
+        self._queue.close()

@@ -1,0 +1,210 @@
+"""Client of one AUTOMATIC1111 Stable Diffusion WebUI instance (its `--api` HTTP routes).
+
+Every failure becomes a typed `SDError` naming the instance (never its credentials) and the
+cause; a reply without a decodable image is an error too, so no caller ever receives an
+empty image. `agent.pool.SDInstancePool` spreads jobs over several instances.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import http.client
+import json
+import logging
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import requests
+from urllib3.exceptions import ReadTimeoutError
+
+from agent.sd_errors import (  # noqa: F401  (re-exported: callers import errors from agent.sd)
+    INSTANCE_FAILURES, AllInstancesDown, NoInstancesConfigured, PoolError, PoolTimeout,
+    SDBadRequest, SDBadResponse, SDConnectionError, SDError, SDServerError, SDTimeout,
+)
+from agent.sd_payload import STUDY_DEFAULTS, build_payload  # noqa: F401  (re-exported)
+
+log = logging.getLogger(__name__)
+
+Timeout = float | tuple[float, float]
+# 4xx answers that say the instance is misconfigured (wrong credentials, started without
+# --api) or busy, not that our payload is wrong: another instance may well succeed.
+INSTANCE_FAULT_STATUSES = frozenset({401, 403, 404, 405, 408, 429})
+IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF", b"GIF8")
+
+
+@dataclass(frozen=True)
+class SDEndpoint:
+    """One WebUI instance: base URL and display name without credentials, and basic auth."""
+
+    base_url: str
+    name: str
+    auth: tuple[str, str] | None = field(default=None, repr=False)
+
+    @classmethod
+    def parse(cls, url: str) -> SDEndpoint:
+        """Return the endpoint of an SD_ENDPOINTS entry like `http://user:pass@host:7860`."""
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            shown = url.rsplit("@", 1)[-1]  # never echo a password
+            raise ValueError(f"SD endpoint must look like http://[user:pass@]host:port, got {shown!r}")
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        path = parts.path.rstrip("/")
+        auth = None
+        if parts.username is not None:
+            auth = (unquote(parts.username), unquote(parts.password or ""))
+        return cls(urlunsplit((parts.scheme, netloc, path, "", "")), netloc + path, auth)
+
+
+class Generation(NamedTuple):
+    """Images (raw base64, never empty) and the WebUI's `info` as a dict."""
+
+    images: list[str]
+    info: dict[str, Any]
+
+
+def _endpoint(endpoint: SDEndpoint | str) -> SDEndpoint:
+    return endpoint if isinstance(endpoint, SDEndpoint) else SDEndpoint.parse(endpoint)
+
+
+def _timeouts(timeout: Timeout) -> tuple[float, float]:
+    return timeout if isinstance(timeout, tuple) else (timeout, timeout)
+
+
+def _socket_errors(error: BaseException) -> Iterator[BaseException]:
+    """Yield the errors wrapped inside a requests error (urllib3 nests them several levels deep)."""
+    seen, todo = set(), [error]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        nested = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        todo.extend(e for e in nested if isinstance(e, BaseException))
+
+
+def _connection_cause(error: Exception) -> str:
+    causes = (
+        (ConnectionRefusedError, "connection refused"), (ConnectionResetError, "connection reset"),
+        (http.client.RemoteDisconnected, "connection closed without an answer"),
+        (ConnectionAbortedError, "connection closed without an answer"),
+        (socket.gaierror, "host name not found"),
+    )
+    for inner in _socket_errors(error):
+        for kind, cause in causes:
+            if isinstance(inner, kind):
+                return cause
+    return f"connection failed ({type(error).__name__})"
+
+
+def _detail(response: requests.Response) -> str:
+    """Return the error text of a WebUI reply (FastAPI `detail` or the WebUI's `error`), short."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.reason or ""
+    if isinstance(body, dict):
+        detail = body.get("detail") or body.get("errors") or body.get("error") or ""
+        if isinstance(detail, list):  # FastAPI validation: keep where and what, never the input
+            detail = "; ".join(
+                f"{'.'.join(str(p) for p in item.get('loc', []))}: {item.get('msg', '')}"
+                for item in detail[:3] if isinstance(item, dict)
+            )
+        return str(detail)[:200]
+    return ""
+
+
+def _request(endpoint: SDEndpoint | str, method: str, path: str, payload: Any, timeout: Timeout) -> Any:
+    endpoint = _endpoint(endpoint)
+    where, call = f"SD instance {endpoint.name}", f"{method} {path}"
+    connect, read = _timeouts(timeout)
+    try:
+        # A fresh connection per call: calls last seconds, and a restarted WebUI then never
+        # meets a stale pooled socket.
+        response = requests.request(method, endpoint.base_url + path, json=payload,
+                                    auth=endpoint.auth, timeout=(connect, read))
+    except requests.ConnectTimeout as e:
+        raise SDTimeout(f"{where}: no connection within {connect:g}s ({call})") from e
+    except requests.Timeout as e:
+        raise SDTimeout(f"{where}: no answer within {read:g}s ({call})") from e
+    except requests.ConnectionError as e:
+        if e.args and isinstance(e.args[0], ReadTimeoutError):  # stalled while reading the body
+            raise SDTimeout(f"{where}: no answer within {read:g}s ({call})") from e
+        raise SDConnectionError(f"{where}: {_connection_cause(e)} ({call})") from e
+    except requests.RequestException as e:
+        raise SDConnectionError(f"{where}: request failed, {type(e).__name__} ({call})") from e
+    status = response.status_code
+    if status >= 500 or status in INSTANCE_FAULT_STATUSES:
+        detail = _detail(response)
+        raise SDServerError(f"{where}: HTTP {status}{' ' + detail if detail else ''} ({call})", status=status)
+    if status >= 400:
+        raise SDBadRequest(f"{where}: rejected the request, HTTP {status}: {_detail(response)} ({call})",
+                           status=status)
+    try:
+        return response.json()
+    except ValueError as e:
+        raise SDBadResponse(f"{where}: the answer is not JSON (HTTP {status}, {call})") from e
+
+
+def call_sdapi(endpoint: SDEndpoint | str, path: str, *, timeout: Timeout) -> Any:
+    """GET `path` of the instance and return the decoded JSON."""
+    return _request(endpoint, "GET", path, None, timeout)
+
+
+def post_sdapi(endpoint: SDEndpoint | str, path: str, payload: Any, *, timeout: Timeout) -> Any:
+    """POST `payload` as JSON to `path` of the instance and return the decoded JSON."""
+    return _request(endpoint, "POST", path, payload, timeout)
+
+
+def ping(endpoint: SDEndpoint | str, *, timeout: Timeout) -> None:
+    """Check that the instance answers: GET /internal/ping, or /sdapi/v1/progress if that is missing."""
+    try:
+        call_sdapi(endpoint, "/internal/ping", timeout=timeout)
+    except SDServerError as e:
+        if e.status != 404:
+            raise
+        call_sdapi(endpoint, "/sdapi/v1/progress", timeout=timeout)
+
+
+def _image(where: str, index: int, image: Any) -> str:
+    raw = image.split(",", 1)[-1] if isinstance(image, str) and image.startswith("data:") else image
+    if not isinstance(raw, str) or not raw:
+        raise SDBadResponse(f"{where}: image {index} is empty")
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise SDBadResponse(f"{where}: image {index} is not valid base64") from e
+    if not data.startswith(IMAGE_MAGIC):
+        raise SDBadResponse(f"{where}: image {index} is not a PNG, JPEG, WebP or GIF")
+    return raw
+
+
+def _generation(endpoint: SDEndpoint | str, path: str, payload: dict[str, Any], timeout: Timeout) -> Generation:
+    endpoint = _endpoint(endpoint)
+    body = post_sdapi(endpoint, path, payload, timeout=timeout)
+    where = f"SD instance {endpoint.name}"
+    images = body.get("images") if isinstance(body, dict) else None
+    if not isinstance(images, list) or not images:
+        raise SDBadResponse(f"{where}: the answer has no images (POST {path})")
+    info = body.get("info")
+    try:
+        info = info if isinstance(info, dict) else json.loads(info or "{}")
+    except (TypeError, ValueError):
+        log.warning("%s: unreadable info in the answer to %s", where, path)
+        info = {}
+    return Generation([_image(where, i, image) for i, image in enumerate(images)],
+                      info if isinstance(info, dict) else {})
+
+
+def text2Image(endpoint: SDEndpoint | str, payload: dict[str, Any], *, timeout: Timeout) -> Generation:
+    """Run txt2img on the instance and return its images and info."""
+    return _generation(endpoint, "/sdapi/v1/txt2img", payload, timeout)
+
+
+def image2Image(endpoint: SDEndpoint | str, payload: dict[str, Any], *, timeout: Timeout) -> Generation:
+    """Run img2img on the instance (payload with `init_images`) and return its images and info."""
+    return _generation(endpoint, "/sdapi/v1/img2img", payload, timeout)

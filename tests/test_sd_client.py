@@ -1,0 +1,183 @@
+"""The WebUI client builds study payloads and turns every failure into a typed, credential-free error."""
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from agent.errors import BackendError, BackendTimeout
+from agent.sd import (
+    STUDY_DEFAULTS, SDBadRequest, SDBadResponse, SDConnectionError, SDEndpoint, SDServerError,
+    SDTimeout, build_payload, call_sdapi, image2Image, ping, post_sdapi, text2Image,
+)
+from simulators.png import read_png_header, render_png
+from simulators.sd_server import serve
+from tests.sd_fixtures import sd_sims, small_payload  # noqa: F401
+
+PASSWORD = "s3cret-pw"
+PNG_B64 = base64.b64encode(render_png(4, 4, "stub")).decode()
+
+
+@pytest.fixture
+def stub():
+    """Return a starter of one-route stub servers answering `(status, body)` to every request."""
+    listeners = []
+
+    def start(status, body, ping_status=200):
+        def route(method, path, authorization, request_body):
+            return (ping_status, {}) if path == "/internal/ping" else (status, body)
+        listener = serve("127.0.0.1", 0, route)
+        listeners.append(listener)
+        return f"http://127.0.0.1:{listener.port}"
+
+    yield start
+    for listener in listeners:
+        listener.close()
+        listener.join()
+
+
+def test_payload_defaults_are_the_study_settings():
+    payload = build_payload("a red kettle", "people, text")
+    assert payload == {
+        "prompt": "a red kettle", "negative_prompt": "people, text",
+        "width": 1024, "height": 576, "cfg_scale": 5, "steps": 30,
+        "sampler_name": "DPM++ 2M SDE Karras", "styles": ["photographic"],
+        "n_iter": 1, "batch_size": 1, "seed": -1,
+        "override_settings": {"sd_model_checkpoint": "sd_xl_base_1.0.safetensors"},
+    }
+    assert "Model" not in payload and "checkpoint" not in payload
+
+
+def test_payload_options_override_defaults_with_webui_names():
+    payload = build_payload("x", options={"checkpoint": "other.safetensors", "style": "cinematic",
+                                          "steps": 12, "enable_hr": True})
+    assert payload["override_settings"] == {"sd_model_checkpoint": "other.safetensors"}
+    assert (payload["styles"], payload["steps"], payload["enable_hr"]) == (["cinematic"], 12, True)
+    payload["styles"].append("mutated")
+    assert build_payload("x")["styles"] == ["photographic"] == STUDY_DEFAULTS["styles"]
+
+
+@pytest.mark.parametrize("key", ["Model", "model", "colour", "prompt", "mask_blur"])
+def test_unknown_option_keys_raise_value_error_naming_them(key):
+    with pytest.raises(ValueError, match=repr(key)):
+        build_payload("x", options={key: 1})
+
+
+def test_img2img_payload_takes_init_images_and_its_own_fields():
+    payload = build_payload("x", options={"denoising_strength": 0.5, "mask_blur": 4}, init_images=["abc="])
+    assert payload["init_images"] == ["abc="] and payload["mask_blur"] == 4
+
+
+def test_endpoint_keeps_credentials_out_of_its_name_and_repr():
+    endpoint = SDEndpoint.parse(f"http://alice:{PASSWORD.replace('-', '%2D')}@gpu1:7860/")
+    assert endpoint.auth == ("alice", PASSWORD)
+    assert (endpoint.base_url, endpoint.name) == ("http://gpu1:7860", "gpu1:7860")
+    assert PASSWORD not in repr(endpoint) and PASSWORD not in str(endpoint)
+    assert SDEndpoint.parse("http://gpu2:7861").auth is None
+    with pytest.raises(ValueError) as bad:
+        SDEndpoint.parse(f"gpu1:{PASSWORD}@nowhere")
+    assert PASSWORD not in str(bad.value)
+
+
+def test_text2image_returns_base64_pngs_and_info(sd_sims):
+    sim = sd_sims()
+    images, info = text2Image(sim.url, small_payload(seed=7, batch_size=2), timeout=5)
+    assert [read_png_header(base64.b64decode(image)) for image in images] == [(16, 8), (16, 8)]
+    assert info["seed"] == 7 and info["all_seeds"] == [7, 8]
+
+
+def test_image2image_sends_init_images(sd_sims):
+    sim = sd_sims()
+    generation = image2Image(sim.url, build_payload("x", options={"width": 8, "height": 8, "steps": 1},
+                                                    init_images=[PNG_B64]), timeout=5)
+    assert len(generation.images) == 1 and sim.jobs[0].payload["init_images"] == [PNG_B64]
+
+
+def test_basic_auth_comes_from_the_endpoint_url(sd_sims):
+    sim = sd_sims(auth=("alice", PASSWORD))
+    images, _ = text2Image(sim.endpoint, small_payload(), timeout=5)
+    assert images
+    assert call_sdapi(sim.endpoint, "/sdapi/v1/options", timeout=5)["sd_model_checkpoint"]
+    with pytest.raises(SDServerError) as wrong:
+        text2Image(sim.url.replace("http://", "http://alice:nope@"), small_payload(), timeout=5)
+    assert wrong.value.status == 401
+
+
+def test_refused_connection_is_sd_connection_error(sd_sims):
+    sim = sd_sims()
+    sim.refuse()
+    with pytest.raises(SDConnectionError, match="refused") as refused:
+        text2Image(sim.url, small_payload(), timeout=2)
+    assert isinstance(refused.value, BackendError) and refused.value.backend == "sd"
+    assert sim.url.removeprefix("http://") in str(refused.value)
+
+
+def test_connection_dropped_without_an_answer_is_sd_connection_error(stub):
+    with pytest.raises(SDConnectionError, match="connection (reset|closed)"):
+        text2Image(stub(None, None), small_payload(), timeout=2)
+
+
+def test_slow_answer_is_sd_timeout(sd_sims):
+    sim = sd_sims()
+    sim.hang()
+    with pytest.raises(SDTimeout, match="no answer within 0.2s") as slow:
+        text2Image(sim.url, small_payload(), timeout=(1.0, 0.2))
+    assert isinstance(slow.value, BackendTimeout) and slow.value.http_status == 504
+
+
+def test_server_failure_is_sd_server_error_with_status(sd_sims):
+    sim = sd_sims()
+    sim.fail()
+    with pytest.raises(SDServerError, match="HTTP 500") as failed:
+        text2Image(sim.url, small_payload(), timeout=5)
+    assert failed.value.status == 500
+
+
+def test_rejected_payload_is_sd_bad_request(sd_sims):
+    sim = sd_sims()
+    with pytest.raises(SDBadRequest, match="width") as rejected:
+        text2Image(sim.url, small_payload(width=0), timeout=5)
+    assert rejected.value.status == 422
+
+
+@pytest.mark.parametrize("body", [
+    {"images": []}, {"images": [""]}, {"images": ["not base64!"]},
+    {"images": [base64.b64encode(b"plain text").decode()]}, {"info": "{}"}, ["images"], b"<html>oops</html>",
+])
+def test_answers_without_a_real_image_are_sd_bad_response(stub, body):
+    with pytest.raises(SDBadResponse):
+        text2Image(stub(200, body), small_payload(), timeout=5)
+
+
+def test_data_uri_images_come_back_as_raw_base64(stub):
+    images, info = text2Image(stub(200, {"images": ["data:image/png;base64," + PNG_B64], "info": "bad"}),
+                              small_payload(), timeout=5)
+    assert images == [PNG_B64] and info == {}
+
+
+def test_ping_falls_back_to_progress_when_internal_ping_is_missing(stub):
+    ping(stub(200, {"progress": 0.0}, ping_status=404), timeout=2)
+    with pytest.raises(SDServerError):
+        ping(stub(500, {}, ping_status=404), timeout=2)
+
+
+def test_credentials_never_appear_in_error_messages(sd_sims, stub):
+    sim = sd_sims(auth=("alice", PASSWORD))
+    errors = []
+    for fault in ("fail", "hang", "refuse"):
+        getattr(sim, fault)()
+        try:
+            post_sdapi(sim.endpoint, "/sdapi/v1/txt2img", small_payload(), timeout=(1.0, 0.2))
+        except BackendError as e:
+            errors.append(e)
+        sim.heal()
+    bad = stub(200, {"images": [""]}).replace("http://", f"http://alice:{PASSWORD}@")
+    for endpoint, payload in ((bad, small_payload()), (sim.endpoint, small_payload(width=0))):
+        try:
+            text2Image(endpoint, payload, timeout=2)
+        except BackendError as e:
+            errors.append(e)
+    assert [type(e) for e in errors] == [SDServerError, SDTimeout, SDConnectionError, SDBadResponse, SDBadRequest]
+    for error in errors:
+        assert PASSWORD not in str(error) and PASSWORD not in repr(error) and PASSWORD not in str(error.__cause__)
+        assert "SD instance 127.0.0.1:" in str(error)
