@@ -6,10 +6,14 @@ from flask import Flask
 
 def register_apps(app: Flask) -> None:
     """Register every blueprint and its storage indexes on `app`."""
-    from apps import system
+    from apps import generate, generations, records, registry, system
     from apps.paint import routes as paint_routes
     from apps.paint import sessions
 
     app.register_blueprint(system.bp)
     app.register_blueprint(paint_routes.bp)
     app.extensions["mongo"].add_indexes(sessions.create_indexes)
+    registry.init_app(app)  # builds each app's handler now, so a template error stops startup
+    app.register_blueprint(generate.bp)
+    app.register_blueprint(generations.bp)
+    app.extensions["mongo"].add_indexes(records.create_indexes)

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask
 
 import config
-from core import db, envelope, request_log, security
+from core import backends, db, envelope, request_log, security
 from core.embedded_store import EmbeddedStore
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ def create_app(overrides: Mapping[str, Any] | None = None, *, env: Mapping[str, 
     request_log.init_app(app)  # first, so even a rejected request gets an id and a log line
     security.init_app(app)
     _open_store(app)
+    backends.init_app(app)
 
     from apps import register_apps
 

@@ -67,9 +67,12 @@ class ChatSimulator(ChatState):
     """
 
     def __init__(self, api_key: str = "sim-key", latency: float = 0.0, host: str = "127.0.0.1",
-                 port: int = 0, hang_timeout: float = 30.0) -> None:
+                 port: int = 0, hang_timeout: float = 30.0, daemon: bool = False) -> None:
         super().__init__(latency=latency, hang_timeout=hang_timeout)
         self.api_key = api_key
+        # Tests want every connection thread joined in stop(); a demo process must not wait
+        # at exit for idle keep-alive connections, so it asks for daemon threads instead.
+        self.daemon = daemon
         self._address = (host, port)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -86,6 +89,7 @@ class ChatSimulator(ChatState):
         """Start serving on a background thread and return self."""
         self._stopping.clear()
         self._server = _Server(self, self._address)
+        self._server.daemon_threads = self.daemon
         # A short poll interval keeps stop() fast; the loop is idle otherwise.
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
                                         name="chat-sim", daemon=True)

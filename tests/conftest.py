@@ -10,6 +10,7 @@ import uuid
 import pytest
 from pymongo import MongoClient
 
+from core.backends import close_app_backends
 from core.embedded_store import EmbeddedStore
 from core.factory import create_app
 
@@ -42,6 +43,7 @@ def make_app(mongo_uri, tmp_path):
 
     yield make
     for app in made:
+        close_app_backends(app)
         app.extensions["mongo"].close()
 
 

@@ -1,0 +1,157 @@
+"""A burst of simultaneous POST /generate requests against the production server configuration.
+
+The agent layer's "done when": 4 participants ask at once and the server spreads their image
+jobs over 6 Stable Diffusion instances, one job per instance at a time. This starts
+`gunicorn -c gunicorn.conf.py app:app` as a subprocess (MONGO_URI unset, so the embedded
+store in a temporary DATA_DIR) pointed at a chat simulator and WebUI simulators with fixed
+latencies running in this process, then fires each burst over HTTP from 4 threads released
+by one barrier. Scenarios: type 0 with num 3 (3 image jobs per request, 12 in all) and
+type 3 with one scheme and num 3 (3 scenes + 3 product shots, 6 per request, 24 in all).
+
+Ideal image phase = ceil(jobs / instances) * SD latency; ideal burst = the longest GPT
+chain of the type * GPT latency + the ideal image phase. "Max open jobs per instance" is
+the most txt2img requests any simulator ever had open at once, queued ones included: the
+pool must keep it at 1. Prints a Markdown table. Not part of the test run:
+
+    python -m bench.burst_bench [--gpt-latency 0.3] [--sd-latency 1.0] [--rounds 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.embedded_store import free_port
+from simulators.openai_chat import ChatSimulator
+from simulators.sd_webui import SDWebUISimulator
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "bench-key"
+BURST = 4
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One kind of burst: the request body, image jobs per request, and the GPT critical path."""
+
+    name: str
+    body: dict
+    images: int
+    gpt_chain: int  # GPT calls one after another before the last image can start
+
+
+SCENARIOS = [
+    Scenario("type 0, num 3", {"appid": 0, "type": 0, "prompts": {"task": "设计一款运动辅助产品", "num": 3}}, 3, 3),
+    Scenario("type 3, 1 scheme x num 3", {"appid": 0, "type": 3, "prompts": {
+        "selectedSchemes": [{"designTexts": ["可折叠", "带计数"]}], "num": 3}}, 6, 2),
+]
+
+
+def post(url: str, body: dict) -> dict:
+    """POST `body` as JSON and return the decoded envelope (whatever the status)."""
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as e:
+        with e:
+            return json.load(e)
+
+
+def start_server(port: int, data_dir: str, chat: ChatSimulator, sds: list[SDWebUISimulator]) -> subprocess.Popen:
+    """Start gunicorn with the production config and wait until it answers /ping."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO_", "AZURE_", "OPENAI_", "SD_"))}
+    env.update(PORT=str(port), HOST="127.0.0.1", DATA_DIR=data_dir, LOG_LEVEL="WARNING",
+               AZURE_OPENAI_ENDPOINT=chat.url, AZURE_OPENAI_API_KEY=KEY,
+               SD_ENDPOINTS=",".join(sd.endpoint for sd in sds))
+    with open(Path(data_dir) / "server.log", "wb") as log_file:  # the child keeps its own copy
+        server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
+                                  cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1):
+                return server
+        except OSError:
+            if server.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {server.returncode}; see {data_dir}/server.log")
+            time.sleep(0.1)
+    server.terminate()
+    raise RuntimeError("gunicorn did not answer /ping within 60 s")
+
+
+def burst(url: str, scenario: Scenario, sds: list[SDWebUISimulator], sd_latency: float,
+          gpt_latency: float) -> str:
+    """Fire one burst of the scenario and return its Markdown table row."""
+    before = [len(sd.jobs) for sd in sds]
+    answers: list[dict] = [{}] * BURST
+    barrier = threading.Barrier(BURST + 1)
+
+    def one(i: int) -> None:
+        barrier.wait()
+        answers[i] = post(url, {**scenario.body, "username": f"bench-{i}"})
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(BURST)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.monotonic()
+    for thread in threads:
+        thread.join()
+    whole = time.monotonic() - started
+    jobs = [job for sd, n in zip(sds, before) for job in sd.jobs[n:]]
+    image_phase = max(j.end for j in jobs) - min(j.start for j in jobs) if jobs else float("nan")
+    ideal_images = math.ceil(len(jobs) / len(sds)) * sd_latency
+    ideal_whole = scenario.gpt_chain * gpt_latency + ideal_images
+    ok = sum(1 for a in answers if a.get("success"))
+    per_instance = "/".join(str(len(sd.jobs) - n) for sd, n in zip(sds, before))
+    return (f"| {scenario.name} | {ok}/{BURST} | {len(jobs)} | {per_instance} | {image_phase:.2f} | "
+            f"{ideal_images:.2f} | {whole:.2f} | {ideal_whole:.2f} | {max(sd.max_in_flight for sd in sds)} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run every scenario `--rounds` times against one gunicorn server and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gpt-latency", type=float, default=0.3)
+    parser.add_argument("--sd-latency", type=float, default=1.0)
+    parser.add_argument("--instances", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    chat = ChatSimulator(api_key=KEY, latency=args.gpt_latency).start()
+    sds = [SDWebUISimulator(latency=args.sd_latency).start() for _ in range(args.instances)]
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="burst-bench-") as data_dir:
+        server = start_server(port, data_dir, chat, sds)
+        try:
+            url = f"http://127.0.0.1:{port}/generate"
+            warm = post(url, {"appid": 0, "type": 0, "prompts": {"task": "warm-up", "num": 1}})
+            if not warm.get("success"):
+                raise RuntimeError(f"the warm-up request failed: {warm.get('message')}")
+            print(f"{BURST} simultaneous requests, {args.instances} SD simulators at {args.sd_latency:g} s "
+                  f"per image, GPT simulator at {args.gpt_latency:g} s per call (gunicorn, gthread)\n")
+            print("| scenario | ok | image jobs | jobs per instance | image phase (s) | ideal (s) "
+                  "| whole burst (s) | ideal (s) | max open jobs per instance |")
+            print("|---|---|---|---|---|---|---|---|---|")
+            for scenario in SCENARIOS:
+                for _ in range(args.rounds):
+                    print(burst(url, scenario, sds, args.sd_latency, args.gpt_latency), flush=True)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(60)
+    for sd in sds:
+        sd.stop()
+    chat.stop()
+
+
+if __name__ == "__main__":
+    main()
