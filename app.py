@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import sys
 
 from core.factory import create_app
 
@@ -24,6 +26,9 @@ def main(argv: list[str] | None = None) -> None:
         from simulators.demo import start_demo_backends
 
         overrides = start_demo_backends()
+    # SIGTERM (docker stop, systemd, kill) should end like Ctrl-C: through atexit, which
+    # stops the embedded store cleanly; Python's default would skip it and orphan the store.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     server = create_app(overrides)
     server.run(host=server.config["HOST"], port=server.config["PORT"], threaded=True)
 

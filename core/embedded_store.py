@@ -4,6 +4,11 @@ No MongoDB server can be installed from the package registries our machines reac
 with `MONGO_URI` unset the app starts nx-27017 on a free loopback port with its files
 under `DATA_DIR/mongo` and talks to it through pymongo like to any MongoDB. Tests start
 it the same way. Data lives in SQLite files and survives restarts.
+
+One store serves one data directory. If a store for that directory is already running
+(the server is up while a researcher runs `flask export-study`, or a server killed
+without cleanup left it behind), the newcomer connects to it instead of starting a
+second one, and leaves it running when it exits.
 """
 from __future__ import annotations
 
@@ -46,15 +51,37 @@ class EmbeddedStore:
         self.host = host
         self.port = port or free_port(host)
         self.process: subprocess.Popen | None = None
+        self.adopted = False  # True when connected to a store some other process started
 
     @property
     def uri(self) -> str:
         """The MongoDB URI that reaches this store."""
         return f"mongodb://{self.host}:{self.port}/"
 
+    @property
+    def pid_file(self) -> Path:
+        """Where nx-27017 writes its process id."""
+        return self.data_dir / "nx-27017.pid"
+
+    def _running_port(self) -> int | None:
+        """Return the port of a live nx-27017 already serving this data dir, if any (Linux)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        except (OSError, ValueError):
+            return None
+        if "nx_27017.nx_27017" not in args or str(self.data_dir) not in args or "--port" not in args:
+            return None
+        return int(args[args.index("--port") + 1])
+
     def start(self, timeout: float = 15.0) -> "EmbeddedStore":
-        """Start the server and wait until it accepts connections."""
+        """Start the server (or join the one already serving this data dir) and wait until it accepts connections."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        running = self._running_port()
+        if running is not None and _accepts(self.host, running):
+            log.info("embedded store already running for %s on port %d: using it", self.data_dir, running)
+            self.port, self.adopted = running, True
+            return self
         command = [
             sys.executable, "-m", "nx_27017.nx_27017",
             "--data-dir", str(self.data_dir),
@@ -77,7 +104,7 @@ class EmbeddedStore:
         return self
 
     def stop(self) -> None:
-        """Stop the server, letting SQLite finish its writes."""
+        """Stop the server if this object started it, letting SQLite finish its writes."""
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
