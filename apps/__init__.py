@@ -9,7 +9,9 @@ def register_apps(app: Flask) -> None:
     from apps import generate, generations, records, registry, system
     from apps.paint import routes as paint_routes
     from apps.paint import sessions
+    from core import image_store
 
+    app.extensions["mongo"].add_indexes(image_store.create_indexes)
     app.register_blueprint(system.bp)
     app.register_blueprint(paint_routes.bp)
     app.extensions["mongo"].add_indexes(sessions.create_indexes)

@@ -56,3 +56,16 @@ def test_concurrent_puts_of_one_image_keep_it_readable(db):
     for thread in threads:
         thread.join()
     assert get_image(db, image.sha256).data == image.data
+
+
+def test_multi_chunk_image_reads_back_through_gridfs(db):
+    import gridfs
+
+    from core.image_store import CHUNK_SIZE, Image, create_indexes
+
+    create_indexes(db)
+    data = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * (CHUNK_SIZE // 100)  # several chunks
+    key = put_image(db, Image(data, "image/png"))
+    assert gridfs.GridFSBucket(db).open_download_stream(key).read() == data
+    assert get_image(db, key).data == data
+
