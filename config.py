@@ -57,6 +57,8 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SAVE_MAX_CONTENT_LENGTH": _int(env, "SAVE_MAX_CONTENT_LENGTH", 512 * MB),
         "CORS_ORIGINS": _list(env, "CORS_ORIGINS") or ["*"],
         "API_TOKEN": env.get("API_TOKEN") or None,
+        # Reverse proxies in front of the server whose X-Forwarded-For may be believed.
+        "TRUSTED_PROXIES": _int(env, "TRUSTED_PROXIES", 0),
         "LOG_LEVEL": env.get("LOG_LEVEL") or "INFO",
         # Storage: MONGO_URI unset means the embedded wire-compatible store under DATA_DIR.
         "MONGO_URI": env.get("MONGO_URI") or None,
@@ -83,6 +85,8 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SD_COOLDOWN": _float(env, "SD_COOLDOWN", 15.0),
         "SD_MAX_ATTEMPTS": _int(env, "SD_MAX_ATTEMPTS", 3),
         "SD_PROBE_TIMEOUT": _float(env, "SD_PROBE_TIMEOUT", 2.0),
+        # Generation records kept in memory while MongoDB is down, written when it returns.
+        "RECORD_BACKLOG": _int(env, "RECORD_BACKLOG", 16),
         # Per-client limit on POST /generate, requests per minute; 0 turns it off.
         "GENERATE_RATE_LIMIT": _int(env, "GENERATE_RATE_LIMIT", 0),
     }

@@ -43,6 +43,12 @@ class SDResult:
     errors: list[str] = field(default_factory=list)
 
 
+def _tried(error: SDError, errors: list[str]) -> SDError:
+    """Attach the failed attempts of a job to `error`, for the generation record; return it."""
+    error.attempts, error.errors = len(errors), list(errors)
+    return error
+
+
 class SDInstancePool:
     """Lease WebUI instances one job at a time, fairly, with failover and cooldowns."""
 
@@ -88,31 +94,34 @@ class SDInstancePool:
     def _run(self, call: Callable[..., Generation], payload: dict[str, Any]) -> SDResult:
         deadline = time.monotonic() + self._acquire_timeout
         errors: list[str] = []
-        waited = 0.0
+        waited, last = 0.0, None
         for attempt in range(1, self._max_attempts + 1):
             try:
                 # A retry goes back to the head of the queue: it arrived before every waiter.
                 instance, wait = self._queue.acquire(deadline - time.monotonic(), retry=bool(errors))
             except PoolError as e:
                 if not errors:
-                    raise
-                raise type(e)(f"{e}; earlier attempts: {'; '.join(errors)}") from e
+                    raise _tried(e, errors)
+                raise _tried(type(e)(f"{e}; earlier attempts: {'; '.join(errors)}"), errors) from e
             waited += wait
             started, failure = time.monotonic(), None
             try:
                 generation = call(instance.endpoint, payload, timeout=self._timeouts)
             except INSTANCE_FAILURES as e:
-                failure = str(e)
+                failure, last = str(e), e
                 errors.append(failure)
                 log.warning("SD job attempt %d of %d failed: %s", attempt, self._max_attempts, e)
-                if attempt == self._max_attempts:
-                    raise
                 continue
             finally:
                 self._queue.release(instance, failure)
             return SDResult(generation.images, generation.info, instance.endpoint.name,
                             time.monotonic() - started, waited, attempt, errors)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        # Every attempt failed. If that left no instance up, say so: it is the cause to act on.
+        down = self._queue.down_message()
+        if down is not None:
+            raise _tried(AllInstancesDown(down), errors) from last
+        assert last is not None  # the loop only ends after a failed attempt
+        raise _tried(last, errors)
 
     @contextmanager
     def lease(self, timeout: float | None = None) -> Iterator[SDEndpoint]:
@@ -127,7 +136,15 @@ class SDInstancePool:
         finally:
             self._queue.release(instance, failure)
 
-    # -- metrics and shutdown ------------------------------------------------------------
+    # -- health, metrics and shutdown -------------------------------------------------------
+    def probe_due(self) -> None:
+        """Start health probes of instances whose cooldown is over; return at once.
+
+        Probes otherwise start only when a job asks for an instance, so a health check calls
+        this to let a fully-down pool recover while no traffic reaches it.
+        """
+        self._queue.probe_due()
+
     def snapshot(self) -> dict[str, Any]:
         """Return the pool's counters and each instance's state (no network, no credentials)."""
         return self._queue.snapshot()

@@ -139,6 +139,18 @@ class LeaseQueue:
                         "add WebUI instances to SD_ENDPOINTS", waited, len(self._instances), waiting)
         return waited
 
+    def probe_due(self) -> None:
+        """Start probes of instances whose cooldown is over, without waiting for them or leasing."""
+        with self._lock:
+            self._dispatch()
+
+    def down_message(self) -> str | None:
+        """Return why no instance can work when every one is cooling down, else None."""
+        with self._lock:
+            if self._instances and all(i.state == COOLDOWN for i in self._instances):
+                return self._down_message(time.monotonic())
+        return None
+
     def _timeout_message(self, timeout: float) -> str:
         return (f"no Stable Diffusion instance became free within {timeout:g}s "
                 f"({len(self._instances)} instances, {len(self._waiters)} other jobs waiting); "

@@ -38,7 +38,7 @@ class Instance:
         return {
             "name": self.endpoint.name,
             "state": self.state,
-            "healthy": self.state != COOLDOWN,
+            "healthy": self.state not in (COOLDOWN, PROBING),  # a probe still running proves nothing yet
             "in_flight": 1 if self.state == BUSY else 0,
             "jobs": self.jobs,
             "failures": self.failures,

@@ -13,6 +13,9 @@ class SDError(BackendError):
     """A Stable Diffusion WebUI call failed."""
 
     backend = "sd"
+    # Set by the pool on the error a job ends with: instances tried, and why each failed.
+    attempts: int | None = None
+    errors: list[str] | None = None
 
 
 class SDConnectionError(SDError):

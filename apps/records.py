@@ -18,8 +18,10 @@ from typing import Any
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING
 from pymongo.database import Database
+from pymongo.errors import ConnectionFailure, DuplicateKeyError
 
 from agent.errors import BackendError
+from apps.record_backlog import RecordBacklog
 from apps.trace import Trace
 from core.image_store import Image, ImageDecodeError, decode_image, put_image
 
@@ -109,53 +111,79 @@ def error_of(exc: BaseException | None) -> dict[str, Any] | None:
 class Recorder:
     """Time one generation and write its record when the block ends, however it ends.
 
-    Use as `with Recorder(db, call) as rec: rec.result = run(..., rec.trace)`. Exceptions
-    pass through unchanged; a record that cannot be written is logged, never raised, so
-    storage trouble neither hides the pipeline's error nor takes a participant's result.
+    Use as `with Recorder(db, call, backlog) as rec: rec.result = run(..., rec.trace)`.
+    Exceptions pass through unchanged; a record that cannot be written is logged, never
+    raised, so storage trouble neither hides the pipeline's error nor takes a participant's
+    result. With a `backlog` (apps.record_backlog), a record the database could not take
+    waits there for a later write instead of being lost.
     """
 
-    def __init__(self, db: Database, call: GenerationCall) -> None:
+    def __init__(self, db: Database, call: GenerationCall, backlog: RecordBacklog | None = None) -> None:
         self.db = db
         self.call = call
+        self.backlog = backlog
         self.trace = Trace()
         self.result: dict[str, Any] | None = None
         self.record_id = ObjectId()
         self._created = datetime.now(timezone.utc)
         self._started = time.monotonic()
+        self._ended: tuple[datetime, float] | None = None
+        self._error: dict[str, Any] | None = None
 
     def __enter__(self) -> Recorder:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        # Fixed now, so a record written later still tells when the generation ran.
+        self._ended, self._error = (datetime.now(timezone.utc), time.monotonic()), error_of(exc)
         try:
-            self.db[COLLECTION].insert_one(self.build(exc))
-        except Exception:  # the record is lost, not the request: tell the operator
-            log.exception("could not write generation record %s (app %s, type %s)",
-                          self.record_id, self.call.appid, self.call.type)
+            self.write()
+        except Exception as error:
+            if self.backlog is not None and isinstance(error, ConnectionFailure):
+                self.backlog.keep(self)  # the database is away, not the record's fault: later
+            else:  # the record is lost, not the request: tell the operator
+                log.exception("could not write generation record %s (app %s, type %s)",
+                              self.record_id, self.call.appid, self.call.type)
+            return
+        if self.backlog is not None:
+            self.backlog.flush()  # the database answers: write records that waited for it
+
+    def write(self) -> None:
+        """Insert the record of the ended generation; a copy already stored by an earlier try counts."""
+        try:
+            self.db[COLLECTION].insert_one(self._document(self._error))
+        except DuplicateKeyError:
+            pass  # an earlier try was stored though its answer never came back
 
     def build(self, exc: BaseException | None) -> dict[str, Any]:
         """Return the record document for a generation that ended with `exc` (None: success)."""
+        return self._document(error_of(exc))
+
+    def _document(self, error: dict[str, Any] | None) -> dict[str, Any]:
         refs = ImageRefs(self.db)
         call = self.call
+        finished, ended = self._ended or (datetime.now(timezone.utc), time.monotonic())
         return {
             "_id": self.record_id,
             "createdAt": self._created,
-            "finishedAt": datetime.now(timezone.utc),
-            "durationMs": round((time.monotonic() - self._started) * 1000),
+            "finishedAt": finished,
+            "durationMs": round((ended - self._started) * 1000),
             "appid": call.appid,
             "type": call.type,
             "username": call.username,
             "input": self._input(refs),
             "steps": refs.convert(self.trace.entries),
             "result": refs.convert(self.result),
-            "status": "failed" if exc is not None else "ok",
-            "error": error_of(exc),
+            "status": "failed" if error is not None else "ok",
+            "error": error,
         }
 
     def _input(self, refs: ImageRefs) -> Any:
         try:
             return refs.convert(self.call.handler.describe(self.call.type, self.call.request))
+        except ConnectionFailure:
+            raise  # not a describe() bug: the database is away, and the whole record waits
         except Exception:  # a describe() bug must not cost the steps and the result
             log.exception("could not describe the input of generation %s", self.record_id)
             return None

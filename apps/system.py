@@ -1,7 +1,15 @@
-"""Routes about the server itself."""
+"""Routes about the server itself: liveness, readiness and metrics.
+
+/ping, /healthz and /readyz are open even when API_TOKEN is set (load balancers probe
+anonymously; core.security); /metrics needs the token then (Prometheus sends it as a
+bearer token). None of them calls a model.
+"""
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, current_app
+
+from core import metrics, readiness
+from core.envelope import CODE_BACKEND, CODE_STORAGE, envelope, ok
 
 bp = Blueprint("system", __name__)
 
@@ -10,3 +18,25 @@ bp = Blueprint("system", __name__)
 def ping():
     """Answer the plain text `pong` for probes and curl."""
     return "pong", 200, {"Content-Type": "text/plain; charset=utf-8"}
+
+
+@bp.get("/healthz")
+def healthz():
+    """Answer that the process is alive, without any I/O."""
+    return ok({"status": "alive"})
+
+
+@bp.get("/readyz")
+def readyz():
+    """Answer 200 when the database, GPT and an SD instance are usable, else 503; details either way."""
+    ready, data, message = readiness.check(current_app)
+    if ready:
+        return envelope(data, message=message)
+    code = CODE_BACKEND if data["database"]["reachable"] else CODE_STORAGE
+    return envelope(data, success=False, code=code, message=message, status=503)
+
+
+@bp.get("/metrics")
+def metrics_text():
+    """Answer every metric in the Prometheus text format."""
+    return metrics.exposition()

@@ -10,6 +10,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+import pymongo
 from flask import Flask, current_app
 from pymongo import MongoClient
 from pymongo.database import Database
@@ -52,10 +53,12 @@ class MongoStore:
                     self._ready = True
         return self.db
 
-    def ping(self) -> bool:
-        """Return whether the database answers right now."""
+    def ping(self, timeout: float | None = None) -> bool:
+        """Return whether the database answers right now (within `timeout` seconds, if given)."""
         try:
-            self.client.admin.command("ping")
+            # pymongo.timeout also bounds server selection, so a dead database fails in `timeout`.
+            with pymongo.timeout(timeout):
+                self.client.admin.command("ping")
             return True
         except Exception:  # any failure means "not reachable" for a health check
             return False

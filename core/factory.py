@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 import config
-from core import backends, db, envelope, request_log, security
+from core import backends, db, envelope, metrics, rate_limit, request_log, security
 from core.embedded_store import EmbeddedStore
 
 log = logging.getLogger(__name__)
@@ -29,17 +30,24 @@ def _open_store(app: Flask) -> None:
 
 def create_app(overrides: Mapping[str, Any] | None = None, *, env: Mapping[str, str] | None = None) -> Flask:
     """Build the API server from the environment (or `env`), with `overrides` applied last."""
-    app = Flask(__name__.split(".")[0])
+    app = Flask(__name__.split(".")[0], static_folder=None)  # an API: no /static route
     app.config.update(config.from_env(env))
     app.config.update(overrides or {})
     app.json.ensure_ascii = False  # participants read Chinese; send it as UTF-8, not \\u escapes
     app.json.sort_keys = False
+    if app.config["TRUSTED_PROXIES"]:
+        # Behind a reverse proxy the TCP peer is the proxy; the client's own address (which the
+        # /generate rate limit and the access log use) is in X-Forwarded-For.
+        hops = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
 
     envelope.register_error_handlers(app)
     request_log.init_app(app)  # first, so even a rejected request gets an id and a log line
     security.init_app(app)
     _open_store(app)
     backends.init_app(app)
+    metrics.init_app(app)  # after the backends: it collects their counters at scrape time
+    rate_limit.init_app(app)
 
     from apps import register_apps
 

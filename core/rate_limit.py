@@ -1,18 +1,24 @@
 """A per-client request budget (token bucket), for the expensive POST /generate.
 
 Off by default; `GENERATE_RATE_LIMIT` sets how many requests per minute one client
-(its address; behind a proxy, configure the proxy to pass the real one) may start. A client
+(its address: the TCP peer, or behind TRUSTED_PROXIES reverse proxies the address they
+forward) may start. A client
 over its budget gets 429 in the envelope with `Retry-After`.
 """
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 
-from flask import request
+from flask import Flask, current_app, request
 
 from core.envelope import ApiError
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "generate_rate_limit"
 
 
 class RateLimited(ApiError):
@@ -60,3 +66,16 @@ def enforce(bucket: TokenBucket | None) -> None:
     wait = bucket.take(client_key())
     if wait:
         raise RateLimited(wait)
+
+
+def init_app(app: Flask) -> None:
+    """Build the /generate bucket of `app` once when GENERATE_RATE_LIMIT > 0 (else no limit)."""
+    per_minute = int(app.config.get("GENERATE_RATE_LIMIT") or 0)
+    app.extensions[EXTENSION] = TokenBucket(per_minute) if per_minute > 0 else None
+    if per_minute > 0:
+        log.info("rate limit: %d POST /generate per minute per client address", per_minute)
+
+
+def limit_generate() -> None:
+    """Raise RateLimited when the current client has used up its /generate budget."""
+    enforce(current_app.extensions.get(EXTENSION))

@@ -30,13 +30,18 @@ def _begin() -> None:
     g.started = time.perf_counter()
 
 
+def elapsed() -> float:
+    """Return the seconds since the current request began."""
+    return time.perf_counter() - g.get("started", time.perf_counter())
+
+
 def route_label() -> str:
     """Return the route pattern of the current request (not its concrete path), for logs and metrics."""
     return request.url_rule.rule if request.url_rule else "<unmatched>"
 
 
 def _finish(response: Response) -> Response:
-    duration = time.perf_counter() - g.get("started", time.perf_counter())
+    duration = elapsed()
     response.headers["X-Request-ID"] = request_id()
     access_log.info(json.dumps({
         "event": "request",

@@ -183,6 +183,8 @@ class WebUIBackend:
         time.sleep(max(0.0, start + duration - time.monotonic()))
         with self._state:
             self._current = None
+            if self._dead:  # the instance died during the job: like a crashed WebUI, no answer
+                return None, None
             self._jobs.append(Job(arrived, start, time.monotonic(), payload.get("prompt", ""), payload))
             dying = self._die_at is not None and len(self._jobs) >= self._die_at
         if dying:

@@ -4,7 +4,8 @@ A real HTTP server that answers the API routes the server uses, draws cheap PNGs
 running a model, and runs one generation at a time, as the WebUI's queue does (the
 behaviour is `simulators.sd_api.WebUIBackend`). Tests and benchmarks read what it did
 (`jobs`, `max_concurrency`, `max_in_flight`, `pings`) and inject faults at runtime:
-`fail`, `hang`/`release`, `die_after`, `refuse`/`revive`, `heal`.
+`fail`, `hang`/`release`, `die_after`, `refuse`/`revive`, `heal`. A job still running
+when the instance dies (`die_after(0)` during a held or slow job) gets no answer.
 Run it alone with `python -m simulators.sd_webui --port 7864 --latency 0.5`.
 """
 from __future__ import annotations

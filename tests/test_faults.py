@@ -1,0 +1,158 @@
+"""Backend faults during POST /generate: what the client hears, what the record keeps, recovery.
+
+Each test breaks a simulator over loopback while the server uses it, checks the answer
+(success after failover, or a code 2 envelope naming the step), checks the generation
+record tells what happened, then heals the fault and checks the next request succeeds.
+MongoDB faults are in test_faults_database.py, SIGTERM in test_graceful_shutdown.py.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from pymongo import MongoClient
+
+from tests.fault_fixtures import (  # noqa: F401  (fixtures)
+    RAPID_TWO, all_records, check_backend_failure, check_rapid, fault_app, fault_client, fault_db, generate,
+    image_steps, instance_state, timed, wait_cooldowns_over,
+)
+from tests.generate_fixtures import PROMPTS, make_gen_app, sims, wait_for  # noqa: F401
+from tests.sd_fixtures import Worker
+
+
+def name_of(sim) -> str:
+    """Return how the pool and the records name a simulator."""
+    return f"{sim.host}:{sim.port}"
+
+
+def check_failover(record, victim, *causes: str) -> None:
+    """Check an ok record where exactly one image job moved off `victim` after one of `causes`."""
+    assert record["status"] == "ok" and record["error"] is None
+    moved = [step for step in image_steps(record) if step["attempts"] == 2]
+    assert len(moved) == 1, image_steps(record)
+    (error,) = moved[0]["errors"]
+    assert name_of(victim) in error and any(cause in error for cause in causes), error
+    assert moved[0]["instance"] != name_of(victim) and moved[0]["error"] is None
+    others = [step for step in image_steps(record) if step is not moved[0]]
+    assert all(step["attempts"] == 1 and step["errors"] == [] for step in others)
+
+
+def check_recovers(app, client, victim) -> None:
+    """Heal `victim`, wait out its cooldown and check the next generation succeeds and probes it back."""
+    victim.heal()
+    wait_cooldowns_over(app)
+    status, answer = generate(client, prompts=PROMPTS[0])
+    assert status == 200
+    check_rapid(answer, 6)
+    wait_for(lambda: instance_state(app, victim)["healthy"], what="the healed instance back in the pool")
+    assert victim.pings >= 1
+
+
+def test_sd_instance_dying_mid_job_fails_over_and_the_record_shows_both_attempts(
+        fault_app, fault_client, fault_db, sims):
+    victim = sims.sds[0]
+    victim.hang()  # hold the first job it gets, so it dies with the job running
+    worker = Worker(lambda: generate(fault_client, prompts=PROMPTS[0]))
+    worker.start()
+    wait_for(lambda: victim.max_in_flight == 1, what="a job on the victim")
+    victim.die_after(0)
+    victim.release()
+    status, answer = worker.outcome(30)
+    assert status == 200
+    check_rapid(answer, 6)
+    assert victim.jobs == [] and sum(len(sd.jobs) for sd in sims.sds) == 6
+    (record,) = all_records(fault_db)
+    # The socket closes unanswered; the client sees a reset or an EOF, depending on timing.
+    check_failover(record, victim, "connection reset", "connection closed without an answer")
+    assert instance_state(fault_app, victim)["state"] == "cooldown"
+    check_recovers(fault_app, fault_client, victim)
+
+
+def test_hanging_sd_instance_hits_the_read_timeout_and_the_job_finishes_elsewhere(
+        fault_app, fault_client, fault_db, sims):
+    victim = sims.sds[0]
+    victim.hang()
+    status, answer = generate(fault_client, prompts=PROMPTS[0])
+    assert status == 200
+    check_rapid(answer, 6)
+    (record,) = all_records(fault_db)
+    check_failover(record, victim, "no answer within 1.5s")
+    check_recovers(fault_app, fault_client, victim)
+
+
+def test_all_sd_instances_down_is_a_quick_503_naming_the_step(fault_app, fault_client, fault_db, sims):
+    for sd in sims.sds:
+        sd.refuse()
+    # One image: its job tries all three instances in turn, and the last refusal must still
+    # read as "all down", not as one instance's trouble.
+    elapsed, (status, answer) = timed(generate, fault_client, prompts={**RAPID_TWO, "num": 1})
+    check_backend_failure(status, answer, "rapid.scene_images[0]: ")
+    assert "all 3 Stable Diffusion instances are down" in answer["message"]
+    assert elapsed < 10  # not the 60 s acquire timeout: down instances answer at once
+    (record,) = all_records(fault_db)
+    assert record["status"] == "failed" and record["result"] is None
+    assert record["error"]["step"] == answer["message"].split(": ", 1)[0]
+    assert record["error"]["kind"] == "AllInstancesDown"
+    failed = image_steps(record)
+    assert failed and all(step["error"] and step["image"] is None for step in failed)
+    assert all(step["attempts"] == len(step["errors"]) for step in failed)
+    assert [step["attempts"] for step in failed] == [3]  # every instance was tried
+
+    status, answer = generate(fault_client, prompts=PROMPTS[0])  # six jobs at once, still down
+    check_backend_failure(status, answer, "rapid.scene_images[")
+    assert "Stable Diffusion instances are down" in answer["message"]
+    for sd in sims.sds:
+        sd.heal()
+    wait_cooldowns_over(fault_app)
+    status, answer = generate(fault_client, prompts=PROMPTS[0])
+    assert status == 200
+    check_rapid(answer, 6)
+    assert [r["status"] for r in all_records(fault_db)] == ["failed", "failed", "ok"]
+
+
+def llm_steps(record, step: str) -> list[dict]:
+    """Return the LLM entries of `step` in a record."""
+    return [entry for entry in record["steps"] if entry["kind"] == "llm" and entry["step"] == step]
+
+
+def test_gpt_rate_limit_is_retried_then_reported_then_recovers(fault_client, fault_db, sims):
+    sims.chat.fail_next(2, status=429, retry_after=0.05)  # within GPT_MAX_RETRIES=2
+    status, answer = generate(fault_client)
+    assert status == 200
+    check_rapid(answer, 2)
+    assert [r.status for r in sims.chat.requests[:3]] == [429, 429, 200]
+    (first,) = all_records(fault_db)
+    (products,) = llm_steps(first, "rapid.products")
+    assert first["status"] == "ok" and products["retries"] == 2 and products["error"] is None
+
+    sims.chat.fail_next(3, status=429, retry_after=0.05)  # one more than the SDK retries
+    status, answer = generate(fault_client)
+    check_backend_failure(status, answer, "rapid.products: ")
+    assert "rate limited (HTTP 429) after 2 retries" in answer["message"]
+    second = all_records(fault_db)[1]
+    assert second["status"] == "failed" and second["error"]["kind"] == "GPTRateLimited"
+    (products,) = llm_steps(second, "rapid.products")
+    assert products["retries"] == 2 and products["error"]
+
+    status, answer = generate(fault_client)  # the 429s are over
+    assert status == 200
+    check_rapid(answer, 2)
+    assert [r["status"] for r in all_records(fault_db)] == ["ok", "failed", "ok"]
+
+
+def test_gpt_auth_failure_names_the_cause_never_the_key(make_gen_app, mongo_uri, sims, caplog):
+    wrong_key = "sk-wrong-7f3a9c1e5b"
+    app = make_gen_app(AZURE_OPENAI_API_KEY=wrong_key)
+    client = app.test_client()
+    with caplog.at_level(logging.DEBUG):
+        status, answer = generate(client)
+    check_backend_failure(status, answer, "rapid.products: ")
+    assert "key refused (HTTP 401" in answer["message"] and wrong_key not in answer["message"]
+    assert [r.status for r in sims.chat.requests] == [401]  # an auth failure is not retried
+    assert wrong_key not in caplog.text and wrong_key[-6:] not in caplog.text
+
+    with MongoClient(mongo_uri) as direct:
+        (record,) = all_records(direct[app.config["MONGO_DB"]])
+    assert record["status"] == "failed" and record["error"]["kind"] == "GPTAuthError"
+    assert wrong_key not in json.dumps(record, default=str)
+    assert client.post("/paint/start", json={"username": "alice"}).status_code == 200  # still serving
