@@ -7,6 +7,7 @@ from flask import Flask
 def register_apps(app: Flask) -> None:
     """Register every blueprint and its storage indexes on `app`."""
     from apps import generate, generations, records, registry, system
+    from apps.openapi import routes as openapi_routes
     from apps.paint import routes as paint_routes
     from apps.paint import sessions
     from core import image_store
@@ -19,3 +20,4 @@ def register_apps(app: Flask) -> None:
     app.register_blueprint(generate.bp)
     app.register_blueprint(generations.bp)
     app.extensions["mongo"].add_indexes(records.create_indexes)
+    app.register_blueprint(openapi_routes.bp)

@@ -19,6 +19,9 @@ bp = Blueprint("generations", __name__)
 
 SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 IMMUTABLE = "public, max-age=31536000, immutable"
+# Blobs of saved schemes keep the media type their data URI declared (text/html, SVG with
+# scripts, ...): opened directly, such a blob must not run as a page of the API's origin.
+UNTRUSTED = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox; default-src 'none'"}
 
 
 @bp.get("/generations")
@@ -44,5 +47,6 @@ def get_stored_image(key: str):
         raise NotFound(f"no image has the SHA-256 {key.lower()}")
     response = Response(image.data, content_type=image.content_type)
     response.headers["Cache-Control"] = IMMUTABLE
+    response.headers.update(UNTRUSTED)
     response.set_etag(key.lower())
     return response.make_conditional(request)

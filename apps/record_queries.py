@@ -57,9 +57,10 @@ def _cursor(raw: str) -> ObjectId | datetime:
         return ObjectId(raw)
     try:
         moment = datetime.fromisoformat(raw.strip())
-    except ValueError:
-        raise BadInput("before", "must be a record id or an ISO-8601 time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        # In UTC now: the store keeps UTC, and an offset can push a time past year 1 or 9999.
+        return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    except (ValueError, OverflowError):
+        raise BadInput("before", "must be a record id or an ISO-8601 time between years 1 and 9999 UTC") from None
 
 
 def read_page_query(args: Any) -> PageQuery:

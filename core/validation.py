@@ -6,6 +6,8 @@ when it is not, so views read as a list of rules.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Collection
 from typing import Any
 
@@ -15,6 +17,35 @@ from core.envelope import BadInput
 
 MAX_USERNAME = 128
 MAX_DEPTH = 40  # BSON nesting stops at 100; the client's schemes need about 5
+# JSON may escape lone UTF-16 surrogates ("\ud800"); Python keeps them, but no UTF-8 (so no
+# BSON, log line or HTTP body) can hold them. Strictly decoded UTF-8 cannot carry one, so
+# only a body with such an escape needs the walk over its strings.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class _NotJSON(ValueError):
+    """The body uses NaN or Infinity, which Python's parser accepts but JSON has not."""
+
+
+def _reject_constant(name: str) -> None:
+    raise _NotJSON(name)
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Return whether any string (or key) in parsed JSON holds a lone surrogate."""
+    stack = [value]  # a loop, not recursion: the parser allows deeper nesting than a walk would
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def json_object() -> dict[str, Any]:
@@ -22,12 +53,25 @@ def json_object() -> dict[str, Any]:
     if not request.is_json:
         raise BadInput("body", "must be JSON, sent with Content-Type: application/json")
     try:
-        # Not cached: a save body may be hundreds of MB, so let the raw bytes go once parsed.
-        body = json.loads(request.get_data(cache=False))
+        # Not cached: a save body may be hundreds of MB, so let the raw bytes go once decoded.
+        # Strict UTF-8 (RFC 8259), unlike json.loads on bytes, which lets encoded surrogates pass.
+        text = request.get_data(cache=False).decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise BadInput("body", "is not valid JSON: it must be UTF-8 text") from None
+    escaped = _SURROGATE_ESCAPE.search(text) is not None  # most bodies have none: skip the walk
+    try:
+        # NaN and Infinity would be stored, then sent back as JSON no browser can parse.
+        body = json.loads(text, parse_constant=_reject_constant)
+    except _NotJSON as e:
+        raise BadInput("body", f"is not valid JSON: {e} is not a JSON number") from None
     except (ValueError, RecursionError):
         raise BadInput("body", "is not valid JSON") from None
+    finally:
+        del text
     if not isinstance(body, dict):
         raise BadInput("body", "must be a JSON object")
+    if escaped and _has_lone_surrogate(body):
+        raise BadInput("body", "holds a lone surrogate escape (\\udXXX); strings must be valid Unicode")
     return body
 
 
@@ -99,8 +143,8 @@ def storable(value: Any, field: str, depth: int = 0) -> Any:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             storable(item, f"{field}[{index}]", depth + 1)
-    elif isinstance(value, float) and value != value:
-        raise BadInput(field, "must not be NaN")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise BadInput(field, "must be a finite number")
     elif isinstance(value, int) and not -(2**63) <= value < 2**63:
         raise BadInput(field, "is an integer too large to store (64-bit limit)")
     return value
