@@ -20,7 +20,8 @@ from apps.records import COLLECTION
 from core.backends import get_pool
 from core.embedded_store import EmbeddedStore, free_port
 from simulators.sd_webui import SDWebUISimulator
-from tests.generate_fixtures import PROMPTS, body, decode_png, wait_for
+from tests.generate_fixtures import PROMPTS, body, decode_png
+from tests.helpers import wait_until
 
 # Small enough to see each fault quickly, large enough for a loaded 2-core machine.
 FAULT_SETTINGS = {"SD_COOLDOWN": 0.3, "SD_READ_TIMEOUT": 1.5, "SD_ACQUIRE_TIMEOUT": 60.0,
@@ -105,7 +106,7 @@ def wait_cooldowns_over(app: Flask, timeout: float = 10.0) -> None:
     def over() -> bool:
         with app.app_context():
             return all(i["cooldown_remaining"] == 0 for i in get_pool().snapshot()["instances"])
-    wait_for(over, timeout, "the cooldowns to end")
+    wait_until(over, timeout, "the cooldowns to end")
 
 
 def timed(fn, *args: Any, **kwargs: Any) -> tuple[float, Any]:

@@ -7,7 +7,6 @@ the test. Request bodies are built in the web client's shape.
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -118,14 +117,3 @@ def decode_png(value: Any) -> bytes:
     data = base64.b64decode(value, validate=True)
     assert data.startswith(PNG_SIGNATURE)
     return data
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `condition` until it is truthy and return its value; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -49,14 +48,6 @@ def make_gpt(chat_sim: ChatSimulator) -> Iterator[Callable[..., GPTClient]]:
     for client in made:
         client.close()
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll `predicate` until it holds; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not reached before the deadline")
-        time.sleep(0.005)
 
 
 def post(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, dict, Any]:

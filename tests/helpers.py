@@ -1,6 +1,8 @@
 """Small builders shared by tests."""
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 PNG_1PX = (
@@ -36,3 +38,14 @@ def save_body(username: str, rapid=(), deep=(), convergence=(), task="设计一�
             "currentStage": stage,
         },
     }
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `condition` until it is truthy and return its value; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.002)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -48,16 +47,6 @@ def small_payload(prompt: str = "a folding chair", **fields: Any) -> dict[str, A
     """Return a cheap txt2img payload (a tiny image, few steps)."""
     return {"prompt": prompt, "width": 16, "height": 8, "steps": 2, **fields}
 
-
-def wait_until(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    """Poll `condition` until it is truthy and return its value; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.002)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Worker(threading.Thread):

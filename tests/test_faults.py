@@ -16,8 +16,9 @@ from tests.fault_fixtures import (  # noqa: F401  (fixtures)
     RAPID_TWO, all_records, check_backend_failure, check_rapid, fault_app, fault_client, fault_db, generate,
     image_steps, instance_state, timed, wait_cooldowns_over,
 )
-from tests.generate_fixtures import PROMPTS, make_gen_app, sims, wait_for  # noqa: F401
+from tests.generate_fixtures import PROMPTS, make_gen_app, sims  # noqa: F401
 from tests.sd_fixtures import Worker
+from tests.helpers import wait_until
 
 
 def name_of(sim) -> str:
@@ -44,7 +45,7 @@ def check_recovers(app, client, victim) -> None:
     status, answer = generate(client, prompts=PROMPTS[0])
     assert status == 200
     check_rapid(answer, 6)
-    wait_for(lambda: instance_state(app, victim)["healthy"], what="the healed instance back in the pool")
+    wait_until(lambda: instance_state(app, victim)["healthy"], what="the healed instance back in the pool")
     assert victim.pings >= 1
 
 
@@ -54,7 +55,7 @@ def test_sd_instance_dying_mid_job_fails_over_and_the_record_shows_both_attempts
     victim.hang()  # hold the first job it gets, so it dies with the job running
     worker = Worker(lambda: generate(fault_client, prompts=PROMPTS[0]))
     worker.start()
-    wait_for(lambda: victim.max_in_flight == 1, what="a job on the victim")
+    wait_until(lambda: victim.max_in_flight == 1, what="a job on the victim")
     victim.die_after(0)
     victim.release()
     status, answer = worker.outcome(30)

@@ -17,8 +17,8 @@ from apps.record_backlog import RecordBacklog
 from tests.fault_fixtures import (  # noqa: F401  (fixtures)
     all_records, check_rapid, direct_client, generate, own_store,
 )
-from tests.generate_fixtures import PROMPTS, make_gen_app, sims, wait_for  # noqa: F401
-from tests.helpers import save_body, scheme
+from tests.generate_fixtures import PROMPTS, make_gen_app, sims  # noqa: F401
+from tests.helpers import save_body, scheme, wait_until
 from tests.sd_fixtures import Worker
 
 
@@ -104,7 +104,7 @@ def test_database_stopped_during_a_generation(store_app, own_store, sims, caplog
     sims.chat.hang_next(1)  # hold the generation in its first GPT call
     worker = Worker(lambda: generate(client))
     worker.start()
-    wait_for(lambda: sims.chat.held == 1, what="the generation in flight")
+    wait_until(lambda: sims.chat.held == 1, what="the generation in flight")
     own_store.stop()
     sims.chat.release()
     with caplog.at_level(logging.WARNING):

@@ -18,8 +18,9 @@ from werkzeug.serving import make_server
 from apps.records import COLLECTION
 from apps.registry import APP_EXTENSION
 from tests.generate_fixtures import (  # noqa: F401  (fixtures)
-    PROMPTS, SKETCH, body, decode_png, gen_app, gen_client, gen_db, make_gen_app, sims, wait_for,
+    PROMPTS, SKETCH, body, decode_png, gen_app, gen_client, gen_db, make_gen_app, sims,
 )
+from tests.helpers import wait_until
 
 ENVELOPE = {"success", "data", "code", "message"}
 ITEM_KEYS = {"type", "text", "image", "combinations"}
@@ -165,7 +166,7 @@ def test_gpt_down_mid_pipeline_is_503_naming_the_step_with_a_failed_record(gen_c
     done = {}
     worker = threading.Thread(target=lambda: done.update(r=gen_client.post("/generate", json=body(1, PROMPTS[1]))))
     worker.start()
-    wait_for(lambda: sims.chat.held == 1, what="the first GPT call")
+    wait_until(lambda: sims.chat.held == 1, what="the first GPT call")
     sims.chat.fail_next(10, status=500, retry_after=0.001)  # beyond GPT_MAX_RETRIES=1
     sims.chat.release()
     worker.join(30)
@@ -221,9 +222,9 @@ def test_record_is_written_after_the_client_hangs_up(gen_app, gen_db, sims):
         with socket.create_connection(("127.0.0.1", server.server_port), timeout=5) as conn:
             conn.sendall(b"POST /generate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
                          + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
-            wait_for(lambda: sims.chat.held == 1, what="the first GPT call")
+            wait_until(lambda: sims.chat.held == 1, what="the first GPT call")
         sims.chat.release()  # the client is gone; the generation goes on and is recorded
-        (doc,) = wait_for(lambda: records(gen_db), what="the record")
+        (doc,) = wait_until(lambda: records(gen_db), what="the record")
         assert doc["status"] == "ok" and len(refs(doc["result"])) == 6
     finally:
         server.shutdown()

@@ -15,8 +15,9 @@ from agent.gpt import (
 )
 from config import from_env
 from tests.gpt_fixtures import (  # noqa: F401
-    API_VERSION, IMAGE_B64, IMAGE_URI, chat_sim, make_gpt, wait_until,
+    API_VERSION, IMAGE_B64, IMAGE_URI, chat_sim, make_gpt,
 )
+from tests.helpers import wait_until
 
 
 def test_azure_chat_goes_through_the_sdk(chat_sim, make_gpt):

@@ -7,7 +7,8 @@ import threading
 import pytest
 
 from simulators.openai_chat import ChatSimulator
-from tests.gpt_fixtures import API_VERSION, IMAGE_URI, SIM_KEY, chat_sim, post, wait_until  # noqa: F401
+from tests.gpt_fixtures import API_VERSION, IMAGE_URI, SIM_KEY, chat_sim, post  # noqa: F401
+from tests.helpers import wait_until
 
 NUMBERING = re.compile(r"^\s*(?:\d+[.、)]|[①-⑩]|[-•*])\s*")
 

@@ -25,8 +25,8 @@ from core.embedded_store import free_port
 from simulators.openai_chat import ChatSimulator
 from simulators.sd_webui import SDWebUISimulator
 from tests.fault_fixtures import RAPID_TWO, check_rapid
-from tests.generate_fixtures import body, wait_for
-from tests.helpers import save_body, scheme
+from tests.generate_fixtures import body
+from tests.helpers import save_body, scheme, wait_until
 from tests.sd_fixtures import Worker
 from tests.tcp_gate import TcpGate
 
@@ -97,7 +97,7 @@ def warm_two_connections(base: str, gate: TcpGate) -> None:
         assert all(worker.outcome(15)[0] == 200 for worker in workers)
         return gate.sent_with(b"participants") >= 2
 
-    wait_for(burst, 15, "two pooled database connections")
+    wait_until(burst, 15, "two pooled database connections")
 
 
 def test_sigterm_lets_requests_in_flight_finish(mongo_uri, tmp_path):
@@ -110,7 +110,7 @@ def test_sigterm_lets_requests_in_flight_finish(mongo_uri, tmp_path):
             TcpGate(("127.0.0.1", store_port)) as gate:
         server = Gunicorn(server_env(port, gate.port, db_name, chat, [sd1, sd2], tmp_path / "var"))
         try:
-            wait_for(lambda: _pings(base), 20, "gunicorn to answer")
+            wait_until(lambda: _pings(base), 20, "gunicorn to answer")
             for name in USERS:
                 assert post(base, "/paint/start", {"username": name})[0] == 200
                 assert post(base, "/paint/save", save_body(name, rapid=[scheme("old")], task="old"))[0] == 200
@@ -124,11 +124,11 @@ def test_sigterm_lets_requests_in_flight_finish(mongo_uri, tmp_path):
             saves = [Worker(lambda n=name: post(base, "/paint/save", new[n])) for name in USERS]
             for worker in generations + saves:
                 worker.start()
-            wait_for(lambda: chat.held == 2 and gate.held_with(b"participants") == 2, 15, "all four in flight")
+            wait_until(lambda: chat.held == 2 and gate.held_with(b"participants") == 2, 15, "all four in flight")
 
             started = time.monotonic()
             server.process.send_signal(signal.SIGTERM)
-            wait_for(lambda: server.said("Handling signal: term"), 10, "gunicorn to take the signal")
+            wait_until(lambda: server.said("Handling signal: term"), 10, "gunicorn to take the signal")
             gate.open()
             chat.release()
             for worker in generations:

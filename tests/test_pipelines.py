@@ -10,7 +10,8 @@ from tests.pipeline_fixtures import (  # noqa: F401  (fixtures)
     TASK, backends, chat_sim, check_item, check_png, deep_prompts, generate, group_two_prompts, make_gpt,
     naming_prompts, paint, sd_pools, sd_sims, steps_of,
 )
-from tests.sd_fixtures import Worker, wait_until
+from tests.sd_fixtures import Worker
+from tests.helpers import wait_until
 
 
 def test_rapid_divergence_answers_num_sequence_cards(generate, backends):

@@ -12,7 +12,8 @@ from agent.pool import (
 from agent.sd import SDBadRequest, SDConnectionError
 from config import from_env
 from simulators.png import read_png_header
-from tests.sd_fixtures import Worker, sd_pools, sd_sims, small_payload, wait_until  # noqa: F401
+from tests.sd_fixtures import Worker, sd_pools, sd_sims, small_payload  # noqa: F401
+from tests.helpers import wait_until
 
 
 def name_of(sim):

@@ -11,7 +11,8 @@ import pytest
 import requests
 
 from simulators.png import read_png_header, render_png
-from tests.sd_fixtures import Worker, sd_sims, small_payload, wait_until  # noqa: F401
+from tests.sd_fixtures import Worker, sd_sims, small_payload  # noqa: F401
+from tests.helpers import wait_until
 
 
 def post(sim, path, payload, **kwargs):
