@@ -20,10 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,11 +27,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.load_server import start_server
 from core.embedded_store import free_port
 from simulators.openai_chat import ChatSimulator
 from simulators.sd_webui import SDWebUISimulator
 
-ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key"
 BURST = 4
 
@@ -66,28 +62,6 @@ def post(url: str, body: dict) -> dict:
     except urllib.error.HTTPError as e:
         with e:
             return json.load(e)
-
-
-def start_server(port: int, data_dir: str, chat: ChatSimulator, sds: list[SDWebUISimulator]) -> subprocess.Popen:
-    """Start gunicorn with the production config and wait until it answers /ping."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO_", "AZURE_", "OPENAI_", "SD_"))}
-    env.update(PORT=str(port), HOST="127.0.0.1", DATA_DIR=data_dir, LOG_LEVEL="WARNING",
-               AZURE_OPENAI_ENDPOINT=chat.url, AZURE_OPENAI_API_KEY=KEY,
-               SD_ENDPOINTS=",".join(sd.endpoint for sd in sds))
-    with open(Path(data_dir) / "server.log", "wb") as log_file:  # the child keeps its own copy
-        server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
-                                  cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1):
-                return server
-        except OSError:
-            if server.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {server.returncode}; see {data_dir}/server.log")
-            time.sleep(0.1)
-    server.terminate()
-    raise RuntimeError("gunicorn did not answer /ping within 60 s")
 
 
 def burst(url: str, scenario: Scenario, sds: list[SDWebUISimulator], sd_latency: float,
@@ -131,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     sds = [SDWebUISimulator(latency=args.sd_latency).start() for _ in range(args.instances)]
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="burst-bench-") as data_dir:
-        server = start_server(port, data_dir, chat, sds)
+        server = start_server(port, Path(data_dir), chat.url, KEY, [sd.endpoint for sd in sds])
         try:
             url = f"http://127.0.0.1:{port}/generate"
             warm = post(url, {"appid": 0, "type": 0, "prompts": {"task": "warm-up", "num": 1}})
@@ -146,8 +120,7 @@ def main(argv: list[str] | None = None) -> None:
                 for _ in range(args.rounds):
                     print(burst(url, scenario, sds, args.sd_latency, args.gpt_latency), flush=True)
         finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(60)
+            server.stop()
     for sd in sds:
         sd.stop()
     chat.stop()

@@ -1,4 +1,4 @@
-"""The server under load: `gunicorn -c gunicorn.conf.py app:app` as a subprocess, for bench.load_bench.
+"""The server under test: `gunicorn -c gunicorn.conf.py app:app` as a subprocess, for the benchmarks.
 
 The environment is the production one but for the backends: MONGO_URI unset (so the
 worker starts the embedded nx-27017 store under a temporary DATA_DIR, as in production
