@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import threading
 from urllib.parse import quote
 
 from simulators.sd_api import Job, WebUIBackend  # noqa: F401  (Job re-exported)
+from simulators.foreground import serve_until_stopped
 from simulators.sd_server import Listener, serve
 
 log = logging.getLogger(__name__)
@@ -120,16 +120,9 @@ def main(argv: list[str] | None = None) -> None:
         sim.die_after(args.die_after)
     if args.hang:
         sim.hang()
-    stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     sim.start()
     log.info("SD WebUI simulator listening on %s%s", sim.url, " (basic auth on /sdapi)" if args.auth else "")
-    try:
-        stopped.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sim.stop()
+    serve_until_stopped(sim)
 
 
 if __name__ == "__main__":
