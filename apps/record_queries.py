@@ -56,7 +56,10 @@ def _cursor(raw: str) -> ObjectId | datetime:
     if ObjectId.is_valid(raw):
         return ObjectId(raw)
     try:
-        moment = datetime.fromisoformat(raw.strip())
+        text = raw.strip()
+        if text.endswith(("Z", "z")):  # Python 3.10's fromisoformat reads no "Z"; 3.11+ does
+            text = text[:-1] + "+00:00"
+        moment = datetime.fromisoformat(text)
         # In UTC now: the store keeps UTC, and an offset can push a time past year 1 or 9999.
         return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
     except (ValueError, OverflowError):
