@@ -12,6 +12,7 @@ import hashlib
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime, timezone
 
 import gridfs
@@ -46,7 +47,7 @@ class Image:
     data: bytes
     content_type: str
 
-    @property
+    @cached_property  # hashed once however often the key is asked for
     def sha256(self) -> str:
         """The hex SHA-256 of the bytes: the image's key in the store."""
         return hashlib.sha256(self.data).hexdigest()

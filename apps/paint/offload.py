@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from core.image_store import Image
+
 THRESHOLD = 16 * 1024  # characters of JSON above which a value leaves the document
 _MIME = re.compile(r"^[A-Za-z0-9][\w.+-]*/[\w.+-]+$")
 _SVG_STARTS = ("<svg", "<?xml")
@@ -28,20 +30,11 @@ class CorruptBlob(ValueError):
 
 
 @dataclass(frozen=True)
-class Blob:
-    """Bytes moved out of a scheme, keyed by their SHA-256."""
-
-    key: str
-    data: bytes
-    content_type: str
-
-
-@dataclass(frozen=True)
 class SplitScheme:
     """A scheme's stored form and the blobs its references point at."""
 
     stored: dict[str, Any]  # {"scheme": {key: value or reference}, "moved": [keys]}
-    blobs: list[Blob]
+    blobs: list[Image]  # any content type, not only pictures: the image store keeps them all
 
 
 def scheme_id(scheme: dict[str, Any]) -> str:
@@ -50,16 +43,12 @@ def scheme_id(scheme: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
-def _blob(data: bytes, content_type: str) -> Blob:
-    return Blob(hashlib.sha256(data).hexdigest(), data, content_type)
-
-
-def _ref(blob: Blob, kind: str, **extra: str) -> dict[str, Any]:
-    return {"sha256": blob.key, "contentType": blob.content_type, "kind": kind,
+def _ref(blob: Image, kind: str, **extra: str) -> dict[str, Any]:
+    return {"sha256": blob.sha256, "contentType": blob.content_type, "kind": kind,
             "size": len(blob.data), **extra}
 
 
-def _data_uri(value: str) -> tuple[Blob, dict[str, Any]] | None:
+def _data_uri(value: str) -> tuple[Image, dict[str, Any]] | None:
     header, comma, payload = value.partition(",")
     if not comma or not header.endswith(";base64"):
         return None
@@ -71,11 +60,11 @@ def _data_uri(value: str) -> tuple[Blob, dict[str, Any]] | None:
     if not data or base64.b64encode(data) != payload.encode("ascii"):
         return None
     mime = header[len("data:"):].split(";", 1)[0]
-    blob = _blob(data, mime if _MIME.match(mime) else "application/octet-stream")
+    blob = Image(data, mime if _MIME.match(mime) else "application/octet-stream")
     return blob, _ref(blob, "dataUri", prefix=header + comma)
 
 
-def _move_out(value: Any) -> tuple[Blob, dict[str, Any]] | None:
+def _move_out(value: Any) -> tuple[Image, dict[str, Any]] | None:
     """Return the blob and reference replacing `value`, or None to keep it inline."""
     if isinstance(value, str):
         if value.startswith("data:"):
@@ -85,13 +74,13 @@ def _move_out(value: Any) -> tuple[Blob, dict[str, Any]] | None:
         if len(value) <= THRESHOLD:
             return None
         is_svg = value.lstrip()[:5].lower().startswith(_SVG_STARTS)
-        blob = _blob(value.encode("utf-8", "surrogatepass"), "image/svg+xml" if is_svg else TEXT)
+        blob = Image(value.encode("utf-8", "surrogatepass"), "image/svg+xml" if is_svg else TEXT)
         return blob, _ref(blob, "text")
     if isinstance(value, (dict, list)):
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
         if len(text) <= THRESHOLD:
             return None
-        blob = _blob(text.encode("utf-8", "surrogatepass"), "application/json")
+        blob = Image(text.encode("utf-8", "surrogatepass"), "application/json")
         return blob, _ref(blob, "json")
     return None
 
@@ -100,7 +89,7 @@ def split(scheme: dict[str, Any]) -> SplitScheme:
     """Return the stored form of `scheme`, large values replaced by references, and their blobs."""
     kept: dict[str, Any] = {}
     moved: list[str] = []
-    blobs: list[Blob] = []
+    blobs: list[Image] = []
     for key, value in scheme.items():
         found = _move_out(value)
         if found is None:

@@ -16,7 +16,7 @@ from pymongo.errors import BulkWriteError
 
 from apps.paint import offload
 from core.envelope import CODE_STORAGE, ApiError
-from core.image_store import Image, get_image, put_image, stored_keys
+from core.image_store import get_image, put_image, stored_keys
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,9 @@ def _upload_missing(db: Database, new: dict[str, tuple[dict[str, Any], dict[str,
         if not any(ref["sha256"] in missing for ref in offload.references(stored)):
             continue
         for blob in offload.split(scheme).blobs:
-            if blob.key in missing:
-                put_image(db, Image(blob.data, blob.content_type))
-                missing.discard(blob.key)
+            if blob.sha256 in missing:
+                put_image(db, blob)
+                missing.discard(blob.sha256)
 
 
 def store(db: Database, lists: SchemeLists) -> SchemeRefs:

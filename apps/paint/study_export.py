@@ -21,7 +21,7 @@ from pymongo.database import Database
 from apps.paint import history, offload, study_files
 from apps.paint.scheme_store import SCHEMES
 from apps.paint.stages import SCHEME_FIELDS
-from core.image_store import BUCKET, get_image
+from core.image_store import BUCKET, Image, get_image
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def _blob_keys(db: Database, records: dict[str, list[dict[str, Any]]]) -> list[s
     return [key for key in wanted if key in stored]
 
 
-def _inline_blobs(participants: list[dict[str, Any]]) -> Iterator[offload.Blob]:
+def _inline_blobs(participants: list[dict[str, Any]]) -> Iterator[Image]:
     """Yield the images of participants still in the old format, whose schemes hold them inline."""
     for participant in participants:
         if "schemeRefs" not in participant:
@@ -149,10 +149,10 @@ def _tables(out: study_files.ExportWriter, records: dict[str, list[dict[str, Any
     _write_csv(out, "generations.csv", columns, ([doc.get(c) for c in columns] for doc in generations))
 
 
-def _write_blob(out: study_files.ExportWriter, files: dict[str, dict[str, Any]], blob: offload.Blob) -> None:
-    name = study_files.blob_path(blob.key, blob.content_type)
+def _write_blob(out: study_files.ExportWriter, files: dict[str, dict[str, Any]], key: str, blob: Image) -> None:
+    name = study_files.blob_path(key, blob.content_type)
     out.binary(name, blob.data)
-    files[blob.key] = {"file": name, "contentType": blob.content_type, "size": len(blob.data)}
+    files[key] = {"file": name, "contentType": blob.content_type, "size": len(blob.data)}
 
 
 def export_study(db: Database, target: Path, *, username: str | None = None, as_zip: bool = False,
@@ -165,11 +165,10 @@ def export_study(db: Database, target: Path, *, username: str | None = None, as_
     try:
         with (progress or nullcontext)(keys) as bar:
             for key in bar:
-                image = get_image(db, key)
-                _write_blob(out, files, offload.Blob(key, image.data, image.content_type))
+                _write_blob(out, files, key, get_image(db, key))
         for blob in _inline_blobs(records["participants"]):
-            if blob.key not in files:
-                _write_blob(out, files, blob)
+            if blob.sha256 not in files:
+                _write_blob(out, files, blob.sha256, blob)
         for collection, docs in records.items():
             with out.text(study_files.record_path(collection)) as text:
                 text.writelines(study_files.dumps(doc) + "\n" for doc in docs)
