@@ -6,18 +6,16 @@ never change under their hash, so browsers may cache them for good.
 """
 from __future__ import annotations
 
-import re
 
 from flask import Blueprint, Response, request
 
 from apps import record_queries as queries
 from core.db import get_db
 from core.envelope import BadInput, NotFound, ok
-from core.image_store import get_image
+from core.image_store import get_image, is_key
 
 bp = Blueprint("generations", __name__)
 
-SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 IMMUTABLE = "public, max-age=31536000, immutable"
 # Blobs of saved schemes keep the media type their data URI declared (text/html, SVG with
 # scripts, ...): opened directly, such a blob must not run as a page of the API's origin.
@@ -40,7 +38,7 @@ def get_generation(record_id: str):
 @bp.get("/images/<key>")
 def get_stored_image(key: str):
     """Serve the bytes of a stored image, cacheable for good under its hash."""
-    if not SHA256_HEX.fullmatch(key):
+    if not is_key(key.lower()):
         raise BadInput("sha256", "must be 64 hex characters")
     image = get_image(get_db(), key.lower())
     if image is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pymongo.database import Database
 
 # The default bucket name: nx-27017 (the embedded store) handles GridFS writes only for "fs".
 BUCKET = "fs"
-SHA256_HEX_LENGTH = 64
+_KEY = re.compile(r"[0-9a-f]{64}")  # a SHA-256 in lower-case hex
 
 _SIGNATURES = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
@@ -59,6 +60,11 @@ class Image:
     def data_uri(self) -> str:
         """Return the image as a data URI."""
         return f"data:{self.content_type};base64,{self.b64()}"
+
+
+def is_key(text: str) -> bool:
+    """Return whether `text` has the form of a stored image's key (lower-case hex SHA-256)."""
+    return _KEY.fullmatch(text) is not None
 
 
 def sniff_content_type(data: bytes) -> str | None:

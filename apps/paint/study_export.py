@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timezone
@@ -21,13 +20,12 @@ from pymongo.database import Database
 from apps.paint import history, offload, study_files
 from apps.paint.scheme_store import SCHEMES
 from apps.paint.stages import SCHEME_FIELDS
-from core.image_store import BUCKET, Image, get_image
+from core.image_store import BUCKET, Image, get_image, is_key
 
 log = logging.getLogger(__name__)
 
 GENERATIONS = "generations"
 BATCH = 500
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 Progress = Callable[[Sequence[str]], AbstractContextManager[Iterable[str]]]
 
 
@@ -68,7 +66,7 @@ def _hashes_in(value: Any) -> Iterator[str]:
     elif isinstance(value, list):
         for item in value:
             yield from _hashes_in(item)
-    elif isinstance(value, str) and _SHA256.match(value):
+    elif isinstance(value, str) and is_key(value):
         yield value
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
@@ -21,13 +20,12 @@ from pymongo.errors import BulkWriteError
 
 from apps.paint import study_files
 from apps.paint.study_export import Progress
-from core.image_store import BUCKET, Image, put_image, stored_keys
+from core.image_store import BUCKET, Image, is_key, put_image, stored_keys
 
 log = logging.getLogger(__name__)
 
 BATCH = 500
 DUPLICATE_KEY = 11000
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class StudyImportError(RuntimeError):
@@ -52,7 +50,7 @@ def _read_manifest(source: study_files.ExportReader) -> dict[str, Any]:
 
 def _put_blobs(db: Database, source: study_files.ExportReader, blobs: dict[str, Any], progress: Progress | None) -> int:
     keys = list(blobs)
-    bad = [key for key in keys if not _SHA256.match(key)]
+    bad = [key for key in keys if not is_key(key)]
     if bad:
         raise StudyImportError(f"blob name {bad[0]!r} is not a SHA-256")
     present = stored_keys(db, keys)
