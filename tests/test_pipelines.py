@@ -219,16 +219,19 @@ def test_failure_in_a_side_branch_stops_the_main_chain(generate, backends):
     worker = Worker(lambda: generate(0, {"task": TASK, "num": 2}, trace))
     worker.start()
     wait_until(lambda: chat.held == 1, what="the products call")
-    # Of abstracts and scenes, the first to arrive fails and the other is held until it has.
+    # Of abstracts and scenes, the first to call GPT fails; the other is held if it is calling
+    # by then, or skipped if it had not started (the flow starts no step after a failure).
     chat.fail_next(1, status=500)
     chat.hang_next(1)
     chat.release(1)
-    wait_until(lambda: chat.held == 1 and any(e["error"] for e in trace.entries), what="one failure")
+    wait_until(lambda: any(e["error"] for e in trace.entries), what="one failure")
     chat.release()
     with pytest.raises(BackendError) as caught:
         worker.outcome()
     assert caught.value.step in ("rapid.abstracts", "rapid.scenes")
-    assert sorted(steps_of(trace, "llm")) == ["rapid.abstracts", "rapid.products", "rapid.scenes"]
+    called = sorted(steps_of(trace, "llm"))
+    assert called in (["rapid.abstracts", "rapid.products", "rapid.scenes"],
+                      sorted(["rapid.products", caught.value.step]))
     assert [e["step"] for e in trace.entries if e["error"]] == [caught.value.step]
     assert all(not sd.jobs for sd in backends.sds)
 
