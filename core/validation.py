@@ -8,10 +8,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Collection
-from typing import Any
+from collections.abc import Collection, Mapping, Sequence
+from typing import Annotated, Any, TypeVar
 
 from flask import request
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from core.envelope import BadInput
 
@@ -22,6 +25,122 @@ MAX_DEPTH = 40  # BSON nesting stops at 100; the client's schemes need about 5
 # only a body with such an escape needs the walk over its strings.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Body(BaseModel):
+    """A request body or query: strict JSON types, fields spelled as the client spells them.
+
+    Strict, so `"6"`, `6.0` and `true` are no integers; frozen, so a checked request stays
+    checked; unknown keys are ignored, as the client may send more than a route reads.
+    """
+
+    model_config = ConfigDict(strict=True, frozen=True, alias_generator=to_camel, populate_by_name=True,
+                              extra="ignore")
+
+
+def _username(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError("blank", "must not be empty")
+    if "\x00" in value:
+        raise PydanticCustomError("nul", "must not contain NUL characters")
+    return value
+
+
+# A participant's name: 1-128 characters, not only whitespace, no NUL.
+Username = Annotated[str, Field(max_length=MAX_USERNAME, json_schema_extra={
+    "minLength": 1,
+    # Not blank (Python's whitespace, as str.strip() sees it) and no NUL anywhere.
+    "pattern": "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$",
+    "description": f"The participant's name: 1-{MAX_USERNAME} characters, not only whitespace, no NUL.",
+    "examples": ["alice"],
+}), AfterValidator(_username)]
+
+
+def _query_int(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return int(value.strip())  # "20" and " 20 ", never "20.0" or "2e1"
+    except ValueError:
+        raise PydanticCustomError("int_parsing", "must be an integer") from None
+
+
+# An integer parameter of a query string, where every value arrives as text.
+QueryInt = Annotated[int, BeforeValidator(_query_int)]
+
+
+def field_name(loc: Sequence[int | str], prefix: str = "") -> str:
+    """Return a pydantic error location the way messages name fields: `prompts.schemes[1].designImage`."""
+    name = prefix
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        else:
+            name = f"{name}.{part}" if name else str(part)
+    return name or "body"
+
+
+def _problem(error: ErrorDetails) -> str:
+    """Return what is wrong with a field, in the words of every other message of the API."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    problems = {
+        "missing": "is required",
+        "string_type": "must be a string",
+        "int_type": "must be an integer",
+        "int_parsing": "must be an integer",
+        "bool_type": "must be a boolean",
+        "list_type": "must be an array",
+        "dict_type": "must be an object",
+        "model_type": "must be an object",
+        "model_attributes_type": "must be an object",
+        "string_too_long": f"must be at most {ctx.get('max_length')} characters",
+        "string_too_short": "must not be empty",
+        "too_long": f"must have at most {ctx.get('max_length')} items",
+        "too_short": f"must have at least {ctx.get('min_length')} item(s)",
+        "greater_than_equal": f"must be at least {ctx.get('ge')}",
+        "less_than_equal": f"must be at most {ctx.get('le')}",
+        "literal_error": f"must be one of {ctx.get('expected')}",
+        "enum": f"must be one of {ctx.get('expected')}",
+        "union_tag_invalid": f"must be one of {ctx.get('expected_tags')}",
+    }
+    if kind in problems:
+        return problems[kind]
+    if kind == "value_error":  # a plain ValueError in a validator: its own words
+        return str(ctx.get("error", error["msg"]))
+    return error["msg"]  # a PydanticCustomError: written for this API already
+
+
+def parse(model: type[M], value: Any, prefix: str = "") -> M:
+    """Return `value` checked as `model`, or raise BadInput naming the first wrong field."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        raise BadInput(field_name(first["loc"], prefix), _problem(first)) from None
+
+
+def parse_query(model: type[M], args: Mapping[str, str]) -> M:
+    """Return the query string `args` checked as `model`; unknown parameters are refused.
+
+    Query values are text: integer parameters are declared as `QueryInt`, which reads them.
+    """
+    fields = {info.alias or name: name for name, info in model.model_fields.items()}
+    unknown = sorted(set(args) - set(fields))
+    if unknown:
+        raise BadInput(unknown[0], f"is not a parameter; use {', '.join(fields)}")
+    try:
+        return model.model_validate(dict(args))
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        raise BadInput(field_name(first["loc"]), _problem(first)) from None
+
+
+def body(model: type[M]) -> M:
+    """Return the request's JSON body checked as `model`, or raise BadInput."""
+    return parse(model, json_object())
 
 
 class _NotJSON(ValueError):
