@@ -68,8 +68,9 @@ def _query_int(value: Any) -> Any:
         raise PydanticCustomError("int_parsing", "must be an integer") from None
 
 
-# An integer parameter of a query string, where every value arrives as text.
-QueryInt = Annotated[int, BeforeValidator(_query_int)]
+# Reads an integer parameter of a query string, where every value arrives as text. Put it
+# after the Field of bounds (`Annotated[int, Field(ge=1), FROM_QUERY]`) so the schema keeps them.
+FROM_QUERY = BeforeValidator(_query_int)
 
 
 def field_name(loc: Sequence[int | str], prefix: str = "") -> str:
@@ -125,7 +126,7 @@ def parse(model: type[M], value: Any, prefix: str = "") -> M:
 def parse_query(model: type[M], args: Mapping[str, str]) -> M:
     """Return the query string `args` checked as `model`; unknown parameters are refused.
 
-    Query values are text: integer parameters are declared as `QueryInt`, which reads them.
+    Query values are text: integer parameters carry `FROM_QUERY`, which reads them.
     """
     fields = {info.alias or name: name for name, info in model.model_fields.items()}
     unknown = sorted(set(args) - set(fields))
