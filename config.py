@@ -12,7 +12,7 @@ from typing import Any
 
 from dotenv import load_dotenv
 
-# App ids of POST /generate: each maps to a handler registered in apps/registry.py.
+# App ids of POST /generate: each maps to a handler registered in apps/generate.py (APPS).
 APP_PAINT = 0
 
 MB = 1024 * 1024

@@ -1,37 +1,80 @@
 """POST /generate: run one app's generation pipeline and record what it did.
 
-The route validates the body, runs the app's handler with the server's shared GPT client
-and SD pool, and answers the response `data` in the envelope. Every generation that got
-past validation leaves a record (apps.records), whether it succeeds, fails on a backend,
-fails on a bug or outlives its client; rejected requests leave none, and so do requests
-over the client's GENERATE_RATE_LIMIT (429 before the body is read). Each generation is
-observed in the metrics (core.metrics) when it ends.
+The body names an app (`appid`, one entry of `APPS`) and one of its types; the app's
+table gives the model its `prompts` are checked against, then the pipeline runs with the
+server's shared GPT client and SD pool and its answer is sent as `data`. Every generation
+that got past validation leaves a record (apps.records), whether it succeeds, fails on a
+backend, fails on a bug or outlives its client; rejected requests leave none, and so do
+requests over the client's GENERATE_RATE_LIMIT (429 before the body is read).
 """
 from __future__ import annotations
 
-from flask import Blueprint
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
-from apps.record_backlog import get_backlog
-from apps.records import GenerationCall, Recorder
-from apps.registry import get_registry
+from flask import Blueprint, Flask, current_app
+from pydantic import BaseModel
+
+import config
+from apps.paint.pipelines import PaintApp, Pipeline
+from apps.records import GenerationCall, Recorder, get_backlog
 from core import validation as v
 from core.backends import get_gpt, get_pool
 from core.db import get_db
-from core.envelope import ok
+from core.envelope import BadInput, ok
 from core.metrics import generation_observed
 from core.rate_limit import limit_generate
 
 bp = Blueprint("generate", __name__)
 
 
+class GenerationApp(Protocol):
+    """What the /generate route needs of an app: its table of types, and a way to run one."""
+
+    pipelines: Mapping[int, Pipeline]
+
+    def read(self, type: int, prompts: Any) -> BaseModel:
+        """Return the checked prompts of `type`, or raise BadInput naming the field."""
+
+    def run(self, type: int, prompts: Any, gpt: Any, pool: Any, trace: Any) -> BaseModel:
+        """Run the pipeline of `type` and return the answer's `data`."""
+
+
+# appid -> how to build its handler once, at startup (so a broken template stops the server).
+APPS: Mapping[int, Callable[[], GenerationApp]] = {
+    config.APP_PAINT: PaintApp,
+}
+
+
+class GenerateBody(v.Body):
+    """The envelope of every /generate request; `prompts` is checked by the app's own model."""
+
+    appid: int
+    type: int
+    prompts: Any = None
+    username: v.Username | None = None
+
+
+def init_app(app: Flask) -> None:
+    """Build every app's handler and register the route."""
+    app.extensions["generation_apps"] = {appid: build() for appid, build in APPS.items()}
+    app.register_blueprint(bp)
+
+
+def _listed(ids: Any) -> str:
+    return ", ".join(str(i) for i in sorted(ids))
+
+
 def read_call() -> GenerationCall:
     """Return the checked generation call of the request body, or raise BadInput."""
-    body = v.json_object()
-    appid, type_ = body.get("appid"), body.get("type")
-    handler = get_registry().handler(appid, type_)
-    username = None if body.get("username") is None else v.username(body["username"])
-    request = handler.validate(type_, v.obj(body.get("prompts"), "prompts"))
-    return GenerationCall(appid, type_, username, handler, request)
+    body = v.body(GenerateBody)
+    handlers: dict[int, GenerationApp] = current_app.extensions["generation_apps"]
+    if body.appid not in handlers:
+        raise BadInput("appid", f"unknown app {body.appid}; known apps are {_listed(handlers)}")
+    handler = handlers[body.appid]
+    if body.type not in handler.pipelines:
+        raise BadInput("type", f"app {body.appid} has no type {body.type}; its types are {_listed(handler.pipelines)}")
+    return GenerationCall(body.appid, body.type, body.username, handler, handler.read(body.type, body.prompts))
 
 
 @bp.post("/generate")
@@ -40,5 +83,5 @@ def generate():
     limit_generate()  # before any work: a client over its budget costs nothing and leaves no record
     call = read_call()
     with Recorder(get_db(), call, get_backlog()) as recorder, generation_observed(recorder):
-        recorder.result = call.handler.run(call.type, call.request, get_gpt(), get_pool(), recorder.trace)
-    return ok(recorder.result)
+        recorder.result = call.handler.run(call.type, call.prompts, get_gpt(), get_pool(), recorder.trace)
+    return ok(recorder.result.model_dump(mode="json", by_alias=True))

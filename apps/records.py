@@ -1,111 +1,200 @@
-"""Generation records: one document per POST /generate in the `generations` collection.
+"""Generation records: what every POST /generate did, kept for the researchers, and the routes that read them.
 
-A record keeps what was asked (`input`), every step the pipeline took (`steps`, from the
-Trace), what the client received (`result`), how long it took and how it ended. Every
-image in it is moved to the image store and replaced by `{"sha256", "contentType"}`, so
-a record stays small however many images a generation makes, and a researcher fetches
-the pictures with GET /images/<sha256>.
+One document per generation in the `generations` collection (`GenerationRecord`): what
+was asked (`input`), every step the pipeline took (`steps`, typed entries that the
+pipeline appends to a `Trace` from whatever thread ran the step), what the client
+received (`result`), how long it took and how it ended. Images stay `Image` values until
+the record is written; then each is stored once in the image store under its SHA-256 and
+the record keeps `{"sha256", "contentType"}`, so a record stays small however many images
+a generation makes.
+
+A `Recorder` writes the record when the generation ends, however it ends. When MongoDB is
+unreachable then, the participant still gets the stimuli and the record waits in a
+bounded in-memory `RecordBacklog` (RECORD_BACKLOG) that later generations drain.
+
+GET /generations lists summaries newest first by (createdAt, _id); the `before` cursor is
+a record id (the page starts just after it) or an ISO-8601 time (records created strictly
+before it). GET /generations/<id> returns one whole record, GET /images/<sha256> an image.
 """
 from __future__ import annotations
 
+import atexit
 import logging
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from bson import ObjectId
+from flask import Blueprint, Flask, Response, current_app, request
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 from pymongo import ASCENDING, DESCENDING
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, DuplicateKeyError
 
 from agent.errors import BackendError
-from apps.record_backlog import RecordBacklog
-from apps.trace import Trace
-from core.image_store import Image, ImageDecodeError, decode_image, put_image
+from core import validation as v
+from core.db import get_db
+from core.envelope import BadInput, NotFound, ok
+from core.image_store import AnswerImage, Image, get_image, is_key, put_image
 
 log = logging.getLogger(__name__)
 
 COLLECTION = "generations"
 MAX_TEXT = 64 * 1024  # longer strings are cut: no record may near MongoDB's 16 MB limit
-# How base64 of a PNG, JPEG or WebP begins: long strings starting so are images to move out.
-_B64_IMAGE_STARTS = ("iVBORw0KGgo", "/9j/", "UklGR")
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+MAX_TYPE = 1000
+NEWEST_FIRST = [("createdAt", DESCENDING), ("_id", DESCENDING)]
+IMMUTABLE = "public, max-age=31536000, immutable"
+# Blobs of saved schemes keep the media type their data URI declared (text/html, SVG with
+# scripts, ...): opened directly, such a blob must not run as a page of the API's origin.
+UNTRUSTED = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox; default-src 'none'"}
+
+bp = Blueprint("records", __name__)
 
 
-def create_indexes(db: Database) -> None:
-    """Index records for the researcher's queries: per participant and per type, newest first."""
-    records = db[COLLECTION]
-    records.create_index([("username", ASCENDING), ("createdAt", DESCENDING)], name="username_createdAt")
-    records.create_index([("type", ASCENDING), ("createdAt", DESCENDING)], name="type_createdAt")
-    records.create_index([("createdAt", DESCENDING)], name="createdAt")
-
-
-@dataclass(frozen=True)
-class GenerationCall:
-    """One validated POST /generate: which app and type, for whom, and the checked request."""
-
-    appid: int
-    type: int
-    username: str | None
-    handler: Any  # an apps.registry.GenerationApp
-    request: Any
-
-
-class ImageRefs:
-    """Turn values into storable ones, moving every image to the image store."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-        self._stored: dict[str, dict[str, str]] = {}
-
-    def ref(self, image: Image) -> dict[str, str]:
-        """Store `image` once and return its reference."""
-        key = image.sha256
-        if key not in self._stored:
-            put_image(self.db, image)
-            self._stored[key] = {"sha256": key, "contentType": image.content_type}
-        return dict(self._stored[key])
-
-    def convert(self, value: Any, key: str | None = None) -> Any:
-        """Return `value` with images replaced by references and other values made BSON-safe."""
-        if isinstance(value, Image):
-            return self.ref(value)
-        if isinstance(value, str):
-            return self._string(value, key)
-        if isinstance(value, dict):
-            return {str(k): self.convert(v, str(k)) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [self.convert(item, key) for item in value]
-        if value is None or isinstance(value, (bool, float, datetime, ObjectId)):
-            return value
-        if isinstance(value, int):
-            return value if -(2**63) <= value < 2**63 else str(value)
-        return _cut(repr(value))  # an unexpected object: keep it readable, never fail the record
-
-    def _string(self, value: str, key: str | None) -> Any:
-        if key == "image" or value.startswith("data:image/") or (
-                len(value) >= 256 and value.startswith(_B64_IMAGE_STARTS)):
-            try:
-                return self.ref(decode_image(value))
-            except ImageDecodeError:
-                pass
-        return _cut(value)
-
-
-def _cut(text: str) -> str:
-    if len(text) <= MAX_TEXT:
+def _cut(text: Any) -> Any:
+    if not isinstance(text, str) or len(text) <= MAX_TEXT:
         return text
     return f"{text[:MAX_TEXT]}…[{len(text) - MAX_TEXT} more characters cut]"
 
 
-def error_of(exc: BaseException | None) -> dict[str, Any] | None:
-    """Return the record's `error` for an exception: the step, a message and the kind."""
-    if exc is None:
-        return None
-    if isinstance(exc, BackendError):
-        return {"step": exc.step, "message": _cut(exc.describe()), "kind": type(exc).__name__}
-    return {"step": None, "message": _cut(f"{type(exc).__name__}: {exc}"), "kind": type(exc).__name__}
+LongText = Annotated[str, BeforeValidator(_cut)]
+
+
+class Stored(BaseModel):
+    """A document the server writes: field names as stored (camelCase), values checked on the way in."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, arbitrary_types_allowed=True)
+
+
+# -- the trace -------------------------------------------------------------------------------
+class LLMStep(Stored):
+    """One GPT call of a step (successful or not)."""
+
+    kind: Literal["llm"] = "llm"
+    step: str
+    template: str | None = None
+    prompt: LongText | None = None
+    images: list[str] = Field(default_factory=list, description="SHA-256 of each image sent")
+    raw: LongText | None = None
+    items: list[LongText] | None = None
+    deployment: str | None = None
+    latency: float | None = None
+    retries: int = 0
+    attempt: int = 1
+    error: LongText | None = None
+
+
+class ImageStep(Stored):
+    """One image job of a step (successful or not): the WebUI payload, where it ran and what it gave."""
+
+    kind: Literal["image"] = "image"
+    step: str
+    payload: dict[str, Any]
+    instance: str | None = None
+    info: dict[str, Any] | None = None
+    latency: float | None = None
+    queue_wait: float | None = None
+    attempts: int | None = None
+    errors: list[str] | None = None
+    image: AnswerImage | None = None
+    error: LongText | None = None
+
+
+TraceEntry = Annotated[LLMStep | ImageStep, Field(discriminator="kind")]
+
+
+class Trace:
+    """The step entries of one generation, appended from any thread of its pipeline."""
+
+    def __init__(self) -> None:
+        self._entries: list[LLMStep | ImageStep] = []
+        self._lock = threading.Lock()
+
+    def llm(self, **fields: Any) -> None:
+        """Record one LLM call (successful or not)."""
+        self._append(LLMStep(**fields))
+
+    def image(self, **fields: Any) -> None:
+        """Record one image job (successful or not)."""
+        self._append(ImageStep(**fields))
+
+    def _append(self, entry: LLMStep | ImageStep) -> None:
+        with self._lock:
+            self._entries.append(entry)
+
+    @property
+    def entries(self) -> list[LLMStep | ImageStep]:
+        """A copy of the entries so far, in the order they finished."""
+        with self._lock:
+            return list(self._entries)
+
+
+# -- the record ------------------------------------------------------------------------------
+class RecordError(Stored):
+    """How a failed generation ended: the step that failed, a message and the exception's class."""
+
+    step: str | None
+    message: LongText
+    kind: str
+
+    @classmethod
+    def of(cls, exc: BaseException | None) -> RecordError | None:
+        """Return the error of a generation that raised `exc` (None when it succeeded)."""
+        if exc is None:
+            return None
+        if isinstance(exc, BackendError):
+            return cls(step=exc.step, message=exc.describe(), kind=type(exc).__name__)
+        return cls(step=None, message=f"{type(exc).__name__}: {exc}", kind=type(exc).__name__)
+
+
+class GenerationRecord(Stored):
+    """One generation as stored in `generations`; images in it are references to the image store."""
+
+    id: ObjectId = Field(alias="_id")
+    created_at: datetime
+    finished_at: datetime
+    duration_ms: int
+    appid: int
+    type: int
+    username: str | None
+    input: dict[str, Any] | None = Field(description="The checked prompts, in the client's field names")
+    steps: list[TraceEntry]
+    result: dict[str, Any] | None = Field(description="The answer's data exactly as the client received it")
+    status: Literal["ok", "failed"]
+    error: RecordError | None
+
+
+SUMMARY_FIELDS = ("createdAt", "finishedAt", "durationMs", "appid", "type", "username", "status", "error")
+
+
+@dataclass(frozen=True)
+class GenerationCall:
+    """One validated POST /generate: which app and type, for whom, and the checked prompts."""
+
+    appid: int
+    type: int
+    username: str | None
+    handler: Any  # the app's handler (apps.generate.GenerationApp)
+    prompts: BaseModel
+
+
+class _ImageSink:
+    """Collect the images of one record while it is dumped, handing back a reference to each."""
+
+    def __init__(self) -> None:
+        self.images: dict[str, Image] = {}
+
+    def __call__(self, image: Image) -> dict[str, str]:
+        self.images.setdefault(image.sha256, image)
+        return {"sha256": image.sha256, "contentType": image.content_type}
 
 
 class Recorder:
@@ -114,8 +203,8 @@ class Recorder:
     Use as `with Recorder(db, call, backlog) as rec: rec.result = run(..., rec.trace)`.
     Exceptions pass through unchanged; a record that cannot be written is logged, never
     raised, so storage trouble neither hides the pipeline's error nor takes a participant's
-    result. With a `backlog` (apps.record_backlog), a record the database could not take
-    waits there for a later write instead of being lost.
+    result. With a `backlog`, a record the database could not take waits there instead of
+    being lost.
     """
 
     def __init__(self, db: Database, call: GenerationCall, backlog: RecordBacklog | None = None) -> None:
@@ -123,12 +212,12 @@ class Recorder:
         self.call = call
         self.backlog = backlog
         self.trace = Trace()
-        self.result: dict[str, Any] | None = None
+        self.result: BaseModel | None = None
         self.record_id = ObjectId()
         self._created = datetime.now(timezone.utc)
         self._started = time.monotonic()
         self._ended: tuple[datetime, float] | None = None
-        self._error: dict[str, Any] | None = None
+        self._error: RecordError | None = None
 
     def __enter__(self) -> Recorder:
         return self
@@ -136,7 +225,7 @@ class Recorder:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         # Fixed now, so a record written later still tells when the generation ran.
-        self._ended, self._error = (datetime.now(timezone.utc), time.monotonic()), error_of(exc)
+        self._ended, self._error = (datetime.now(timezone.utc), time.monotonic()), RecordError.of(exc)
         try:
             self.write()
         except Exception as error:
@@ -152,38 +241,220 @@ class Recorder:
     def write(self) -> None:
         """Insert the record of the ended generation; a copy already stored by an earlier try counts."""
         try:
-            self.db[COLLECTION].insert_one(self._document(self._error))
+            self.db[COLLECTION].insert_one(self.document(self._error))
         except DuplicateKeyError:
             pass  # an earlier try was stored though its answer never came back
 
-    def build(self, exc: BaseException | None) -> dict[str, Any]:
-        """Return the record document for a generation that ended with `exc` (None: success)."""
-        return self._document(error_of(exc))
-
-    def _document(self, error: dict[str, Any] | None) -> dict[str, Any]:
-        refs = ImageRefs(self.db)
-        call = self.call
+    def document(self, error: RecordError | None) -> dict[str, Any]:
+        """Return the record as stored, after storing each of its images once in the image store."""
+        sink = _ImageSink()
+        context = {"image_sink": sink}  # dumping does no I/O: the images are stored after it
         finished, ended = self._ended or (datetime.now(timezone.utc), time.monotonic())
-        return {
-            "_id": self.record_id,
-            "createdAt": self._created,
-            "finishedAt": finished,
-            "durationMs": round((ended - self._started) * 1000),
-            "appid": call.appid,
-            "type": call.type,
-            "username": call.username,
-            "input": self._input(refs),
-            "steps": refs.convert(self.trace.entries),
-            "result": refs.convert(self.result),
-            "status": "failed" if error is not None else "ok",
-            "error": error,
-        }
+        call = self.call
+        record = GenerationRecord(
+            id=self.record_id, created_at=self._created, finished_at=finished,
+            duration_ms=round((ended - self._started) * 1000), appid=call.appid, type=call.type,
+            username=call.username, input=call.prompts.model_dump(by_alias=True, context=context),
+            steps=self.trace.entries,
+            result=None if self.result is None else self.result.model_dump(by_alias=True, context=context),
+            status="failed" if error is not None else "ok", error=error)
+        document = record.model_dump(by_alias=True, context=context)
+        for image in sink.images.values():
+            put_image(self.db, image)
+        return document
 
-    def _input(self, refs: ImageRefs) -> Any:
-        try:
-            return refs.convert(self.call.handler.describe(self.call.type, self.call.request))
-        except ConnectionFailure:
-            raise  # not a describe() bug: the database is away, and the whole record waits
-        except Exception:  # a describe() bug must not cost the steps and the result
-            log.exception("could not describe the input of generation %s", self.record_id)
-            return None
+
+class RecordBacklog:
+    """Records the database could not take, waiting in memory (bounded, thread-safe) until it answers.
+
+    A record holds its images until written (a few MB each), hence the bound. The next
+    generation whose own record is written writes up to `batch` waiting ones after it, so
+    the backlog drains as the study goes on without a resident thread. A record dropped
+    because the backlog is full, or still waiting when the process exits, is logged at
+    ERROR with its id.
+    """
+
+    def __init__(self, limit: int, batch: int = 4) -> None:
+        self.limit, self.batch = max(1, limit), max(1, batch)
+        self._waiting: deque[Recorder] = deque()
+        self._lock = threading.Lock()
+        atexit.register(self._report_lost)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._waiting)
+
+    def keep(self, record: Recorder) -> None:
+        """Queue `record` for a later write, dropping the oldest one when full."""
+        with self._lock:
+            dropped = self._waiting.popleft() if len(self._waiting) >= self.limit else None
+            self._waiting.append(record)
+            waiting = len(self._waiting)
+        log.warning("database unavailable: generation record %s kept in memory (%d waiting)",
+                    record.record_id, waiting)
+        if dropped is not None:
+            log.error("generation record %s lost: more than %d records waited for the database "
+                      "(raise RECORD_BACKLOG)", dropped.record_id, self.limit)
+
+    def flush(self) -> int:
+        """Write up to `batch` waiting records, oldest first; return how many were written."""
+        with self._lock:
+            taken = [self._waiting.popleft() for _ in range(min(self.batch, len(self._waiting)))]
+        written = 0
+        for index, record in enumerate(taken):
+            try:
+                record.write()
+            except ConnectionFailure:
+                with self._lock:  # down again: put the rest back, in order, for the next time
+                    self._waiting.extendleft(reversed(taken[index:]))
+                break
+            except Exception:  # cannot be written however long it waits: say so and drop it
+                log.exception("generation record %s could not be written and is dropped", record.record_id)
+                continue
+            written += 1
+        if written:
+            log.info("wrote %d generation record(s) that waited for the database", written)
+        return written
+
+    def _report_lost(self) -> None:
+        with self._lock:
+            ids = [str(record.record_id) for record in self._waiting]
+        if ids:
+            log.error("exiting with %d generation record(s) never written: %s", len(ids), ", ".join(ids))
+
+
+def init_app(app: Flask) -> None:
+    """Register the record routes and indexes of `app` and give it its backlog."""
+    app.extensions["record_backlog"] = RecordBacklog(app.config["RECORD_BACKLOG"])
+    app.extensions["mongo"].add_indexes(create_indexes)
+    app.register_blueprint(bp)
+
+
+def get_backlog() -> RecordBacklog:
+    """Return the current app's backlog of records waiting for the database."""
+    return current_app.extensions["record_backlog"]
+
+
+def create_indexes(db: Database) -> None:
+    """Index records for the researcher's queries: per participant and per type, newest first."""
+    records = db[COLLECTION]
+    records.create_index([("username", ASCENDING), ("createdAt", DESCENDING)], name="username_createdAt")
+    records.create_index([("type", ASCENDING), ("createdAt", DESCENDING)], name="type_createdAt")
+    records.create_index([("createdAt", DESCENDING)], name="createdAt")
+
+
+# -- reading records back --------------------------------------------------------------------
+def object_id(raw: str, field: str = "id") -> ObjectId:
+    """Return the ObjectId written as 24 hex characters in `raw`, or raise BadInput."""
+    if not ObjectId.is_valid(raw) or not isinstance(raw, str):
+        raise BadInput(field, "must be a record id of 24 hex characters")
+    return ObjectId(raw)
+
+
+def _cursor(raw: Any) -> ObjectId | datetime:
+    if not isinstance(raw, str):
+        raise PydanticCustomError("cursor", "must be a record id or an ISO-8601 time")
+    if ObjectId.is_valid(raw):
+        return ObjectId(raw)
+    try:
+        text = raw.strip()
+        if text.endswith(("Z", "z")):  # Python 3.10's fromisoformat reads no "Z"; 3.11+ does
+            text = text[:-1] + "+00:00"
+        moment = datetime.fromisoformat(text)
+        # In UTC now: the store keeps UTC, and an offset can push a time past year 1 or 9999.
+        return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    except (ValueError, OverflowError):
+        raise PydanticCustomError("cursor", "must be a record id or an ISO-8601 time between years 1 and "
+                                  "9999 UTC") from None
+
+
+class PageQuery(v.Body):
+    """The query of GET /generations."""
+
+    username: v.Username | None = None
+    type: Annotated[int, Field(ge=0, le=MAX_TYPE), v.FROM_QUERY] | None = None
+    limit: Annotated[int, Field(ge=1, le=MAX_LIMIT), v.FROM_QUERY] = DEFAULT_LIMIT
+    before: Annotated[ObjectId | datetime, PlainValidator(_cursor, json_schema_input_type=str),
+                      Field(description="A record id (the page starts after it) or an ISO-8601 time "
+                                        "(records created strictly before it)")] | None = None
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+
+def _before_filter(db: Database, before: ObjectId | datetime) -> dict[str, Any]:
+    if isinstance(before, datetime):
+        return {"createdAt": {"$lt": before}}
+    anchor = db[COLLECTION].find_one({"_id": before}, {"createdAt": 1})
+    if anchor is None:
+        raise BadInput("before", f"no generation has the id {before}")
+    created = anchor["createdAt"]
+    return {"$or": [{"createdAt": {"$lt": created}}, {"createdAt": created, "_id": {"$lt": before}}]}
+
+
+def list_page(db: Database, query: PageQuery) -> dict[str, Any]:
+    """Return `{"items": [record summaries], "next": cursor or None}` for `query`."""
+    match: dict[str, Any] = {}
+    if query.username is not None:
+        match["username"] = query.username
+    if query.type is not None:
+        match["type"] = query.type
+    if query.before is not None:
+        match.update(_before_filter(db, query.before))
+    found = list(db[COLLECTION].find(match, dict.fromkeys(SUMMARY_FIELDS, 1))
+                 .sort(NEWEST_FIRST).limit(query.limit + 1))  # one more tells whether a next page exists
+    items = found[:query.limit]
+    more = len(found) > query.limit
+    summaries = [to_json({"_id": doc["_id"], **{key: doc.get(key) for key in SUMMARY_FIELDS}}) for doc in items]
+    return {"items": summaries, "next": str(items[-1]["_id"]) if more else None}
+
+
+def iso(moment: datetime) -> str:
+    """Return `moment` as ISO-8601 UTC with milliseconds (naive times from the store are UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def to_json(value: Any) -> Any:
+    """Return a stored value with ObjectIds as strings and times as ISO-8601."""
+    if isinstance(value, dict):
+        return {key: to_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [to_json(item) for item in value]
+    if isinstance(value, ObjectId):
+        return str(value)
+    if isinstance(value, datetime):
+        return iso(value)
+    return value
+
+
+@bp.get("/generations")
+def list_generations():
+    """Return a page of record summaries, newest first, and the cursor of the next page."""
+    return ok(list_page(get_db(), v.parse_query(PageQuery, request.args)))
+
+
+@bp.get("/generations/<record_id>")
+def get_generation(record_id: str):
+    """Return one whole generation record."""
+    key = object_id(record_id)
+    doc = get_db()[COLLECTION].find_one({"_id": key})
+    if doc is None:
+        raise NotFound(f"no generation has the id {key}")
+    return ok(to_json(doc))
+
+
+@bp.get("/images/<key>")
+def get_stored_image(key: str):
+    """Serve the bytes of a stored image, cacheable for good under its hash."""
+    key = key.lower()
+    if not is_key(key):
+        raise BadInput("sha256", "must be 64 hex characters")
+    image = get_image(get_db(), key)
+    if image is None:
+        raise NotFound(f"no image has the SHA-256 {key}")
+    response = Response(image.data, content_type=image.content_type)
+    response.headers["Cache-Control"] = IMMUTABLE
+    response.headers.update(UNTRUSTED)
+    response.set_etag(key)
+    return response.make_conditional(request)

@@ -21,8 +21,8 @@ from typing import Any
 
 from agent.gpt import GPTClient
 from agent.pool import SDInstancePool
-from apps.paint.generation import PaintApp
-from apps.trace import Trace
+from apps.paint.pipelines import PaintApp
+from apps.records import Trace
 from simulators.openai_chat import ChatSimulator
 from simulators.sd_webui import SDWebUISimulator
 from tests.helpers import PNG_1PX
@@ -95,8 +95,8 @@ def traced_cost(trace: Trace) -> Callable[[str, int], float]:
     def cost(name: str, size: int) -> float:
         entries = trace.entries
         if name.startswith("images"):
-            return max(e["queue_wait"] + e["latency"] for e in entries if e["kind"] == "image")
-        return sum(e["latency"] for e in entries if e["kind"] == "llm" and e["step"].endswith("." + name))
+            return max(e.queue_wait + e.latency for e in entries if e.kind == "image")
+        return sum(e.latency for e in entries if e.kind == "llm" and e.step.endswith("." + name))
     return cost
 
 
@@ -104,7 +104,7 @@ def run_once(paint: PaintApp, gpt: GPTClient, pool: SDInstancePool, type_: int, 
              sequential: bool) -> tuple[float, Trace]:
     """Run one generation; return its wall time and trace."""
     trace = Trace()
-    request = paint.validate(type_, prompts)
+    request = paint.read(type_, prompts)
     started = time.monotonic()
     paint.run(type_, request, gpt, pool, trace, sequential=sequential)
     return time.monotonic() - started, trace
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
                 concurrent.append(elapsed)
                 traced.append(longest_path(graph, traced_cost(trace)))
                 sequential.append(run_once(paint, gpt, pool, type_, prompts, True)[0])
-            kinds = [e["kind"] for e in trace.entries]
+            kinds = [e.kind for e in trace.entries]
             measured, path = statistics.median(concurrent), longest_path(graph, nominal)
             seen, serial = statistics.median(traced), statistics.median(sequential)
             print(f"| {label} | {kinds.count('llm')} | {kinds.count('image')} | {measured:.3f} | {path:.3f} "

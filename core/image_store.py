@@ -11,13 +11,16 @@ import binascii
 import hashlib
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import datetime, timezone
+from functools import cached_property
+from typing import Annotated, Any
 
 import gridfs
 from bson import Binary
+from pydantic import PlainSerializer, PlainValidator, SerializationInfo, WithJsonSchema
+from pydantic_core import PydanticCustomError
 from pymongo import ASCENDING
 from pymongo.database import Database
 
@@ -94,6 +97,49 @@ def decode_image(value: str) -> Image:
     if content_type is None:
         raise ImageDecodeError("is not a PNG, JPEG or WebP image")
     return Image(data, content_type)
+
+
+# How an Image leaves a model: raw base64 in an answer (the form the client shows), or, when
+# the dump's context holds an `image_sink` (a record being written), whatever the sink makes
+# of it: the image is stored and the record keeps its reference.
+ImageSink = Callable[["Image"], Any]
+
+
+def _dump_image(image: Image, info: SerializationInfo) -> Any:
+    sink = (info.context or {}).get("image_sink")
+    return sink(image) if sink is not None else image.b64()
+
+
+def _load_sketch(value: Any) -> Image:
+    if isinstance(value, Image):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("image_type", "must be a string: a data URI of a PNG, JPEG or WebP image")
+    try:
+        return decode_image(value)
+    except ImageDecodeError as error:
+        raise PydanticCustomError("image", str(error)) from None
+
+
+def _only_images(value: Any) -> Image:
+    if not isinstance(value, Image):
+        raise PydanticCustomError("image_type", "must be an image")
+    return value
+
+
+_OUT = PlainSerializer(_dump_image)
+_B64_SCHEMA = {"type": "string", "contentEncoding": "base64",
+               "description": "Raw base64 of an image, without a data: prefix; show it as "
+                              "`data:image/jpeg;base64,` + image."}
+
+# An image a client sends: a data URI (or raw base64) of a PNG, JPEG or WebP, decoded once here.
+SketchImage = Annotated[Image, PlainValidator(_load_sketch), _OUT, WithJsonSchema(
+    {"type": "string", "format": "image-data-uri",
+     "description": "A data URI of a PNG, JPEG or WebP image (`data:image/png;base64,...`; raw "
+                    "base64 is accepted too). The decoded bytes must really be such an image."},
+    mode="validation")]
+# An image the server made (or was sent) and answers as raw base64.
+AnswerImage = Annotated[Image, PlainValidator(_only_images), _OUT, WithJsonSchema(_B64_SCHEMA)]
 
 
 def _bucket(db: Database) -> gridfs.GridFSBucket:

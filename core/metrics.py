@@ -55,13 +55,12 @@ class Metrics:
         self.request_seconds.labels(route).observe(seconds)
 
     def observe_generation(self, appid: Any, type_: Any, status: str, seconds: float,
-                           entries: list[dict[str, Any]]) -> None:
-        """Record one finished generation and the latency of each of its trace entries."""
+                           entries: list[Any]) -> None:
+        """Record one finished generation and the latency of each of its trace entries (apps.records)."""
         self.pipeline_seconds.labels(str(appid), str(type_), status).observe(seconds)
         for entry in entries:
-            latency = entry.get("latency")
-            if isinstance(latency, (int, float)):
-                self.step_seconds.labels(str(entry.get("kind")), step_label(entry.get("step"))).observe(latency)
+            if entry.latency is not None:
+                self.step_seconds.labels(entry.kind, step_label(entry.step)).observe(entry.latency)
 
     def render(self) -> bytes:
         """Return every metric in the Prometheus text format."""

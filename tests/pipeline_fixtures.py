@@ -10,8 +10,8 @@ import pytest
 
 from agent.gpt import GPTClient
 from agent.pool import SDInstancePool
-from apps.paint.generation import PaintApp
-from apps.trace import Trace
+from apps.paint.pipelines import PaintApp
+from apps.records import Trace
 from simulators.openai_chat import ChatSimulator
 from simulators.png import read_png_header
 from simulators.sd_webui import SDWebUISimulator
@@ -53,8 +53,9 @@ def generate(paint: PaintApp, backends: Backends) -> Callable[..., tuple[dict[st
 
     def run(type_: int, prompts: dict[str, Any], trace: Trace | None = None) -> tuple[dict[str, Any], Trace]:
         trace = trace if trace is not None else Trace()
-        request = paint.validate(type_, prompts)
-        return paint.run(type_, request, backends.gpt, backends.pool, trace), trace
+        request = paint.read(type_, prompts)
+        answer = paint.run(type_, request, backends.gpt, backends.pool, trace)
+        return answer.model_dump(mode="json", by_alias=True), trace
 
     return run
 
@@ -95,4 +96,4 @@ def check_png(image: Any) -> tuple[int, int]:
 
 def steps_of(trace: Trace, kind: str) -> list[str]:
     """Return the step names of the trace's `kind` entries, in order."""
-    return [entry["step"] for entry in trace.entries if entry["kind"] == kind]
+    return [entry.step for entry in trace.entries if entry.kind == kind]

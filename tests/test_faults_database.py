@@ -13,7 +13,7 @@ import pytest
 from pymongo.errors import AutoReconnect
 
 from apps.paint import history, scheme_store
-from apps.record_backlog import RecordBacklog
+from apps.records import RecordBacklog
 from tests.fault_fixtures import (  # noqa: F401  (fixtures)
     all_records, check_rapid, direct_client, generate, own_store,
 )

@@ -16,7 +16,6 @@ import pytest
 from werkzeug.serving import make_server
 
 from apps.records import COLLECTION
-from apps.registry import APP_EXTENSION
 from tests.generate_fixtures import (  # noqa: F401  (fixtures)
     PROMPTS, SKETCH, body, decode_png, gen_app, gen_client, gen_db, make_gen_app, sims,
 )
@@ -199,7 +198,7 @@ def test_one_dead_sd_instance_still_succeeds(gen_client, gen_db, sims):
 
 
 def test_a_bug_in_the_app_is_500_with_a_failed_record(gen_app, gen_client, gen_db, monkeypatch):
-    handler = gen_app.extensions[APP_EXTENSION].handler(0, 2)
+    handler = gen_app.extensions["generation_apps"][0]
 
     def broken(*args, **kwargs):
         raise RuntimeError("pipeline bug")

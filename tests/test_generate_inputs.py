@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from apps.paint.generation import PaintApp
+from apps.paint.pipelines import PaintApp
 from core.envelope import BadInput
 from core.image_store import Image
 from tests.helpers import PNG_1PX
@@ -114,7 +114,7 @@ BAD = [
 @pytest.mark.parametrize("type_, path, value, field", BAD)
 def test_bad_prompts_name_the_field(app, type_, path, value, field):
     with pytest.raises(BadInput) as caught:
-        app.validate(type_, with_change(type_, path, value))
+        app.read(type_, with_change(type_, path, value))
     assert caught.value.field == field and caught.value.status == 400
     assert caught.value.message.startswith(f"{field}: ")
 
@@ -122,21 +122,20 @@ def test_bad_prompts_name_the_field(app, type_, path, value, field):
 def test_too_many_group_two_stimuli_in_all():
     prompts = {"selectedSchemes": [{"designTexts": ["a"]}] * 5, "num": 3}
     with pytest.raises(BadInput, match=r"prompts\.num: asks for 15 stimuli"):
-        PaintApp().validate(3, prompts)
+        PaintApp().read(3, prompts)
 
 
 @pytest.mark.parametrize("type_", [-1, 4, 99, True, "0", None, 1.0, [0]])
-def test_unknown_type(app, type_):
-    with pytest.raises(BadInput) as caught:
-        app.validate(type_, GOOD[0])
-    assert caught.value.field == "type"
+def test_unknown_type(make_app, type_):
+    response = make_app().test_client().post("/generate", json={"appid": 0, "type": type_, "prompts": GOOD[0]})
+    assert response.status_code == 400 and response.get_json()["message"].startswith("type: ")
 
 
 @pytest.mark.parametrize("prompts", [None, [], "task", 5])
 @pytest.mark.parametrize("type_", sorted(GOOD))
 def test_prompts_must_be_an_object(app, type_, prompts):
     with pytest.raises(BadInput) as caught:
-        app.validate(type_, prompts)
+        app.read(type_, prompts)
     assert caught.value.field == "prompts"
 
 
@@ -145,34 +144,35 @@ def test_prompts_must_be_an_object(app, type_, prompts):
 def test_junk_in_any_field_is_bad_input_never_a_crash(app, type_, junk):
     for key in GOOD[type_]:
         try:
-            app.validate(type_, with_change(type_, (key,), junk))
+            app.read(type_, with_change(type_, (key,), junk))
         except BadInput as e:
             assert e.field.startswith(f"prompts.{key}")
 
 
-def test_good_prompts_give_requests_that_describe_themselves(app):
-    rapid = app.validate(0, GOOD[0])
+def test_good_prompts_give_models_that_dump_as_the_client_spelled_them(app):
+    rapid = app.read(0, GOOD[0])
     assert (rapid.task, rapid.num) == ("设计一款运动辅助产品", 6)
-    assert app.describe(0, rapid) == GOOD[0]
-    deep = app.describe(1, app.validate(1, GOOD[1]))
-    assert isinstance(deep["designImage"], Image) and deep["designImage"].content_type == "image/png"
-    assert {k: v for k, v in deep.items() if k != "designImage"} == \
+    assert rapid.model_dump(by_alias=True) == GOOD[0]
+    deep = app.read(1, GOOD[1])
+    assert isinstance(deep.design_image, Image) and deep.design_image.content_type == "image/png"
+    assert deep.model_dump(by_alias=True, exclude={"design_image"}) == \
         {"designTask": "设计一款运动辅助产品", "designTexts": ["可折叠"], "schemeId": 2}
-    naming = app.describe(2, app.validate(2, GOOD[2]))
-    assert [s["designImage"].content_type for s in naming["schemes"]] == ["image/png", "image/jpeg"]
-    assert app.describe(3, app.validate(3, GOOD[3])) == GOOD[3]
+    assert deep.model_dump(by_alias=True)["designImage"] == PNG_1PX  # images dump as raw base64
+    naming = app.read(2, GOOD[2])
+    assert [s.design_image.content_type for s in naming.schemes] == ["image/png", "image/jpeg"]
+    assert app.read(3, GOOD[3]).model_dump(by_alias=True) == GOOD[3]
 
 
 @pytest.mark.parametrize("scheme_id", [0, -3, 2**62, "", "方案-7"])
 def test_scheme_id_is_kept_as_given(app, scheme_id):
-    request = app.validate(1, with_change(1, ("schemeId",), scheme_id))
-    assert app.describe(1, request)["schemeId"] == scheme_id
+    request = app.read(1, with_change(1, ("schemeId",), scheme_id))
+    assert request.scheme_id == scheme_id
 
 
 def test_raw_base64_webp_and_empty_design_task_are_accepted(app):
-    request = app.validate(1, with_change(1, ("designImage",), WEBP_RAW) | {"designTask": ""})
-    assert request.sketch.image.content_type == "image/webp" and request.task == ""
+    request = app.read(1, with_change(1, ("designImage",), WEBP_RAW) | {"designTask": ""})
+    assert request.design_image.content_type == "image/webp" and request.design_task == ""
 
 
 def test_extra_keys_are_ignored(app):
-    assert app.validate(0, GOOD[0] | {"color": "red"}).num == 6
+    assert app.read(0, GOOD[0] | {"color": "red"}).num == 6

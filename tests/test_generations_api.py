@@ -12,20 +12,25 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from agent.errors import BackendError
-from apps.records import COLLECTION, GenerationCall, Recorder
-from core.image_store import decode_image, put_image
+from pydantic import BaseModel
+
+from apps.records import COLLECTION, GenerationCall, RecordError, Recorder
+from core.image_store import AnswerImage, SketchImage, decode_image, put_image
 from tests.helpers import PNG_1PX
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
-class StubApp:
-    """A minimal generation app: its input is the request dict itself."""
+class StubPrompts(BaseModel):
+    """The prompts of a minimal generation app."""
 
-    types = frozenset({0, 1, 2, 3})
+    n: int
 
-    def describe(self, type_, request):
-        return dict(request)
+
+class StubAnswer(BaseModel):
+    """Its answer."""
+
+    ok: bool
 
 
 def record(db, *, type_=0, username="alice", fail=False, when=None):
@@ -34,12 +39,12 @@ def record(db, *, type_=0, username="alice", fail=False, when=None):
     `when` pins createdAt, since records made within one millisecond tie (and nx-27017
     stores a datetime written by $set as a string, so it is set before the insert).
     """
-    recorder = Recorder(db, GenerationCall(0, type_, username, StubApp(), {"n": 1}))
+    recorder = Recorder(db, GenerationCall(0, type_, username, None, StubPrompts(n=1)))
     recorder.trace.llm(step="s.one", prompt="p", raw="a#b", items=["a", "b"])
     error = BackendError("simulated outage", step="s.two") if fail else None
     if error is None:
-        recorder.result = {"ok": True}
-    doc = recorder.build(error)
+        recorder.result = StubAnswer(ok=True)
+    doc = recorder.document(RecordError.of(error))
     if when is not None:
         doc["createdAt"] = when
     db[COLLECTION].insert_one(doc)
@@ -142,7 +147,9 @@ def test_get_one_record_as_json(client, seeded):
     assert response.status_code == 200 and doc["_id"] == seeded[5]
     assert doc["createdAt"] == "2030-01-01T00:00:05.000Z" and doc["finishedAt"].endswith("Z")
     assert doc["input"] == {"n": 1} and doc["result"] is None and doc["status"] == "failed"
-    assert doc["steps"] == [{"kind": "llm", "step": "s.one", "prompt": "p", "raw": "a#b", "items": ["a", "b"]}]
+    assert doc["steps"] == [{"kind": "llm", "step": "s.one", "template": None, "prompt": "p", "images": [],
+                             "raw": "a#b", "items": ["a", "b"], "deployment": None, "latency": None,
+                             "retries": 0, "attempt": 1, "error": None}]
 
 
 @pytest.mark.parametrize("record_id,status", [("not-an-id", 400), ("0" * 23, 400), ("0" * 24, 404)])
@@ -174,15 +181,29 @@ def test_bad_or_unknown_image_hash(client, db, key, status):
     assert "Cache-Control" not in response.headers or response.headers["Cache-Control"] != IMMUTABLE
 
 
+class SketchPrompts(BaseModel):
+    """Prompts carrying a sketch, as type 1 does."""
+
+    designImage: SketchImage
+
+
+class PictureAnswer(BaseModel):
+    """An answer carrying a generated image."""
+
+    result: list[dict[str, AnswerImage]]
+
+
 def test_recorder_stores_images_by_reference(client, db):
     image = decode_image(PNG_1PX)
-    recorder = Recorder(db, GenerationCall(0, 1, None, StubApp(), {"designImage": image}))
+    prompts = SketchPrompts.model_validate({"designImage": f"data:image/png;base64,{PNG_1PX}"})
+    recorder = Recorder(db, GenerationCall(0, 1, None, None, prompts))
     with recorder:
-        recorder.trace.image(step="x.images[0]", payload={"prompt": "p"}, image=PNG_1PX, error=None)
-        recorder.result = {"result": [{"image": PNG_1PX}], "uri": f"data:image/png;base64,{PNG_1PX}"}
+        recorder.trace.image(step="x.images[0]", payload={"prompt": "p"}, image=image, error=None)
+        recorder.result = PictureAnswer(result=[{"image": image}])
     doc = db[COLLECTION].find_one({"_id": recorder.record_id})
     ref = {"sha256": image.sha256, "contentType": "image/png"}
     assert doc["input"]["designImage"] == ref
     assert doc["steps"][0]["image"] == ref and doc["steps"][0]["payload"] == {"prompt": "p"}
-    assert doc["result"] == {"result": [{"image": ref}], "uri": ref}
+    assert doc["result"] == {"result": [{"image": ref}]}
+    assert len(list(db["fs.files"].find({"_id": image.sha256}))) == 1  # stored once, referred to thrice
     assert client.get(f"/images/{image.sha256}").status_code == 200

@@ -5,7 +5,7 @@ import pytest
 
 from agent.errors import BackendError
 from apps.paint.pipelines.errors import ShortAnswer
-from apps.trace import Trace
+from apps.records import Trace
 from tests.pipeline_fixtures import (  # noqa: F401  (fixtures)
     TASK, backends, chat_sim, check_item, check_png, deep_prompts, generate, group_two_prompts, make_gpt,
     naming_prompts, paint, sd_pools, sd_sims, steps_of,
@@ -56,8 +56,8 @@ def test_deep_divergence_echoes_scheme_id_and_names_the_sketch_by_vision(generat
         assert [item["type"] for item in card["items"]] == kinds
         for item, kind in zip(card["items"], kinds, strict=True):
             check_item(item, kind)
-    identify = [entry for entry in trace.entries if entry["step"] == "deep.identify"]
-    assert len(identify) == 1 and len(identify[0]["images"]) == 1 and len(identify[0]["images"][0]) == 64
+    identify = [entry for entry in trace.entries if entry.step == "deep.identify"]
+    assert len(identify) == 1 and len(identify[0].images) == 1 and len(identify[0].images[0]) == 64
     vision = [r for r in backends.chat.requests if r.images]
     assert len(vision) == 1 and "可折叠" in vision[0].prompt
     assert generate(1, deep_prompts(scheme_id=0))[0]["schemeId"] == 0
@@ -121,9 +121,9 @@ def test_short_answer_is_asked_again_once(generate, backends):
     backends.chat.short_next(1)
     data, trace = generate(0, {"task": TASK, "num": 3})
     assert data["count"] == 3
-    products = [e for e in trace.entries if e["step"] == "rapid.products"]
-    assert [(e["attempt"], len(e["items"])) for e in products] == [(1, 2), (2, 3)]
-    assert "asked for 3 items, got 2" in products[0]["error"] and products[1]["error"] is None
+    products = [e for e in trace.entries if e.step == "rapid.products"]
+    assert [(e.attempt, len(e.items)) for e in products] == [(1, 2), (2, 3)]
+    assert "asked for 3 items, got 2" in products[0].error and products[1].error is None
 
 
 def test_short_twice_fails_naming_the_step(generate, backends):
@@ -134,7 +134,7 @@ def test_short_twice_fails_naming_the_step(generate, backends):
     error = caught.value
     assert error.step == "naming.names" and error.http_status in (502, 503)
     assert error.describe().startswith("naming.names: ") and "asked for 4 items, got 3" in str(error)
-    assert [e["attempt"] for e in trace.entries] == [1, 2] and backends.chat.calls == 2
+    assert [e.attempt for e in trace.entries] == [1, 2] and backends.chat.calls == 2
 
 
 @pytest.mark.parametrize("type_, prompts", [
@@ -144,9 +144,9 @@ def test_short_twice_fails_naming_the_step(generate, backends):
 def test_messy_answers_are_parsed(generate, backends, type_, prompts):
     backends.chat.messy = True
     data, trace = generate(type_, prompts)
-    texts = [e for entry in trace.entries if entry["kind"] == "llm" for e in entry["items"]]
+    texts = [e for entry in trace.entries if entry.kind == "llm" for e in entry.items]
     assert texts and all(t == t.strip() and t[0] not in "0123456789①-•“\"" for t in texts)
-    assert all(entry["attempt"] == 1 for entry in trace.entries if entry["kind"] == "llm")
+    assert all(entry.attempt == 1 for entry in trace.entries if entry.kind == "llm")
     if type_ == 2:
         assert len(data["selected"]) == 3 and set(data["selected"]) <= set(data["names"])
 
@@ -164,9 +164,9 @@ def test_gpt_failure_mid_pipeline_names_the_step_and_stops_later_steps(generate,
         worker.outcome()
     assert caught.value.step == "deep.products" and caught.value.http_status == 503
     assert caught.value.describe().startswith("deep.products: ")
-    failed = [e for e in trace.entries if e["error"]]
-    assert [(e["kind"], e["step"]) for e in failed] == [("llm", "deep.products")]
-    assert "500" in failed[0]["error"] and failed[0]["raw"] is None
+    failed = [e for e in trace.entries if e.error]
+    assert [(e.kind, e.step) for e in failed] == [("llm", "deep.products")]
+    assert "500" in failed[0].error and failed[0].raw is None
     assert steps_of(trace, "llm") == ["deep.identify", "deep.products"] and not steps_of(trace, "image")
     assert all(not sd.jobs for sd in backends.sds)
 
@@ -175,9 +175,9 @@ def test_one_dead_sd_instance_is_worked_around(generate, backends):
     backends.sds[0].refuse()
     data, trace = generate(0, {"task": TASK, "num": 3})
     assert data["count"] == 3
-    images = [e for e in trace.entries if e["kind"] == "image"]
-    assert all(e["error"] is None for e in images)
-    assert sum(e["attempts"] - 1 for e in images) == 1 and any(e["errors"] for e in images)
+    images = [e for e in trace.entries if e.kind == "image"]
+    assert all(e.error is None for e in images)
+    assert sum(e.attempts - 1 for e in images) == 1 and any(e.errors for e in images)
     assert not backends.sds[0].jobs
 
 
@@ -188,28 +188,28 @@ def test_every_sd_instance_failing_names_the_image_step(generate, backends):
     with pytest.raises(BackendError) as caught:
         generate(0, {"task": TASK, "num": 2}, trace)
     assert caught.value.step in ("rapid.scene_images[0]", "rapid.scene_images[1]")
-    failed = [e for e in trace.entries if e["kind"] == "image" and e["error"]]
-    assert failed and all(e["image"] is None and e["payload"]["prompt"] for e in failed)
-    assert caught.value.step in [e["step"] for e in failed]
+    failed = [e for e in trace.entries if e.kind == "image" and e.error]
+    assert failed and all(e.image is None and e.payload["prompt"] for e in failed)
+    assert caught.value.step in [e.step for e in failed]
 
 
 def test_trace_has_an_entry_per_llm_step_and_image_job(generate, backends):
     data, trace = generate(1, deep_prompts())
-    llm = {e["step"]: e for e in trace.entries if e["kind"] == "llm"}
+    llm = {e.step: e for e in trace.entries if e.kind == "llm"}
     assert set(llm) == {f"deep.{s}" for s in ("identify", "products", "scenes", "sd_prompts",
                                               "abstracts", "concretes")}
     for step, entry in llm.items():
-        assert entry["template"] == f"settings/{step.replace('.', '/')}.j2"
-        assert entry["prompt"] and entry["raw"] and entry["items"] and entry["attempt"] == 1
-        assert entry["deployment"] == backends.gpt.chat_deployment and entry["latency"] >= 0
-        assert entry["error"] is None and isinstance(entry["retries"], int)
-    images = sorted((e for e in trace.entries if e["kind"] == "image"), key=lambda e: e["step"])
+        assert entry.template == f"settings/{step.replace('.', '/')}.j2"
+        assert entry.prompt and entry.raw and entry.items and entry.attempt == 1
+        assert entry.deployment == backends.gpt.chat_deployment and entry.latency >= 0
+        assert entry.error is None and isinstance(entry.retries, int)
+    images = sorted((e for e in trace.entries if e.kind == "image"), key=lambda e: e.step)
     returned = [card["items"][0]["image"] for card in data["result"]]
-    assert [e["image"] for e in images] == returned
+    assert [e.image.b64() for e in images] == returned
     for entry in images:
-        assert entry["instance"] and entry["info"]["width"] == 1024 and entry["attempts"] == 1
-        assert entry["payload"]["prompt"] and entry["queue_wait"] >= 0 and entry["error"] is None
-    assert llm["deep.abstracts"]["items"] == [card["items"][1]["text"] for card in data["result"]]
+        assert entry.instance and entry.info["width"] == 1024 and entry.attempts == 1
+        assert entry.payload["prompt"] and entry.queue_wait >= 0 and entry.error is None
+    assert llm["deep.abstracts"].items == [card["items"][1]["text"] for card in data["result"]]
 
 
 def test_failure_in_a_side_branch_stops_the_main_chain(generate, backends):
@@ -224,7 +224,7 @@ def test_failure_in_a_side_branch_stops_the_main_chain(generate, backends):
     chat.fail_next(1, status=500)
     chat.hang_next(1)
     chat.release(1)
-    wait_until(lambda: any(e["error"] for e in trace.entries), what="one failure")
+    wait_until(lambda: any(e.error for e in trace.entries), what="one failure")
     chat.release()
     with pytest.raises(BackendError) as caught:
         worker.outcome()
@@ -232,13 +232,13 @@ def test_failure_in_a_side_branch_stops_the_main_chain(generate, backends):
     called = sorted(steps_of(trace, "llm"))
     assert called in (["rapid.abstracts", "rapid.products", "rapid.scenes"],
                       sorted(["rapid.products", caught.value.step]))
-    assert [e["step"] for e in trace.entries if e["error"]] == [caught.value.step]
+    assert [e.step for e in trace.entries if e.error] == [caught.value.step]
     assert all(not sd.jobs for sd in backends.sds)
 
 
 def test_sequential_mode_runs_one_step_at_a_time(paint, backends):
-    request = paint.validate(3, group_two_prompts(schemes=2, num=1))
-    data = paint.run(3, request, backends.gpt, backends.pool, Trace(), sequential=True)
-    assert len(data["result"]) == 2
+    request = paint.read(3, group_two_prompts(schemes=2, num=1))
+    answer = paint.run(3, request, backends.gpt, backends.pool, Trace(), sequential=True)
+    assert len(answer.result) == 2
     assert backends.chat.peak_in_flight == 1
     assert max(sd.max_in_flight for sd in backends.sds) == 1 and sum(len(sd.jobs) for sd in backends.sds) == 4

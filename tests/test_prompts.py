@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from apps.paint.generation import SETTINGS_DIR, PaintApp
+from apps.paint.pipelines import SETTINGS_DIR, PaintApp
 from apps.paint.pipelines.errors import SettingsError, TemplateCheckError
 from apps.paint.pipelines.prompts import stated_count
 from apps.paint.pipelines.template_specs import SPECS

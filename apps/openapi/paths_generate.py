@@ -1,7 +1,7 @@
 """POST /generate and the researcher's routes over its records: /generations and /images."""
 from __future__ import annotations
 
-from apps import record_queries as limits
+from apps import records as limits
 from apps.openapi.generate_schemas import SCHEMAS as GENERATE_SCHEMAS
 from apps.openapi.responses import errors, ok
 from apps.openapi.schemas import nullable, ref

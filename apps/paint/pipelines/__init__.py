@@ -1,7 +1,79 @@
-"""The generation pipelines of the sketching app, one module per /generate type.
+"""The sketching app (appid 0) behind /generate: one pipeline module per type, all in one table.
 
-`steps` holds the two kinds of step (ask GPT for items, draw an image), `flow` runs a
-request's independent steps at the same time, `prompts` loads the templates under
-settings/, `parsing` reads LLM answers, `inputs` checks the client's prompts and
-`creatives` builds the cards in the contract's shape.
+Each type's module declares its prompts, its answer and its step graph; `PIPELINES` is the
+one place a type number means something. `steps` holds the two kinds of step (ask GPT for
+items, draw an image), `flow` runs a request's independent steps at once, `prompts` and
+`sd_options` read settings/, `parsing` reads LLM answers, `contract` holds the shapes that
+every type shares.
+
+`PaintApp` is built once at startup: loading it checks every prompt template and the
+Stable Diffusion options under settings/, so a broken settings file stops the server
+instead of a study.
 """
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.gpt import GPTClient
+from agent.pool import SDInstancePool
+from apps.paint.pipelines import deep, group_two, naming, rapid
+from apps.paint.pipelines.contract import Answer
+from apps.paint.pipelines.flow import Flow
+from apps.paint.pipelines.prompts import PromptBook
+from apps.paint.pipelines.sd_options import load_sd_options
+from apps.paint.pipelines.steps import Steps
+from apps.records import Trace
+from core.validation import Body, parse
+
+log = logging.getLogger(__name__)
+
+SETTINGS_DIR = Path(__file__).resolve().parents[3] / "settings"
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """One /generate type: what it is sent, what it answers, and how it runs."""
+
+    prompts: type[Body]
+    answer: type[Answer]
+    run: Callable[[Steps, Any], Answer]
+    workers: Callable[[Any], int]  # tasks of one request that can run at once
+
+
+PIPELINES: dict[int, Pipeline] = {
+    0: Pipeline(rapid.RapidPrompts, rapid.RapidAnswer, rapid.run, rapid.workers),
+    1: Pipeline(deep.DeepPrompts, deep.DeepAnswer, deep.run, deep.workers),
+    2: Pipeline(naming.NamingPrompts, naming.NamingAnswer, naming.run, naming.workers),
+    3: Pipeline(group_two.GroupTwoPrompts, group_two.GroupTwoAnswer, group_two.run, group_two.workers),
+}
+
+
+class PaintApp:
+    """The handler of appid APP_PAINT for POST /generate."""
+
+    pipelines = PIPELINES
+
+    def __init__(self, settings_dir: Path | None = None) -> None:
+        self.settings_dir = Path(settings_dir) if settings_dir is not None else SETTINGS_DIR
+        self.book = PromptBook(self.settings_dir)  # raises TemplateCheckError naming the template
+        self.sd_options = load_sd_options(self.settings_dir)  # raises SettingsError
+        log.info("paint pipelines ready: %d templates checked in %s", len(self.book.specs), self.settings_dir)
+
+    def read(self, type: int, prompts: Any) -> Body:
+        """Return the `prompts` of a request of `type` checked by that type's model, or raise BadInput."""
+        return parse(PIPELINES[type].prompts, prompts, "prompts")
+
+    def run(self, type: int, prompts: Body, gpt: GPTClient, pool: SDInstancePool, trace: Trace, *,
+            sequential: bool = False) -> Answer:
+        """Run the pipeline of `type` and return the answer's `data`; backend failures name their step.
+
+        `sequential=True` runs the same steps one after another (for the benchmark).
+        """
+        pipeline = PIPELINES[type]
+        with Flow(pipeline.workers(prompts), sequential=sequential) as flow:
+            steps = Steps(self.book, self.sd_options, gpt, pool, trace, flow)
+            return pipeline.run(steps, prompts)

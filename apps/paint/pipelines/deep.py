@@ -7,25 +7,39 @@ Step graph:
 """
 from __future__ import annotations
 
-from typing import Any
-
-from apps.paint.pipelines import creatives
-from apps.paint.pipelines.inputs import DeepInput
+from apps.paint.pipelines.contract import (
+    Answer, Creative, SchemeId, Sketch, Task, abstract_image, abstract_text, concrete_text,
+)
 from apps.paint.pipelines.steps import Steps
 
 RELATED = 3  # related products per sketch (the contract's count)
+CARD_TYPE = 2  # deep
 
 
-def workers(request: DeepInput) -> int:
+class DeepPrompts(Sketch):
+    """Type 1 prompts: one sketch to diverge from, and the client's id of it."""
+
+    design_task: Task
+    scheme_id: SchemeId
+
+
+class DeepAnswer(Answer):
+    """Type 1 data: the echoed schemeId and 3 cards of [abstractImage, abstractText, concreteText]."""
+
+    scheme_id: int | str
+    count: int
+    result: list[Creative]
+
+
+def workers(prompts: DeepPrompts) -> int:
     """Return how many tasks of this request can run at once: two texts and every image."""
     return 2 + RELATED
 
 
-def run(steps: Steps, request: DeepInput) -> dict[str, Any]:
+def run(steps: Steps, prompts: DeepPrompts) -> DeepAnswer:
     """Return the `data` of a type 1 answer."""
-    task, notes = request.task, request.sketch.notes()
-    image = request.sketch.image
-    sketch = steps.ask("deep.identify", 1, images=[image] if image else [], task=task, texts=notes)[0]
+    task, notes = prompts.design_task, prompts.notes()
+    sketch = steps.ask("deep.identify", 1, images=[prompts.design_image], task=task, texts=notes)[0]
     products = steps.ask("deep.products", RELATED, task=task, sketch=sketch, texts=notes)
     abstracts = steps.flow.submit(steps.ask, "deep.abstracts", RELATED, task=task, products=products)
     concretes = steps.flow.submit(steps.ask, "deep.concretes", RELATED, task=task, products=products)
@@ -34,9 +48,8 @@ def run(steps: Steps, request: DeepInput) -> dict[str, Any]:
     keywords = steps.ask("deep.sd_prompts", RELATED, items=pairs)
     pictures = steps.flow.gather(steps.draw_all("deep.scene_images", "deep", "scene", keywords))
     result = [
-        creatives.creative(creatives.DEEP, "sequence", [
-            creatives.abstract_image(picture), creatives.abstract_text(abstract),
-            creatives.concrete_text(concrete)])
+        Creative(type=CARD_TYPE, display_type="sequence",
+                 items=[abstract_image(picture), abstract_text(abstract), concrete_text(concrete)])
         for picture, abstract, concrete in zip(pictures, abstracts.result(), concretes.result(), strict=True)
     ]
-    return {"schemeId": request.scheme_id, "count": len(result), "result": result}
+    return DeepAnswer(scheme_id=prompts.scheme_id, count=len(result), result=result)

@@ -6,26 +6,44 @@ or wandering answer is asked again once and then fails as short.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
-from apps.paint.pipelines.inputs import NamingInput
+from pydantic import Field
+
+from apps.paint.pipelines.contract import MAX_COUNT, Answer, Count, Sketch, Task
 from apps.paint.pipelines.parsing import match_choices
 from apps.paint.pipelines.steps import Steps
+from core.validation import Body
 
 
-def workers(request: NamingInput) -> int:
+class NamingPrompts(Body):
+    """Type 2 prompts: sketches to name, and how many to select."""
+
+    design_task: Task
+    select_num: Annotated[Count, Field(description="How many schemes to select (never more than there are).")]
+    schemes: Annotated[list[Sketch], Field(min_length=1, max_length=MAX_COUNT)]
+
+
+class NamingAnswer(Answer):
+    """Type 2 data: one name per scheme, in order, and the names selected."""
+
+    names: list[str]
+    selected: list[str]
+
+
+def workers(prompts: NamingPrompts) -> int:
     """Return how many tasks of this request can run at once: none besides its own thread."""
     return 1
 
 
-def run(steps: Steps, request: NamingInput) -> dict[str, Any]:
+def run(steps: Steps, prompts: NamingPrompts) -> NamingAnswer:
     """Return the `data` of a type 2 answer."""
-    schemes = [{"texts": sketch.notes()} for sketch in request.schemes]
-    images = [sketch.image for sketch in request.schemes if sketch.image is not None]
-    names = steps.ask("naming.names", len(schemes), images=images, task=request.task, schemes=schemes)
+    schemes = [{"texts": sketch.notes()} for sketch in prompts.schemes]
+    images = [sketch.design_image for sketch in prompts.schemes]
+    names = steps.ask("naming.names", len(schemes), images=images, task=prompts.design_task, schemes=schemes)
     distinct = list(dict.fromkeys(names))
     named = [{"name": name, **scheme} for name, scheme in zip(names, schemes, strict=True)]
-    selected = steps.ask("naming.select", min(request.select_num, len(distinct)),
+    selected = steps.ask("naming.select", min(prompts.select_num, len(distinct)),
                          keep=lambda items: match_choices(items, distinct),
-                         task=request.task, schemes=named, names=distinct)
-    return {"names": names, "selected": selected}
+                         task=prompts.design_task, schemes=named, names=distinct)
+    return NamingAnswer(names=names, selected=selected)

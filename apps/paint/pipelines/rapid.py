@@ -7,30 +7,53 @@ with far fewer requests):
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
-from apps.paint.pipelines import creatives
-from apps.paint.pipelines.inputs import RapidInput
+from pydantic import AfterValidator, Field
+from pydantic_core import PydanticCustomError
+
+from apps.paint.pipelines.contract import Answer, Count, Creative, Task, abstract_image, abstract_text
 from apps.paint.pipelines.steps import Steps
+from core.validation import Body
+
+CARD_TYPE = 0  # rapid abstract
 
 
-def workers(request: RapidInput) -> int:
+def _not_blank(task: str) -> str:
+    if not task.strip():
+        raise PydanticCustomError("blank", "must not be empty")
+    return task
+
+
+class RapidPrompts(Body):
+    """Type 0 prompts: a design task and how many ideas."""
+
+    task: Annotated[Task, Field(description="The design task; not blank.", json_schema_extra={"pattern": "\\S"}),
+                    AfterValidator(_not_blank)]
+    num: Annotated[Count, Field(description="How many product ideas (the client asks for 6).")]
+
+
+class RapidAnswer(Answer):
+    """Type 0 data: `count` cards of [abstractImage, abstractText]."""
+
+    count: int
+    result: list[Creative]
+
+
+def workers(prompts: RapidPrompts) -> int:
     """Return how many tasks of this request can run at once: abstracts and every image."""
-    return 1 + request.num
+    return 1 + prompts.num
 
 
-def run(steps: Steps, request: RapidInput) -> dict[str, Any]:
+def run(steps: Steps, prompts: RapidPrompts) -> RapidAnswer:
     """Return the `data` of a type 0 answer."""
-    n = request.num
-    products = steps.ask("rapid.products", n, task=request.task)
-    abstracts = steps.flow.submit(steps.ask, "rapid.abstracts", n, task=request.task, products=products)
-    scenes = steps.ask("rapid.scenes", n, task=request.task, products=products)
+    n = prompts.num
+    products = steps.ask("rapid.products", n, task=prompts.task)
+    abstracts = steps.flow.submit(steps.ask, "rapid.abstracts", n, task=prompts.task, products=products)
+    scenes = steps.ask("rapid.scenes", n, task=prompts.task, products=products)
     pairs = [{"product": p, "scene": s} for p, s in zip(products, scenes, strict=True)]
     keywords = steps.ask("rapid.sd_prompts", n, items=pairs)
     images = steps.flow.gather(steps.draw_all("rapid.scene_images", "rapid", "scene", keywords))
-    result = [
-        creatives.creative(creatives.RAPID_ABSTRACT, "sequence",
-                           [creatives.abstract_image(image), creatives.abstract_text(text)])
-        for image, text in zip(images, abstracts.result(), strict=True)
-    ]
-    return {"count": len(result), "result": result}
+    result = [Creative(type=CARD_TYPE, display_type="sequence", items=[abstract_image(image), abstract_text(text)])
+              for image, text in zip(images, abstracts.result(), strict=True)]
+    return RapidAnswer(count=len(result), result=result)

@@ -23,8 +23,8 @@ from apps.paint.pipelines.flow import Flow
 from apps.paint.pipelines.parsing import split_items
 from apps.paint.pipelines.prompts import PromptBook
 from apps.paint.pipelines.sd_options import SDOptions
-from apps.trace import Trace
-from core.image_store import Image
+from apps.records import Trace
+from core.image_store import Image, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ class Steps:
             log.warning("step %s: %s (attempt %d of %d)", step, short, attempt, ATTEMPTS)
         raise ShortAnswer(step, count, got)
 
-    def draw(self, step: str, pipeline: str, kind: str, keywords: str) -> str:
-        """Return one image (raw base64) of `kind` ("scene" or "product") for GPT's `keywords`."""
+    def draw(self, step: str, pipeline: str, kind: str, keywords: str) -> Image:
+        """Return one image of `kind` ("scene" or "product") for GPT's `keywords`."""
         self.flow.check()
         keywords = " ".join(keywords.split())
         payload = build_payload(self.book.render(f"sd/{kind}_positive", keywords=keywords),
@@ -84,12 +84,13 @@ class Steps:
                              attempts=getattr(e, "attempts", None), errors=getattr(e, "errors", None),
                              image=None, error=str(e))
             raise
+        picture = decode_image(image)
         self.trace.image(step=step, payload=payload, instance=result.instance, info=result.info,
                          latency=result.latency, queue_wait=result.queue_wait,
-                         attempts=result.attempts, errors=list(result.errors), image=image, error=None)
-        return image
+                         attempts=result.attempts, errors=list(result.errors), image=picture, error=None)
+        return picture
 
-    def draw_all(self, step: str, pipeline: str, kind: str, keywords: Sequence[str]) -> list[Future[str]]:
+    def draw_all(self, step: str, pipeline: str, kind: str, keywords: Sequence[str]) -> list[Future[Image]]:
         """Submit one image job per keyword line at once, so they spread over the instances."""
         return [self.flow.submit(self.draw, f"{step}[{i}]", pipeline, kind, line)
                 for i, line in enumerate(keywords)]
