@@ -24,7 +24,7 @@ from agent.pool import SDInstancePool
 from apps.paint.generation import PaintApp
 from apps.trace import Trace
 from simulators.openai_chat import ChatSimulator
-from simulators.sd_webui import SDWebUISimulator
+from simulators.webui import SDWebUISimulator
 from tests.helpers import PNG_1PX
 
 SKETCH = f"data:image/png;base64,{PNG_1PX}"

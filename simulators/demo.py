@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from simulators.openai_chat import ChatSimulator
-from simulators.sd_webui import SDWebUISimulator
+from simulators.webui import SDWebUISimulator
 
 log = logging.getLogger(__name__)
 

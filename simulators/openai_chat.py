@@ -36,7 +36,7 @@ from typing import Any
 from simulators.chat_handler import ChatHandler
 from simulators.chat_messages import ChatRecord
 from simulators.chat_state import ChatState
-from simulators.foreground import serve_until_stopped
+from simulators.http import serve_until_stopped
 
 __all__ = ["ChatRecord", "ChatSimulator", "main"]
 
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("chat simulator at %s; point the server at it with AZURE_OPENAI_ENDPOINT=%s "
              "AZURE_OPENAI_API_KEY=<the --api-key value> (or OPENAI_BASE_URL=%s/v1 "
              "OPENAI_API_KEY=<the --api-key value>)", sim.url, sim.url, sim.url)
-    serve_until_stopped(sim)
+    serve_until_stopped(sim.stop)
 
 
 if __name__ == "__main__":
