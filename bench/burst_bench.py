@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench.load_server import start_server
 from core.embedded_store import free_port
-from simulators.openai_chat import ChatSimulator
+from simulators.chat import ChatSimulator
 from simulators.webui import SDWebUISimulator
 
 KEY = "bench-key"

@@ -35,7 +35,7 @@ from bench.load_client import TIMEOUT
 from bench.load_server import Server, start_server
 from bench.proc_stats import Sampler
 from core.embedded_store import free_port
-from simulators.openai_chat import ChatSimulator
+from simulators.chat import ChatSimulator
 from simulators.webui import SDWebUISimulator
 
 KEY = "load-bench-key"

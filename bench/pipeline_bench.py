@@ -23,7 +23,7 @@ from agent.gpt import GPTClient
 from agent.pool import SDInstancePool
 from apps.paint.generation import PaintApp
 from apps.trace import Trace
-from simulators.openai_chat import ChatSimulator
+from simulators.chat import ChatSimulator
 from simulators.webui import SDWebUISimulator
 from tests.helpers import PNG_1PX
 

@@ -12,7 +12,7 @@ from agent.gpt import GPTClient
 from agent.pool import SDInstancePool
 from apps.paint.generation import PaintApp
 from apps.trace import Trace
-from simulators.openai_chat import ChatSimulator
+from simulators.chat import ChatSimulator
 from simulators.png import read_png_header
 from simulators.webui import SDWebUISimulator
 from tests.gpt_fixtures import chat_sim, make_gpt  # noqa: F401  (fixtures used below)
