@@ -27,12 +27,10 @@ until `release()`, `hang_timeout` or `stop()`), the latency, and `short_next` / 
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import hashlib
 import json
-import logging
 import math
 import re
 import threading
@@ -42,9 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from simulators.http import Listener, Reply, Request, serve, serve_until_stopped
-
-log = logging.getLogger(__name__)
+from simulators.http import Listener, Reply, Request, command_line, serve, serve_until_stopped
 
 AZURE_PATH = re.compile(r"^/openai/deployments/([^/]+)/chat/completions/?$")
 OPENAI_PATH = "/v1/chat/completions"
@@ -450,22 +446,16 @@ def answer_text(prompt: str, *, short: bool = False, messy_style: bool = False) 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the simulator in the foreground until interrupted."""
-    parser = argparse.ArgumentParser(description="Chat-completions simulator (test double).")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8001)
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds per call")
+    parser = command_line("Chat-completions simulator (test double).", 8001, "seconds per call")
     parser.add_argument("--api-key", default="sim-key")
     parser.add_argument("--messy", action="store_true", help="decorate answers like a chatty model")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     sim = ChatSimulator(api_key=args.api_key, latency=args.latency, host=args.host, port=args.port)
     sim.messy = args.messy
     sim.start()
-    log.info("chat simulator at %s; point the server at it with AZURE_OPENAI_ENDPOINT=%s "
-             "AZURE_OPENAI_API_KEY=<the --api-key value> (or OPENAI_BASE_URL=%s/v1 "
-             "OPENAI_API_KEY=<the --api-key value>)", sim.url, sim.url, sim.url)
-    serve_until_stopped(sim.stop)
-
+    serve_until_stopped(sim.stop, "chat simulator at %s; point the server at it with AZURE_OPENAI_ENDPOINT=%s "
+                        "AZURE_OPENAI_API_KEY=<the --api-key value> (or OPENAI_BASE_URL=%s/v1 "
+                        "OPENAI_API_KEY=<the --api-key value>)", sim.url, sim.url, sim.url)
 
 if __name__ == "__main__":
     main()

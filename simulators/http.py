@@ -9,6 +9,7 @@ connections, while requests already inside finish; `join()` waits for them.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import signal
@@ -180,8 +181,19 @@ def serve(route: Route, name: str, host: str = "127.0.0.1", port: int = 0,
     return Listener(_Server((host, port), route, name, keep_alive))
 
 
-def serve_until_stopped(stop: Callable[[], None]) -> None:
-    """Block until Ctrl-C or SIGTERM (as process managers send it), then call `stop`."""
+def command_line(description: str, port: int, latency_help: str) -> argparse.ArgumentParser:
+    """Return a parser of the options every standalone simulator takes: host, port, latency."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=port, help="0: any free port")
+    parser.add_argument("--latency", type=float, default=0.0, help=latency_help)
+    return parser
+
+
+def serve_until_stopped(stop: Callable[[], None], announcement: str, *args: Any) -> None:
+    """Log `announcement`, block until Ctrl-C or SIGTERM (as process managers send), then `stop`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    log.info(announcement, *args)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     try:

@@ -13,13 +13,11 @@ Run it alone with `python -m simulators.webui --port 7864 --latency 0.5`.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import hashlib
 import hmac
 import json
-import logging
 import math
 import threading
 import time
@@ -27,10 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from simulators.http import DROP, Listener, Reply, Request, serve, serve_until_stopped
+from simulators.http import DROP, Listener, Reply, Request, command_line, serve, serve_until_stopped
 from simulators.png import render_png
-
-log = logging.getLogger(__name__)
 
 MODELS = [
     {
@@ -435,17 +431,13 @@ def progress_reply(job: dict[str, Any] | None, queued: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """Run one simulator until interrupted."""
-    parser = argparse.ArgumentParser(description="Simulated AUTOMATIC1111 WebUI API (a test double).")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds per job")
+    parser = command_line("Simulated AUTOMATIC1111 WebUI API (a test double).", 7860, "seconds per job")
     parser.add_argument("--per-step", type=float, default=None, help="seconds per sampling step, added")
     parser.add_argument("--auth", metavar="USER:PASS", help="require HTTP basic auth on /sdapi")
     parser.add_argument("--fail", type=int, metavar="N", help="answer 500 to the next N jobs (-1: all)")
     parser.add_argument("--die-after", type=int, metavar="N", help="stop listening after N jobs")
     parser.add_argument("--hang", action="store_true", help="hold every job until the process ends")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     sim = SDWebUISimulator(args.latency, args.per_step, args.auth, args.host, args.port)
     if args.fail is not None:
         sim.fail(args.fail)
@@ -454,9 +446,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.hang:
         sim.hang()
     sim.start()
-    log.info("SD WebUI simulator listening on %s%s", sim.url, " (basic auth on /sdapi)" if args.auth else "")
-    serve_until_stopped(sim.stop)
-
+    serve_until_stopped(sim.stop, "SD WebUI simulator listening on %s%s", sim.url,
+                        " (basic auth on /sdapi)" if args.auth else "")
 
 if __name__ == "__main__":
     main()
