@@ -29,8 +29,8 @@ from pathlib import Path
 
 from bench.load_server import start_server
 from core.embedded_store import free_port
-from simulators.openai_chat import ChatSimulator
-from simulators.sd_webui import SDWebUISimulator
+from simulators.chat import ChatSimulator
+from simulators.webui import SDWebUISimulator
 
 KEY = "bench-key"
 BURST = 4

@@ -35,8 +35,8 @@ from bench.load_client import TIMEOUT
 from bench.load_server import Server, start_server
 from bench.proc_stats import Sampler
 from core.embedded_store import free_port
-from simulators.openai_chat import ChatSimulator
-from simulators.sd_webui import SDWebUISimulator
+from simulators.chat import ChatSimulator
+from simulators.webui import SDWebUISimulator
 
 KEY = "load-bench-key"
 KIB_PER_MIB = 1024

@@ -23,8 +23,8 @@ from agent.gpt import GPTClient
 from agent.pool import SDInstancePool
 from apps.paint.pipelines import PaintApp
 from apps.records import Trace
-from simulators.openai_chat import ChatSimulator
-from simulators.sd_webui import SDWebUISimulator
+from simulators.chat import ChatSimulator
+from simulators.webui import SDWebUISimulator
 from tests.helpers import PNG_1PX
 
 SKETCH = f"data:image/png;base64,{PNG_1PX}"

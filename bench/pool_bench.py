@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from agent.pool import SDInstancePool, SDResult
 from agent.sd import SDError, build_payload
 from config import from_env
-from simulators.sd_webui import SDWebUISimulator
+from simulators.webui import SDWebUISimulator
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from simulators.openai_chat import ChatSimulator
-from simulators.sd_webui import SDWebUISimulator
+from simulators.chat import ChatSimulator
+from simulators.webui import SDWebUISimulator
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def start_demo_backends(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     sd_latency = _number(env, "DEMO_SD_LATENCY", 1.0)
     count = max(1, _number(env, "DEMO_SD_INSTANCES", 6, int))
     key = secrets.token_urlsafe(16)  # a fresh key per run: only this process knows it
-    chat = ChatSimulator(api_key=key, latency=gpt_latency, daemon=True).start()
+    chat = ChatSimulator(api_key=key, latency=gpt_latency).start()
     sds = [SDWebUISimulator(latency=sd_latency).start() for _ in range(count)]
     atexit.register(_stop, chat, sds)
     log.warning("DEMO MODE: GPT and Stable Diffusion are SIMULATORS in this process (fake text and "

@@ -19,7 +19,7 @@ from pymongo.database import Database
 from apps.records import COLLECTION
 from core.backends import get_pool
 from core.embedded_store import EmbeddedStore, free_port
-from simulators.sd_webui import SDWebUISimulator
+from simulators.webui import SDWebUISimulator
 from tests.generate_fixtures import PROMPTS, body, decode_png
 from tests.helpers import wait_until
 

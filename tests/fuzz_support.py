@@ -26,8 +26,8 @@ from werkzeug.test import TestResponse
 from apps.openapi.generate_schemas import IMAGE_FORMAT
 from core.backends import close_app_backends
 from core.factory import create_app
-from simulators.openai_chat import ChatSimulator
-from simulators.sd_webui import SDWebUISimulator
+from simulators.chat import ChatSimulator
+from simulators.webui import SDWebUISimulator
 from tests.generate_fixtures import SIM_KEY, SKETCH, Sims, backend_settings
 from tests.helpers import PNG_1PX
 from tests.openapi_support import DOC, check_spec, documented, inline, is_envelope, validator

@@ -16,8 +16,8 @@ from flask import Flask
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from simulators.openai_chat import ChatSimulator
-from simulators.sd_webui import SDWebUISimulator
+from simulators.chat import ChatSimulator
+from simulators.webui import SDWebUISimulator
 from tests.helpers import PNG_1PX
 
 SIM_KEY = "generate-sim-key"

@@ -12,7 +12,7 @@ import pytest
 
 from agent.gpt import GPTClient
 from config import from_env
-from simulators.openai_chat import ChatSimulator
+from simulators.chat import ChatSimulator
 
 SIM_KEY = "sim-key-5f2c9a"
 API_VERSION = "2024-10-21"

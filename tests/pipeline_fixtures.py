@@ -12,9 +12,9 @@ from agent.gpt import GPTClient
 from agent.pool import SDInstancePool
 from apps.paint.pipelines import PaintApp
 from apps.records import Trace
-from simulators.openai_chat import ChatSimulator
+from simulators.chat import ChatSimulator
 from simulators.png import read_png_header
-from simulators.sd_webui import SDWebUISimulator
+from simulators.webui import SDWebUISimulator
 from tests.gpt_fixtures import chat_sim, make_gpt  # noqa: F401  (fixtures used below)
 from tests.helpers import PNG_1PX
 from tests.sd_fixtures import sd_pools, sd_sims  # noqa: F401  (fixtures used below)

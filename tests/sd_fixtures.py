@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from agent.pool import SDInstancePool
-from simulators.sd_webui import SDWebUISimulator
+from simulators.webui import SDWebUISimulator
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from simulators.openai_chat import ChatSimulator
+from simulators.chat import ChatSimulator
 from tests.gpt_fixtures import API_VERSION, IMAGE_URI, SIM_KEY, chat_sim, post  # noqa: F401
 from tests.helpers import wait_until
 

@@ -22,8 +22,8 @@ from pymongo import MongoClient
 from apps.records import COLLECTION
 from config import from_env
 from core.embedded_store import free_port
-from simulators.openai_chat import ChatSimulator
-from simulators.sd_webui import SDWebUISimulator
+from simulators.chat import ChatSimulator
+from simulators.webui import SDWebUISimulator
 from tests.fault_fixtures import RAPID_TWO, check_rapid
 from tests.generate_fixtures import body
 from tests.helpers import save_body, scheme, wait_until

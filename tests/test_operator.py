@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from core.embedded_store import free_port
 from core.metrics import step_label
 from core.readiness import RecentFailures
-from simulators.sd_webui import SDWebUISimulator
+from simulators.webui import SDWebUISimulator
 from tests.generate_fixtures import (  # noqa: F401  (fixtures)
     PROMPTS, SIM_KEY, body, gen_app, gen_client, make_gen_app, sims,
 )

@@ -10,8 +10,8 @@ from agent.sd import (
     STUDY_DEFAULTS, SDBadRequest, SDBadResponse, SDConnectionError, SDEndpoint, SDServerError,
     SDTimeout, build_payload, call_sdapi, image2Image, ping, post_sdapi, text2Image,
 )
+from simulators.http import Reply, serve
 from simulators.png import read_png_header, render_png
-from simulators.sd_server import serve
 from tests.sd_fixtures import sd_sims, small_payload  # noqa: F401
 
 PASSWORD = "s3cret-pw"
@@ -24,11 +24,11 @@ def stub():
     listeners = []
 
     def start(status, body, ping_status=200):
-        def route(method, path, authorization, request_body):
-            return (ping_status, {}) if path == "/internal/ping" else (status, body)
-        listener = serve("127.0.0.1", 0, route)
+        def route(request):
+            return Reply(ping_status, {}) if request.path == "/internal/ping" else Reply(status, body)
+        listener = serve(route, "stub")
         listeners.append(listener)
-        return f"http://127.0.0.1:{listener.port}"
+        return listener.url
 
     yield start
     for listener in listeners:

@@ -180,7 +180,7 @@ def test_die_after_n_jobs_stops_listening(sd_sims):
 
 
 def test_command_line_sets_faults_and_logs_its_url():
-    command = [sys.executable, "-m", "simulators.sd_webui", "--port", "0", "--fail", "1", "--auth", "u:p"]
+    command = [sys.executable, "-m", "simulators.webui", "--port", "0", "--fail", "1", "--auth", "u:p"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         line = process.stderr.readline()
