@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apps.openapi.document import operations
+from apps.paint.pipelines.contract import MAX_COUNT
 from tests.fuzz_support import Call, body_values, fuzz_env, operation, parameter_values
 from tests.fuzz_values import (
     BROKEN, CONTENT_TYPES, SWEEP_PATH, SWEEP_QUERY, expected_json, hostile_values, mutations, raw_bodies, sweep,
@@ -64,10 +65,26 @@ def start(env, username: str) -> None:
     env.forget()
 
 
+def _too_many_stimuli(call: Call) -> bool:
+    """Return whether a type 3 body asks for more stimuli in all than the server makes.
+
+    A rule across two fields (len(selectedSchemes) x num), which the document states in its
+    description rather than as JSON Schema branches; the model checks it.
+    """
+    body = call.body if isinstance(call.body, dict) else {}
+    prompts = body.get("prompts") if body.get("type") == 3 else None
+    if not isinstance(prompts, dict) or not isinstance(prompts.get("selectedSchemes"), list):
+        return False
+    num = prompts.get("num")
+    return isinstance(num, int) and len(prompts["selectedSchemes"]) * num > MAX_COUNT
+
+
 def expect(call: Call, response, accepted: bool) -> None:
     """Assert that an accepted body got an accepting status and a refused one a 4xx."""
     status = response.status_code
-    if accepted:
+    if accepted and call.path == "/generate" and _too_many_stimuli(call):
+        assert status == 400 and response.get_json()["message"].startswith("prompts.num: "), response.get_json()
+    elif accepted:
         assert status in ACCEPTED[call.path], f"{call.path} refused a body the document accepts: {response.get_json()}"
     else:
         assert 400 <= status < 500, f"{call.path} accepted a body the document refuses: {call.body!r:.300}"
