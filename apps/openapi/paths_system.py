@@ -99,7 +99,16 @@ PATHS = {
     }},
     "/docs": {"get": {
         "tags": ["documentation"], "operationId": "docsPage",
-        "summary": "This document as a self-contained HTML page (no external assets)",
+        "summary": "This document in Swagger UI; every asset comes from this server",
         "responses": {"200": _text("The page.", "<!doctype html>...", "text/html"), **errors(401, 405)},
+    }},
+    "/docs/assets/{name}": {"get": {
+        "tags": ["documentation"], "operationId": "docsAsset",
+        "summary": "One script or style sheet of the docs page",
+        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+                        "description": "swagger-ui.css, swagger-ui-bundle.js or docs.js."}],
+        "responses": {"200": {"description": "The asset.", "content": {
+            media: {"schema": {"type": "string"}} for media in ("text/css", "text/javascript")}},
+            **errors(401, 404, 405)},
     }},
 }
