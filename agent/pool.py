@@ -23,9 +23,7 @@ from typing import Any
 
 from agent.pool_queue import LeaseQueue
 from agent.sd import Generation, SDEndpoint, image2Image, text2Image
-from agent.sd_errors import (  # noqa: F401  (re-exported)
-    INSTANCE_FAILURES, AllInstancesDown, NoInstancesConfigured, PoolError, PoolTimeout, SDError,
-)
+from agent.errors import INSTANCE_FAILURES, AllInstancesDown, PoolError, SDError
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from agent.pool_state import BUSY, COOLDOWN, IDLE, PROBING, Instance, Waiter
 from agent.sd import SDEndpoint, ping
-from agent.sd_errors import AllInstancesDown, NoInstancesConfigured, PoolError, PoolTimeout
+from agent.errors import AllInstancesDown, NoInstancesConfigured, PoolError, PoolTimeout
 
 log = logging.getLogger(__name__)
 WARN_EVERY = 60.0  # seconds between two "queue too long" warnings

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.sd import SDEndpoint
-from agent.sd_errors import SDError
+from agent.errors import SDError
 
 IDLE, BUSY, COOLDOWN, PROBING = "idle", "busy", "cooldown", "probing"
 

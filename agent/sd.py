@@ -20,10 +20,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import requests
 from urllib3.exceptions import ReadTimeoutError
 
-from agent.sd_errors import (  # noqa: F401  (re-exported: callers import errors from agent.sd)
-    INSTANCE_FAILURES, AllInstancesDown, NoInstancesConfigured, PoolError, PoolTimeout,
-    SDBadRequest, SDBadResponse, SDConnectionError, SDError, SDServerError, SDTimeout,
-)
+from agent.errors import SDBadRequest, SDBadResponse, SDConnectionError, SDServerError, SDTimeout
 from agent.sd_payload import STUDY_DEFAULTS, build_payload  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)

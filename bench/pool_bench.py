@@ -16,8 +16,9 @@ import threading
 import time
 from dataclasses import dataclass
 
+from agent.errors import SDError
 from agent.pool import SDInstancePool, SDResult
-from agent.sd import SDError, build_payload
+from agent.sd import build_payload
 from config import from_env
 from simulators.sd_webui import SDWebUISimulator
 

@@ -5,10 +5,11 @@ import base64
 
 import pytest
 
-from agent.errors import BackendError, BackendTimeout
+from agent.errors import (
+    BackendError, BackendTimeout, SDBadRequest, SDBadResponse, SDConnectionError, SDServerError, SDTimeout,
+)
 from agent.sd import (
-    STUDY_DEFAULTS, SDBadRequest, SDBadResponse, SDConnectionError, SDEndpoint, SDServerError,
-    SDTimeout, build_payload, call_sdapi, image2Image, ping, post_sdapi, text2Image,
+    STUDY_DEFAULTS, SDEndpoint, build_payload, call_sdapi, image2Image, ping, post_sdapi, text2Image,
 )
 from simulators.png import read_png_header, render_png
 from simulators.sd_server import serve

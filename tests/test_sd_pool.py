@@ -6,10 +6,10 @@ import threading
 
 import pytest
 
-from agent.pool import (
-    AllInstancesDown, NoInstancesConfigured, PoolError, PoolTimeout, SDInstancePool, SDResult,
+from agent.errors import (
+    AllInstancesDown, NoInstancesConfigured, PoolError, PoolTimeout, SDBadRequest, SDConnectionError,
 )
-from agent.sd import SDBadRequest, SDConnectionError
+from agent.pool import SDInstancePool, SDResult
 from config import from_env
 from simulators.png import read_png_header
 from tests.sd_fixtures import Worker, sd_pools, sd_sims, small_payload  # noqa: F401

@@ -14,10 +14,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from agent.errors import BackendError
+from agent.errors import BackendError, SDBadResponse
 from agent.gpt import ChatAnswer, GPTClient
 from agent.pool import SDInstancePool
-from agent.sd import SDBadResponse, build_payload
+from agent.sd import build_payload
 from apps.paint.pipelines.errors import ShortAnswer
 from apps.paint.pipelines.flow import Flow
 from apps.paint.pipelines.parsing import split_items
