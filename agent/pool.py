@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.pool_queue import LeaseQueue
-from agent.sd import Generation, SDEndpoint, image2Image, text2Image
+from agent.sd import Generation, SDEndpoint, text2Image
 from agent.errors import INSTANCE_FAILURES, AllInstancesDown, PoolError, SDError
 
 log = logging.getLogger(__name__)
@@ -84,10 +84,6 @@ class SDInstancePool:
     def txt2img(self, payload: dict[str, Any]) -> SDResult:
         """Run txt2img on a free instance, failing over to others; return its images."""
         return self._run(text2Image, payload)
-
-    def img2img(self, payload: dict[str, Any]) -> SDResult:
-        """Run img2img on a free instance, failing over to others; return its images."""
-        return self._run(image2Image, payload)
 
     def _run(self, call: Callable[..., Generation], payload: dict[str, Any]) -> SDResult:
         deadline = time.monotonic() + self._acquire_timeout

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from agent.errors import SDError
 from agent.pool import SDInstancePool, SDResult
 from agent.sd import build_payload
+from apps.paint.generation import SETTINGS_DIR
+from apps.paint.pipelines.sd_options import load_sd_options
 from config import from_env
 from simulators.sd_webui import SDWebUISimulator
 
@@ -51,13 +53,14 @@ def run(instances: int, jobs: int, latency: float, die_after: int | None = None)
     if die_after is not None:
         sims[-1].die_after(die_after)
     pool = SDInstancePool.from_config(from_env({"SD_ENDPOINTS": ",".join(sim.url for sim in sims)}))
+    options = load_sd_options(SETTINGS_DIR)[("rapid", "scene")]  # the study's image settings
     results: list[SDResult | SDError | None] = [None] * jobs
     start = threading.Barrier(jobs + 1)
 
     def submit(i: int) -> None:
         start.wait()
         try:
-            results[i] = pool.txt2img(build_payload(f"bench product idea {i}", "people, text"))
+            results[i] = pool.txt2img(build_payload(f"bench product idea {i}", "people, text", options))
         except SDError as e:
             results[i] = e
 

@@ -228,7 +228,7 @@ def test_from_config_reads_the_settings(sd_sims):
                                                 "SD_COOLDOWN": "0.5", "SD_MAX_ATTEMPTS": "2"}))
     try:
         assert len(pool.snapshot()["instances"]) == 2  # the duplicate entries are used once
-        assert pool.img2img(small_payload(init_images=[base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()])).images
+        assert pool.txt2img(small_payload()).images
     finally:
         pool.close()
 
