@@ -23,6 +23,7 @@ from typing import Any
 
 from agent.pool_queue import LeaseQueue
 from agent.sd import Generation, SDEndpoint, text2Image
+from core.image_store import Image
 from agent.errors import INSTANCE_FAILURES, AllInstancesDown, PoolError, SDError
 
 log = logging.getLogger(__name__)
@@ -30,9 +31,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SDResult:
-    """The images of one job (raw base64, never empty) and how the pool got them."""
+    """The images of one job (decoded, never empty) and how the pool got them."""
 
-    images: list[str]
+    images: list[Image]
     info: dict[str, Any]
     instance: str
     latency: float

@@ -4,12 +4,10 @@
 options it is given (the study's settings are in settings/sd_options.json, not here).
 Every failure becomes a typed `SDError` naming the instance (never its credentials) and the
 cause; a reply without a decodable image is an error too, so no caller ever receives an
-empty image. `agent.pool.SDInstancePool` spreads jobs over several instances.
+empty image. Each image is decoded here, once, into a `core.image_store.Image`. `agent.pool.SDInstancePool` spreads jobs over several instances.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import copy
 import http.client
 import json
@@ -24,6 +22,7 @@ import requests
 from urllib3.exceptions import ReadTimeoutError
 
 from agent.errors import SDBadRequest, SDBadResponse, SDConnectionError, SDServerError, SDTimeout
+from core.image_store import Image, ImageDecodeError, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ Timeout = float | tuple[float, float]
 # 4xx answers that say the instance is misconfigured (wrong credentials, started without
 # --api) or busy, not that our payload is wrong: another instance may well succeed.
 INSTANCE_FAULT_STATUSES = frozenset({401, 403, 404, 405, 408, 429})
-IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF", b"GIF8")
+TXT2IMG = "/sdapi/v1/txt2img"
 
 # Fields of the WebUI's txt2img request model; `prompt` and `negative_prompt` are arguments.
 TXT2IMG_FIELDS = frozenset({
@@ -110,9 +109,9 @@ class SDEndpoint:
 
 
 class Generation(NamedTuple):
-    """Images (raw base64, never empty) and the WebUI's `info` as a dict."""
+    """Images (decoded PNG, JPEG or WebP, never empty) and the WebUI's `info` as a dict."""
 
-    images: list[str]
+    images: list[Image]
     info: dict[str, Any]
 
 
@@ -200,56 +199,36 @@ def _request(endpoint: SDEndpoint | str, method: str, path: str, payload: Any, t
         raise SDBadResponse(f"{where}: the answer is not JSON (HTTP {status}, {call})") from e
 
 
-def call_sdapi(endpoint: SDEndpoint | str, path: str, *, timeout: Timeout) -> Any:
-    """GET `path` of the instance and return the decoded JSON."""
-    return _request(endpoint, "GET", path, None, timeout)
-
-
-def post_sdapi(endpoint: SDEndpoint | str, path: str, payload: Any, *, timeout: Timeout) -> Any:
-    """POST `payload` as JSON to `path` of the instance and return the decoded JSON."""
-    return _request(endpoint, "POST", path, payload, timeout)
-
-
 def ping(endpoint: SDEndpoint | str, *, timeout: Timeout) -> None:
     """Check that the instance answers: GET /internal/ping, or /sdapi/v1/progress if that is missing."""
     try:
-        call_sdapi(endpoint, "/internal/ping", timeout=timeout)
+        _request(endpoint, "GET", "/internal/ping", None, timeout)
     except SDServerError as e:
         if e.status != 404:
             raise
-        call_sdapi(endpoint, "/sdapi/v1/progress", timeout=timeout)
+        _request(endpoint, "GET", "/sdapi/v1/progress", None, timeout)
 
 
-def _image(where: str, index: int, image: Any) -> str:
-    raw = image.split(",", 1)[-1] if isinstance(image, str) and image.startswith("data:") else image
-    if not isinstance(raw, str) or not raw:
-        raise SDBadResponse(f"{where}: image {index} is empty")
+def _image(where: str, index: int, image: Any) -> Image:
     try:
-        data = base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise SDBadResponse(f"{where}: image {index} is not valid base64") from e
-    if not data.startswith(IMAGE_MAGIC):
-        raise SDBadResponse(f"{where}: image {index} is not a PNG, JPEG, WebP or GIF")
-    return raw
+        return decode_image(image)
+    except ImageDecodeError as e:
+        raise SDBadResponse(f"{where}: image {index} {e}") from e
 
 
-def _generation(endpoint: SDEndpoint | str, path: str, payload: dict[str, Any], timeout: Timeout) -> Generation:
+def text2Image(endpoint: SDEndpoint | str, payload: dict[str, Any], *, timeout: Timeout) -> Generation:
+    """Run txt2img on the instance and return its images, each decoded once, and info."""
     endpoint = _endpoint(endpoint)
-    body = post_sdapi(endpoint, path, payload, timeout=timeout)
+    body = _request(endpoint, "POST", TXT2IMG, payload, timeout)
     where = f"SD instance {endpoint.name}"
     images = body.get("images") if isinstance(body, dict) else None
     if not isinstance(images, list) or not images:
-        raise SDBadResponse(f"{where}: the answer has no images (POST {path})")
+        raise SDBadResponse(f"{where}: the answer has no images (POST {TXT2IMG})")
     info = body.get("info")
     try:
         info = info if isinstance(info, dict) else json.loads(info or "{}")
     except (TypeError, ValueError):
-        log.warning("%s: unreadable info in the answer to %s", where, path)
+        log.warning("%s: unreadable info in the answer to %s", where, TXT2IMG)
         info = {}
     return Generation([_image(where, i, image) for i, image in enumerate(images)],
                       info if isinstance(info, dict) else {})
-
-
-def text2Image(endpoint: SDEndpoint | str, payload: dict[str, Any], *, timeout: Timeout) -> Generation:
-    """Run txt2img on the instance and return its images and info."""
-    return _generation(endpoint, "/sdapi/v1/txt2img", payload, timeout)

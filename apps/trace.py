@@ -7,7 +7,7 @@ image store. Entries are plain dicts so a researcher reads them as they are stor
 LLM entry keys: kind="llm", step, template, prompt, images (list of SHA-256 of images
 sent, may be empty), raw, items, deployment, latency, retries, attempt, error.
 Image entry keys: kind="image", step, payload, instance, info, latency, queue_wait,
-attempts, errors, image (raw base64 on success, else None), error.
+attempts, errors, image (a core.image_store.Image on success, else None), error.
 """
 from __future__ import annotations
 

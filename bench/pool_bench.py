@@ -83,7 +83,7 @@ def run(instances: int, jobs: int, latency: float, die_after: int | None = None)
         note = (f"1 instance dies after {die_after} jobs; best possible {best:.3f} s, "
                 f"ratio to it {makespan / best:.3f}")
     return Row(instances, jobs, latency, makespan, [b / makespan for b in busy], jobs - len(done),
-               sum(1 for r in done if not r.images or not all(r.images)), note)
+               sum(1 for r in done if not r.images or not all(image.data for image in r.images)), note)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -205,7 +205,7 @@ def test_trace_has_an_entry_per_llm_step_and_image_job(generate, backends):
         assert entry["error"] is None and isinstance(entry["retries"], int)
     images = sorted((e for e in trace.entries if e["kind"] == "image"), key=lambda e: e["step"])
     returned = [card["items"][0]["image"] for card in data["result"]]
-    assert [e["image"] for e in images] == returned
+    assert [e["image"].b64() for e in images] == returned
     for entry in images:
         assert entry["instance"] and entry["info"]["width"] == 1024 and entry["attempts"] == 1
         assert entry["payload"]["prompt"] and entry["queue_wait"] >= 0 and entry["error"] is None

@@ -8,7 +8,7 @@ import pytest
 from agent.errors import (
     BackendError, BackendTimeout, SDBadRequest, SDBadResponse, SDConnectionError, SDServerError, SDTimeout,
 )
-from agent.sd import SDEndpoint, build_payload, call_sdapi, ping, post_sdapi, text2Image
+from agent.sd import SDEndpoint, build_payload, ping, text2Image
 from apps.paint.generation import SETTINGS_DIR
 from apps.paint.pipelines.sd_options import load_sd_options
 from simulators.png import read_png_header, render_png
@@ -86,10 +86,10 @@ def test_endpoint_keeps_credentials_out_of_its_name_and_repr():
     assert PASSWORD not in str(bad.value)
 
 
-def test_text2image_returns_base64_pngs_and_info(sd_sims):
+def test_text2image_returns_decoded_pngs_and_info(sd_sims):
     sim = sd_sims()
     images, info = text2Image(sim.url, small_payload(seed=7, batch_size=2), timeout=5)
-    assert [read_png_header(base64.b64decode(image)) for image in images] == [(16, 8), (16, 8)]
+    assert [(image.content_type, read_png_header(image.data)) for image in images] == [("image/png", (16, 8))] * 2
     assert info["seed"] == 7 and info["all_seeds"] == [7, 8]
 
 
@@ -97,10 +97,29 @@ def test_basic_auth_comes_from_the_endpoint_url(sd_sims):
     sim = sd_sims(auth=("alice", PASSWORD))
     images, _ = text2Image(sim.endpoint, small_payload(), timeout=5)
     assert images
-    assert call_sdapi(sim.endpoint, "/sdapi/v1/options", timeout=5)["sd_model_checkpoint"]
     with pytest.raises(SDServerError) as wrong:
         text2Image(sim.url.replace("http://", "http://alice:nope@"), small_payload(), timeout=5)
     assert wrong.value.status == 401
+
+
+def test_probe_sends_basic_auth_on_get_too():
+    expected = "Basic " + base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
+
+    def route(method, path, authorization, request_body):  # a WebUI without /internal/ping
+        if path == "/sdapi/v1/progress" and method == "GET":
+            return (200, {"progress": 0.0}) if authorization == expected else (401, {"detail": "no"})
+        return 404, {"detail": "Not Found"}
+
+    listener = serve("127.0.0.1", 0, route)
+    try:
+        url = f"http://127.0.0.1:{listener.port}"
+        ping(url.replace("http://", f"http://alice:{PASSWORD}@"), timeout=2)
+        with pytest.raises(SDServerError) as refused:
+            ping(url, timeout=2)
+        assert refused.value.status == 401
+    finally:
+        listener.close()
+        listener.join()
 
 
 def test_refused_connection_is_sd_connection_error(sd_sims):
@@ -149,10 +168,10 @@ def test_answers_without_a_real_image_are_sd_bad_response(stub, body):
         text2Image(stub(200, body), small_payload(), timeout=5)
 
 
-def test_data_uri_images_come_back_as_raw_base64(stub):
+def test_data_uri_images_are_decoded_like_raw_base64(stub):
     images, info = text2Image(stub(200, {"images": ["data:image/png;base64," + PNG_B64], "info": "bad"}),
                               small_payload(), timeout=5)
-    assert images == [PNG_B64] and info == {}
+    assert [(image.content_type, image.b64()) for image in images] == [("image/png", PNG_B64)] and info == {}
 
 
 def test_ping_falls_back_to_progress_when_internal_ping_is_missing(stub):
@@ -167,7 +186,7 @@ def test_credentials_never_appear_in_error_messages(sd_sims, stub):
     for fault in ("fail", "hang", "refuse"):
         getattr(sim, fault)()
         try:
-            post_sdapi(sim.endpoint, "/sdapi/v1/txt2img", small_payload(), timeout=(1.0, 0.2))
+            text2Image(sim.endpoint, small_payload(), timeout=(1.0, 0.2))
         except BackendError as e:
             errors.append(e)
         sim.heal()

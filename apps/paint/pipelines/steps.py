@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from agent.errors import BackendError, SDBadResponse
+from agent.errors import BackendError
 from agent.gpt import ChatAnswer, GPTClient
 from agent.pool import SDInstancePool
 from agent.sd import build_payload
@@ -73,9 +73,6 @@ class Steps:
         started = time.monotonic()
         try:
             result = self.pool.txt2img(payload)
-            image = result.images[0].split(",", 1)[-1] if result.images else ""
-            if not image:  # never hand the client a card with an empty image
-                raise SDBadResponse(f"SD instance {result.instance}: the answer has no image")
         except BackendError as e:
             e.step = step
             self.flow.fail(e)  # before the trace entry: other steps stop as early as possible
@@ -84,10 +81,11 @@ class Steps:
                              attempts=getattr(e, "attempts", None), errors=getattr(e, "errors", None),
                              image=None, error=str(e))
             raise
+        image = result.images[0]  # decoded and checked by the client: never empty
         self.trace.image(step=step, payload=payload, instance=result.instance, info=result.info,
                          latency=result.latency, queue_wait=result.queue_wait,
                          attempts=result.attempts, errors=list(result.errors), image=image, error=None)
-        return image
+        return image.b64()
 
     def draw_all(self, step: str, pipeline: str, kind: str, keywords: Sequence[str]) -> list[Future[str]]:
         """Submit one image job per keyword line at once, so they spread over the instances."""
