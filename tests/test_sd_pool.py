@@ -1,13 +1,11 @@
-"""The instance pool: one job per instance, fair FIFO, failover, cooldown and recovery."""
+"""The instance pool: one job per instance, fair FIFO (retries first), failover, cooldown and recovery."""
 from __future__ import annotations
 
 import threading
 
 import pytest
 
-from agent.errors import (
-    AllInstancesDown, NoInstancesConfigured, PoolError, PoolTimeout, SDBadRequest, SDConnectionError,
-)
+from agent.errors import AllInstancesDown, NoInstancesConfigured, PoolError, PoolTimeout, SDBadRequest
 from agent.pool import SDInstancePool, SDResult
 from config import from_env
 from simulators.png import read_png_header
@@ -24,10 +22,9 @@ def instance(pool, sim):
 
 
 def hold(pool):
-    """Lease an instance from the calling thread; return (endpoint, release function)."""
-    lease = pool.lease(timeout=2)
-    endpoint = lease.__enter__()
-    return endpoint, lambda: lease.__exit__(None, None, None)
+    """Acquire an instance from the calling thread; return (endpoint, release function)."""
+    endpoint = pool.acquire(timeout=2)
+    return endpoint, lambda: pool.release(endpoint)
 
 
 def test_fifty_submitters_never_share_an_instance(sd_sims, sd_pools):
@@ -58,9 +55,12 @@ def test_waiters_are_served_in_arrival_order(sd_sims, sd_pools):
     order, done = [], [threading.Event() for _ in range(6)]
 
     def wait_in_line(k):
-        with pool.lease():
+        endpoint = pool.acquire()
+        try:
             order.append(k)
             done[k].wait(5)
+        finally:
+            pool.release(endpoint)
 
     workers = []
     for k in range(6):
@@ -84,12 +84,38 @@ def test_waiting_past_the_acquire_timeout_raises_pool_timeout(sd_sims, sd_pools)
     pool = sd_pools([sd_sims().url])
     _, release = hold(pool)
     with pytest.raises(PoolTimeout, match="within 0.05s.*SD_ENDPOINTS"):
-        with pool.lease(timeout=0.05):
-            pass
+        pool.acquire(timeout=0.05)
     release()
     assert pool.snapshot()["waiting"] == 0
-    with pool.lease(timeout=1):
-        pass
+    pool.release(pool.acquire(timeout=1))
+
+
+def test_a_retry_is_served_before_earlier_waiters(sd_sims, sd_pools):
+    pool = sd_pools([sd_sims().url])
+    endpoint, release = hold(pool)
+    order = []
+    waiter = Worker(lambda: (pool.acquire(), order.append("waiter")))
+    waiter.start()
+    wait_until(lambda: pool.snapshot()["waiting"] == 1, what="a waiter")
+    retry = Worker(lambda: (pool.acquire(retry=True), order.append("retry")))
+    retry.start()
+    wait_until(lambda: pool.snapshot()["waiting"] == 2, what="the retry in line")
+    release()
+    retry.outcome()
+    assert order == ["retry"]
+    pool.release(endpoint)
+    waiter.outcome()
+    assert order == ["retry", "waiter"]
+    pool.release(endpoint)
+
+
+def test_releasing_an_instance_twice_is_refused(sd_sims, sd_pools):
+    pool = sd_pools([sd_sims().url])
+    endpoint, release = hold(pool)
+    release()
+    with pytest.raises(ValueError, match="not leased"):
+        pool.release(endpoint)
+    assert pool.snapshot()["leases"] == 1
 
 
 def test_refused_instance_is_skipped_and_the_job_finishes_elsewhere(sd_sims, sd_pools):
@@ -140,11 +166,10 @@ def test_waiters_wake_when_the_last_healthy_instance_fails(sd_sims, sd_pools):
     pool = sd_pools([dead.url, alive.url], acquire_timeout=10)
     assert pool.txt2img(small_payload()).attempts == 2
     waiter = Worker(lambda: pool.txt2img(small_payload()))
-    with pytest.raises(SDConnectionError):
-        with pool.lease(timeout=2) as endpoint:
-            waiter.start()
-            wait_until(lambda: pool.snapshot()["waiting"] == 1, what="a waiter")
-            raise SDConnectionError(f"SD instance {endpoint.name}: connection reset")
+    endpoint = pool.acquire(timeout=2)
+    waiter.start()
+    wait_until(lambda: pool.snapshot()["waiting"] == 1, what="a waiter")
+    pool.release(endpoint, f"SD instance {endpoint.name}: connection reset")
     with pytest.raises(AllInstancesDown, match="connection reset"):
         waiter.outcome()
     assert instance(pool, alive)["state"] == "cooldown"
