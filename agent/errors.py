@@ -29,8 +29,15 @@ BackendError                 a generative backend could not give an answer (503)
 
 The pipelines add `ShortAnswer` (apps.paint.pipelines.errors) under BackendError.
 Messages name the deployment or instance and the cause, never a key or a password.
+
+Context is attached once, where it is known: an SDError raised by the pool carries its
+`JobContext` from its constructor, and `step_context` names the pipeline step.
 """
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 
 class BackendError(Exception):
@@ -38,10 +45,7 @@ class BackendError(Exception):
 
     backend = "backend"
     http_status = 503
-
-    def __init__(self, message: str, *, step: str | None = None) -> None:
-        super().__init__(message)
-        self.step = step
+    step: str | None = None  # the pipeline step that failed, named by step_context
 
     def describe(self) -> str:
         """Return the message with the failing pipeline step in front, when one is known."""
@@ -55,6 +59,17 @@ class BackendTimeout(BackendError):
     http_status = 504
 
 
+@contextmanager
+def step_context(step: str) -> Iterator[None]:
+    """Name `step` on a BackendError raised in the block: the one place a step is attached."""
+    try:
+        yield
+    except BackendError as e:
+        if e.step is None:  # the innermost step is the one that failed
+            e.step = step
+        raise
+
+
 # -- GPT -----------------------------------------------------------------------------------
 class GPTError(BackendError):
     """A GPT deployment could not give an answer."""
@@ -63,9 +78,9 @@ class GPTError(BackendError):
     kind = "error"  # the metrics label of this failure
 
     def __init__(self, deployment: str | None, cause: str, *, retries: int = 0,
-                 status: int | None = None, step: str | None = None) -> None:
+                 status: int | None = None) -> None:
         name = f"GPT deployment '{deployment}'" if deployment else "GPT"
-        super().__init__(f"{name}: {cause}", step=step)
+        super().__init__(f"{name}: {cause}")
         self.deployment = deployment
         self.cause = cause
         self.retries = retries
@@ -121,13 +136,32 @@ class GPTEmptyAnswer(GPTError):
 
 
 # -- Stable Diffusion ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JobContext:
+    """How far a Stable Diffusion job got before it failed, for its generation record."""
+
+    instance: str | None = None  # the instance tried last; None when none was ever leased
+    errors: tuple[str, ...] = ()  # why each attempt failed, in order
+
+    @property
+    def attempts(self) -> int:
+        """How many instances the job tried (each failed)."""
+        return len(self.errors)
+
+
 class SDError(BackendError):
-    """A Stable Diffusion WebUI call failed."""
+    """A Stable Diffusion WebUI call failed.
+
+    Every subclass takes the same arguments, so the pool can raise any of them again with
+    the context of the job it ended.
+    """
 
     backend = "sd"
-    # Set by the pool on the error a job ends with: instances tried, and why each failed.
-    attempts: int | None = None
-    errors: list[str] | None = None
+
+    def __init__(self, message: str, *, status: int | None = None, job: JobContext = JobContext()) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status the instance answered, when it answered one
+        self.job = job
 
 
 class SDConnectionError(SDError):
@@ -141,17 +175,9 @@ class SDTimeout(SDError, BackendTimeout):
 class SDServerError(SDError):
     """The instance answered an error status that is its own fault (5xx, 401, 404, ...)."""
 
-    def __init__(self, message: str, *, status: int, step: str | None = None) -> None:
-        super().__init__(message, step=step)
-        self.status = status
-
 
 class SDBadRequest(SDError):
     """The instance rejected our payload (400, 422, ...); sending it elsewhere would not help."""
-
-    def __init__(self, message: str, *, status: int, step: str | None = None) -> None:
-        super().__init__(message, step=step)
-        self.status = status
 
 
 class SDBadResponse(SDError):

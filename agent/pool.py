@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.errors import (
-    INSTANCE_FAILURES, AllInstancesDown, NoInstancesConfigured, PoolError, PoolTimeout, SDError,
+    INSTANCE_FAILURES, AllInstancesDown, JobContext, NoInstancesConfigured, PoolError, PoolTimeout, SDError,
 )
 from agent.sd import SDEndpoint, ping, text2Image
 from core.image_store import Image
@@ -104,10 +104,9 @@ class _Waiter:
         self.event.set()
 
 
-def _tried(error: SDError, errors: list[str]) -> SDError:
-    """Attach the failed attempts of a job to `error`, for the generation record; return it."""
-    error.attempts, error.errors = len(errors), list(errors)
-    return error
+def _job_failed(error: SDError, job: JobContext) -> SDError:
+    """Return `error` as the failure of a whole job: the same kind and message, carrying `job`."""
+    return type(error)(str(error), status=error.status, job=job)
 
 
 class SDInstancePool:
@@ -203,40 +202,45 @@ class SDInstancePool:
 
     # -- jobs -------------------------------------------------------------------------------
     def txt2img(self, payload: dict[str, Any]) -> SDResult:
-        """Run txt2img on a free instance, failing over to others; return its images."""
+        """Run txt2img on a free instance, failing over to others; return its images.
+
+        The SDError a failed job raises carries its `job`: the instance tried last and why
+        each attempt failed.
+        """
         deadline = time.monotonic() + self._acquire_timeout
-        errors: list[str] = []
-        waited, last = 0.0, None
+        job, waited, last = JobContext(), 0.0, None
         for attempt in range(1, self._max_attempts + 1):
             asked = time.monotonic()
             try:
                 # A retry goes back to the head of the line: it arrived before every waiter.
-                endpoint = self.acquire(deadline - asked, retry=bool(errors))
+                endpoint = self.acquire(deadline - asked, retry=bool(job.errors))
             except PoolError as e:
-                if not errors:
-                    raise _tried(e, errors)
-                raise _tried(type(e)(f"{e}; earlier attempts: {'; '.join(errors)}"), errors) from e
+                if not job.errors:
+                    raise  # nothing was tried: the pool's own error is the whole story
+                raise type(e)(f"{e}; earlier attempts: {'; '.join(job.errors)}", job=job) from e
             started = time.monotonic()
             waited += started - asked
             failure = None
             try:
                 generation = text2Image(endpoint, payload, timeout=self._timeouts)
-            except INSTANCE_FAILURES as e:
-                failure, last = str(e), e
-                errors.append(failure)
+            except SDError as e:
+                job, last = JobContext(endpoint.name, (*job.errors, str(e))), e
+                if not isinstance(e, INSTANCE_FAILURES):  # our payload's fault: no instance would take it
+                    raise _job_failed(e, job) from e
+                failure = str(e)
                 log.warning("SD job attempt %d of %d failed: %s", attempt, self._max_attempts, e)
                 continue
             finally:
                 self.release(endpoint, failure)
             return SDResult(generation.images, generation.info, endpoint.name,
-                            time.monotonic() - started, waited, attempt, errors)
+                            time.monotonic() - started, waited, attempt, list(job.errors))
         # Every attempt failed. If that left no instance up, say so: it is the cause to act on.
         with self._lock:
             down = self._down_message(time.monotonic()) if self._all_down() else None
         if down is not None:
-            raise _tried(AllInstancesDown(down), errors) from last
+            raise AllInstancesDown(down, job=job) from last
         assert last is not None  # the loop only ends after a failed attempt
-        raise _tried(last, errors)
+        raise _job_failed(last, job) from last
 
     # -- health, metrics and shutdown -------------------------------------------------------
     def probe_due(self) -> None:

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from agent.errors import BackendError
+from agent.errors import BackendError, step_context
 from apps.records import COLLECTION, GenerationCall, Recorder
 from core.image_store import decode_image, put_image
 from tests.helpers import PNG_1PX
@@ -28,6 +28,13 @@ class StubApp:
         return dict(request)
 
 
+def failed_in(step):
+    """Return a BackendError as a pipeline step raises it."""
+    with pytest.raises(BackendError) as caught, step_context(step):
+        raise BackendError("simulated outage")
+    return caught.value
+
+
 def record(db, *, type_=0, username="alice", fail=False, when=None):
     """Write one record as the Recorder builds it and return its id as a string.
 
@@ -36,7 +43,7 @@ def record(db, *, type_=0, username="alice", fail=False, when=None):
     """
     recorder = Recorder(db, GenerationCall(0, type_, username, StubApp(), {"n": 1}))
     recorder.trace.llm(step="s.one", prompt="p", raw="a#b", items=["a", "b"])
-    error = BackendError("simulated outage", step="s.two") if fail else None
+    error = failed_in("s.two") if fail else None
     if error is None:
         recorder.result = {"ok": True}
     doc = recorder.build(error)

@@ -5,7 +5,10 @@ import threading
 
 import pytest
 
-from agent.errors import AllInstancesDown, NoInstancesConfigured, PoolError, PoolTimeout, SDBadRequest
+from agent.errors import (
+    AllInstancesDown, JobContext, NoInstancesConfigured, PoolError, PoolTimeout, SDBadRequest, SDError,
+    SDServerError,
+)
 from agent.pool import SDInstancePool, SDResult
 from config import from_env
 from simulators.png import read_png_header
@@ -160,6 +163,32 @@ def test_every_instance_down_raises_all_instances_down_not_a_wait(sd_sims, sd_po
         pool.txt2img(small_payload())
 
 
+def test_a_failed_job_error_carries_the_instances_it_tried(sd_sims, sd_pools):
+    first, second = sd_sims(), sd_sims()
+    first.fail()
+    second.refuse()
+    pool = sd_pools([first.url, second.url])
+    with pytest.raises(AllInstancesDown) as down:
+        pool.txt2img(small_payload())
+    job = down.value.job
+    assert (job.instance, job.attempts) == (name_of(second), 2)
+    assert "HTTP 500" in job.errors[0] and "refused" in job.errors[1]
+    assert isinstance(down.value.__cause__, SDError) and down.value.status is None
+
+
+def test_the_last_instance_failure_is_raised_with_the_job_context(sd_sims, sd_pools):
+    broken, alive = sd_sims(), sd_sims()
+    broken.fail()
+    pool = sd_pools([broken.url, alive.url], max_attempts=1)
+    with pytest.raises(SDServerError) as failed:
+        pool.txt2img(small_payload())
+    assert failed.value.status == 500 and failed.value.job == JobContext(name_of(broken), (str(failed.value),))
+    with pytest.raises(SDBadRequest) as rejected:  # our payload's fault: not retried, instance not blamed
+        pool.txt2img(small_payload(width=0))
+    assert rejected.value.job.instance == name_of(alive) and rejected.value.job.attempts == 1
+    assert instance(pool, alive)["failures"] == 0
+
+
 def test_waiters_wake_when_the_last_healthy_instance_fails(sd_sims, sd_pools):
     dead, alive = sd_sims(), sd_sims()
     dead.refuse()
@@ -242,8 +271,9 @@ def test_credentials_stay_out_of_results_and_snapshot(sd_sims, sd_pools):
 
 def test_empty_config_raises_no_instances_configured():
     pool = SDInstancePool.from_config(from_env({}))
-    with pytest.raises(NoInstancesConfigured, match="SD_ENDPOINTS"):
+    with pytest.raises(NoInstancesConfigured, match="SD_ENDPOINTS") as caught:
         pool.txt2img(small_payload())
+    assert caught.value.job == JobContext()  # no instance was ever leased
 
 
 def test_from_config_reads_the_settings(sd_sims):
