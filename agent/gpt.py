@@ -101,7 +101,7 @@ class GPTClient:
     """Chat and vision calls to one provider; build it once with `from_config` and share it."""
 
     def __init__(self, sdk: openai.OpenAI | None, *, provider: str, chat_deployment: str,
-                 vision_deployment: str, max_concurrency: int = 10, secret: str | None = None,
+                 vision_deployment: str, max_concurrency: int, secret: str | None = None,
                  reason: str = NOT_CONFIGURED) -> None:
         self._sdk = sdk
         self.provider = provider if sdk is not None else "none"
@@ -116,27 +116,26 @@ class GPTClient:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> GPTClient:
-        """Build the SDK client once from the settings; unconfigured (never raising) without a key."""
-        common = {"timeout": cfg.get("GPT_TIMEOUT", 60.0), "max_retries": cfg.get("GPT_MAX_RETRIES", 2)}
-        limit = int(cfg.get("GPT_MAX_CONCURRENCY") or 10)
-        chat = cfg.get("AZURE_OPENAI_DEPLOYMENT") or "gpt-4o"
-        vision = cfg.get("AZURE_OPENAI_VISION_DEPLOYMENT") or chat
-        if cfg.get("AZURE_OPENAI_ENDPOINT"):
-            key = cfg.get("AZURE_OPENAI_API_KEY")
+        """Build the client once from config.from_env's settings; without a key, an unconfigured one."""
+        common = {"timeout": cfg["GPT_TIMEOUT"], "max_retries": cfg["GPT_MAX_RETRIES"]}
+        limit = cfg["GPT_MAX_CONCURRENCY"]
+        chat, vision = cfg["AZURE_OPENAI_DEPLOYMENT"], cfg["AZURE_OPENAI_VISION_DEPLOYMENT"]
+        if cfg["AZURE_OPENAI_ENDPOINT"]:
+            key = cfg["AZURE_OPENAI_API_KEY"]
             if not key:
                 return cls(None, provider="none", chat_deployment=chat, vision_deployment=vision,
-                           reason="not configured: AZURE_OPENAI_API_KEY is not set")
+                           max_concurrency=limit, reason="not configured: AZURE_OPENAI_API_KEY is not set")
             sdk = openai.AzureOpenAI(azure_endpoint=cfg["AZURE_OPENAI_ENDPOINT"], api_key=key,
-                                     api_version=cfg.get("AZURE_OPENAI_API_VERSION") or "2024-10-21",
-                                     **common)
+                                     api_version=cfg["AZURE_OPENAI_API_VERSION"], **common)
             return cls(sdk, provider="azure", chat_deployment=chat, vision_deployment=vision,
                        max_concurrency=limit, secret=key)
-        if cfg.get("OPENAI_API_KEY"):
-            key, model = cfg["OPENAI_API_KEY"], cfg.get("OPENAI_MODEL") or "gpt-4o"
-            sdk = openai.OpenAI(api_key=key, base_url=cfg.get("OPENAI_BASE_URL") or None, **common)
+        if cfg["OPENAI_API_KEY"]:
+            key, model = cfg["OPENAI_API_KEY"], cfg["OPENAI_MODEL"]
+            sdk = openai.OpenAI(api_key=key, base_url=cfg["OPENAI_BASE_URL"], **common)
             return cls(sdk, provider="openai", chat_deployment=model, vision_deployment=model,
                        max_concurrency=limit, secret=key)
-        return cls(None, provider="none", chat_deployment=chat, vision_deployment=vision)
+        return cls(None, provider="none", chat_deployment=chat, vision_deployment=vision,
+                   max_concurrency=limit)
 
     def chat(self, prompt: str | list[dict], *, temperature: float | None = None,
              max_tokens: int | None = None) -> ChatAnswer:

@@ -112,9 +112,8 @@ def _job_failed(error: SDError, job: JobContext) -> SDError:
 class SDInstancePool:
     """Lend WebUI instances one job at a time, fairly, with failover and cooldowns."""
 
-    def __init__(self, endpoints: Sequence[str], *, connect_timeout: float = 3.0,
-                 read_timeout: float = 300.0, acquire_timeout: float = 600.0, cooldown: float = 15.0,
-                 max_attempts: int = 3, probe_timeout: float = 2.0) -> None:
+    def __init__(self, endpoints: Sequence[str], *, connect_timeout: float, read_timeout: float,
+                 acquire_timeout: float, cooldown: float, max_attempts: int, probe_timeout: float) -> None:
         unique: dict[str, SDEndpoint] = {}
         for url in endpoints:
             endpoint = SDEndpoint.parse(url)
@@ -135,18 +134,15 @@ class SDInstancePool:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> SDInstancePool:
-        """Build the pool from the app config (SD_ENDPOINTS, SD_*_TIMEOUT, SD_COOLDOWN, ...)."""
-        endpoints = cfg.get("SD_ENDPOINTS") or []
-        if isinstance(endpoints, str):
-            endpoints = [url.strip() for url in endpoints.split(",") if url.strip()]
+        """Build the pool from the settings (config.from_env: SD_ENDPOINTS, SD_*_TIMEOUT, ...)."""
         return cls(
-            endpoints,
-            connect_timeout=float(cfg.get("SD_CONNECT_TIMEOUT", 3.0)),
-            read_timeout=float(cfg.get("SD_READ_TIMEOUT", 300.0)),
-            acquire_timeout=float(cfg.get("SD_ACQUIRE_TIMEOUT", 600.0)),
-            cooldown=float(cfg.get("SD_COOLDOWN", 15.0)),
-            max_attempts=int(cfg.get("SD_MAX_ATTEMPTS", 3)),
-            probe_timeout=float(cfg.get("SD_PROBE_TIMEOUT", 2.0)),
+            cfg["SD_ENDPOINTS"],
+            connect_timeout=cfg["SD_CONNECT_TIMEOUT"],
+            read_timeout=cfg["SD_READ_TIMEOUT"],
+            acquire_timeout=cfg["SD_ACQUIRE_TIMEOUT"],
+            cooldown=cfg["SD_COOLDOWN"],
+            max_attempts=cfg["SD_MAX_ATTEMPTS"],
+            probe_timeout=cfg["SD_PROBE_TIMEOUT"],
         )
 
     # -- the semaphore ----------------------------------------------------------------------

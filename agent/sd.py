@@ -2,9 +2,10 @@
 
 `build_payload` writes a txt2img request body in the WebUI's field names from exactly the
 options it is given (the study's settings are in settings/sd_options.json, not here).
-Every failure becomes a typed `SDError` naming the instance (never its credentials) and the
+Each image of an answer is decoded here, once, into a `core.image_store.Image`. Every
+failure becomes a typed `SDError` naming the instance (never its credentials) and the
 cause; a reply without a decodable image is an error too, so no caller ever receives an
-empty image. Each image is decoded here, once, into a `core.image_store.Image`. `agent.pool.SDInstancePool` spreads jobs over several instances.
+empty image. `agent.pool.SDInstancePool` spreads jobs over several instances.
 """
 from __future__ import annotations
 
