@@ -1,9 +1,43 @@
-"""The error tree shared by every backend client.
+"""Every error of the backend clients, in one tree; import them from here.
 
 A route turns any `BackendError` into the envelope with code 2, HTTP 503 (504 for a
 timeout) and a message naming the backend, the step when known, and the cause.
+
+BackendError                 a generative backend could not give an answer (503)
+├── BackendTimeout           it did not answer in time (504); every timeout below is one too
+├── GPTError                 a GPT deployment failed (agent.gpt; `kind` is its metrics label)
+│   ├── GPTNotConfigured     no endpoint or key is configured
+│   ├── GPTTimeout           no answer within GPT_TIMEOUT (also a BackendTimeout)
+│   ├── GPTRateLimited       HTTP 429 beyond the SDK's retries
+│   ├── GPTAuthError         the key was refused (401/403)
+│   ├── GPTBadRequest        the request itself was rejected (other 4xx)
+│   ├── GPTServerError       HTTP 5xx beyond the SDK's retries
+│   ├── GPTConnectionError   the endpoint could not be reached
+│   └── GPTEmptyAnswer       an answer with no text
+└── SDError                  a Stable Diffusion WebUI call failed (agent.sd, agent.pool)
+    ├── SDConnectionError *  the connection was refused, reset or dropped
+    ├── SDTimeout *          no connection or answer in time (also a BackendTimeout)
+    ├── SDServerError *      an error status that is the instance's fault (5xx, 401, 404, ...)
+    ├── SDBadResponse *      a 2xx answer without decodable images
+    ├── SDBadRequest         the instance rejected our payload (400, 422, ...)
+    └── PoolError            no instance could take the job (or the pool is closed)
+        ├── PoolTimeout      no instance became free in time (also a BackendTimeout)
+        ├── AllInstancesDown every instance is cooling down
+        └── NoInstancesConfigured  SD_ENDPOINTS names no instance
+
+* INSTANCE_FAILURES: they say something about the instance, so the job may go to another one.
+
+The pipelines add `ShortAnswer` (apps.paint.pipelines.errors) under BackendError.
+Messages name the deployment or instance and the cause, never a key or a password.
+
+Context is attached once, where it is known: an SDError raised by the pool carries its
+`JobContext` from its constructor, and `step_context` names the pipeline step.
 """
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 
 class BackendError(Exception):
@@ -11,10 +45,7 @@ class BackendError(Exception):
 
     backend = "backend"
     http_status = 503
-
-    def __init__(self, message: str, *, step: str | None = None) -> None:
-        super().__init__(message)
-        self.step = step
+    step: str | None = None  # the pipeline step that failed, named by step_context
 
     def describe(self) -> str:
         """Return the message with the failing pipeline step in front, when one is known."""
@@ -26,3 +57,148 @@ class BackendTimeout(BackendError):
     """The backend did not answer in time."""
 
     http_status = 504
+
+
+@contextmanager
+def step_context(step: str) -> Iterator[None]:
+    """Name `step` on a BackendError raised in the block: the one place a step is attached."""
+    try:
+        yield
+    except BackendError as e:
+        if e.step is None:  # the innermost step is the one that failed
+            e.step = step
+        raise
+
+
+# -- GPT -----------------------------------------------------------------------------------
+class GPTError(BackendError):
+    """A GPT deployment could not give an answer."""
+
+    backend = "gpt"
+    kind = "error"  # the metrics label of this failure
+
+    def __init__(self, deployment: str | None, cause: str, *, retries: int = 0,
+                 status: int | None = None) -> None:
+        name = f"GPT deployment '{deployment}'" if deployment else "GPT"
+        super().__init__(f"{name}: {cause}")
+        self.deployment = deployment
+        self.cause = cause
+        self.retries = retries
+        self.status = status
+
+
+class GPTNotConfigured(GPTError):
+    """No GPT endpoint or key is configured."""
+
+    kind = "not_configured"
+
+
+class GPTTimeout(GPTError, BackendTimeout):
+    """The deployment did not answer within GPT_TIMEOUT (after the SDK's retries)."""
+
+    kind = "timeout"
+
+
+class GPTRateLimited(GPTError):
+    """The deployment kept answering HTTP 429 (after the SDK's retries)."""
+
+    kind = "rate_limited"
+
+
+class GPTAuthError(GPTError):
+    """The key was refused (HTTP 401/403)."""
+
+    kind = "auth"
+
+
+class GPTBadRequest(GPTError):
+    """The deployment rejected the request itself (HTTP 4xx other than 401/403/429)."""
+
+    kind = "bad_request"
+
+
+class GPTServerError(GPTError):
+    """The deployment failed on its side (HTTP 5xx, after the SDK's retries)."""
+
+    kind = "server_error"
+
+
+class GPTConnectionError(GPTError):
+    """The endpoint could not be reached."""
+
+    kind = "connection"
+
+
+class GPTEmptyAnswer(GPTError):
+    """The deployment answered, but with no choices or only whitespace."""
+
+    kind = "empty_answer"
+
+
+# -- Stable Diffusion ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JobContext:
+    """How far a Stable Diffusion job got before it failed, for its generation record."""
+
+    instance: str | None = None  # the instance tried last; None when none was ever leased
+    errors: tuple[str, ...] = ()  # why each attempt failed, in order
+
+    @property
+    def attempts(self) -> int:
+        """How many instances the job tried (each failed)."""
+        return len(self.errors)
+
+
+class SDError(BackendError):
+    """A Stable Diffusion WebUI call failed.
+
+    Every subclass takes the same arguments, so the pool can raise any of them again with
+    the context of the job it ended.
+    """
+
+    backend = "sd"
+
+    def __init__(self, message: str, *, status: int | None = None, job: JobContext = JobContext()) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status the instance answered, when it answered one
+        self.job = job
+
+
+class SDConnectionError(SDError):
+    """The instance refused, reset or dropped the connection."""
+
+
+class SDTimeout(SDError, BackendTimeout):
+    """The instance did not accept the connection or answer in time."""
+
+
+class SDServerError(SDError):
+    """The instance answered an error status that is its own fault (5xx, 401, 404, ...)."""
+
+
+class SDBadRequest(SDError):
+    """The instance rejected our payload (400, 422, ...); sending it elsewhere would not help."""
+
+
+class SDBadResponse(SDError):
+    """The instance answered 2xx with something that is not JSON with decodable images."""
+
+
+# The failures that say something about the instance, so the job may go elsewhere.
+INSTANCE_FAILURES = (SDConnectionError, SDTimeout, SDServerError, SDBadResponse)
+
+
+class PoolError(SDError):
+    """No instance of the pool could take the job (also raised once the pool is closed)."""
+
+
+class PoolTimeout(PoolError, BackendTimeout):
+    """Waiting for a free instance took longer than the acquire timeout."""
+
+
+class AllInstancesDown(PoolError):
+    """Every instance is cooling down after a failure or failed its health probe."""
+
+
+class NoInstancesConfigured(PoolError):
+    """SD_ENDPOINTS names no instance."""

@@ -3,7 +3,10 @@
 Timeouts and retries are the SDK's own (GPT_TIMEOUT, GPT_MAX_RETRIES; it honours Retry-After).
 On top of it this client adds a concurrency limit per deployment (GPT_MAX_CONCURRENCY), so a
 burst of participants queues here instead of tripping the deployment's rate limit, typed
-errors (agent.gpt_errors) instead of empty strings, and counters for metrics.
+errors (agent.errors, translated from the SDK's own here) instead of empty strings, and
+counters for metrics. Error messages never contain an API key: a refused key's error text
+is left out (OpenAI echoes part of the key in it), and the configured key is masked in any
+other server message.
 """
 from __future__ import annotations
 
@@ -17,19 +20,56 @@ from typing import Any
 
 import openai
 
-from agent.gpt_errors import (
+from agent.errors import (
     GPTAuthError, GPTBadRequest, GPTConnectionError, GPTEmptyAnswer, GPTError, GPTNotConfigured,
-    GPTRateLimited, GPTServerError, GPTTimeout, translate,
+    GPTRateLimited, GPTServerError, GPTTimeout,
 )
-
-__all__ = [
-    "ChatAnswer", "GPTClient", "GPTError", "GPTNotConfigured", "GPTTimeout", "GPTRateLimited",
-    "GPTAuthError", "GPTBadRequest", "GPTServerError", "GPTConnectionError", "GPTEmptyAnswer",
-]
 
 log = logging.getLogger(__name__)
 
 NOT_CONFIGURED = "not configured: set AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_API_KEY, or OPENAI_API_KEY"
+
+
+def retries_of(error: openai.APIError) -> int:
+    """Return how many retries the SDK made before `error` (it numbers each attempt's request)."""
+    request = getattr(error, "request", None)
+    try:
+        return int(request.headers.get("x-stainless-retry-count", 0)) if request is not None else 0
+    except ValueError:
+        return 0
+
+
+def _server_message(error: openai.APIError, secret: str | None) -> str:
+    """Return the server's own error message, with the configured key masked."""
+    body = error.body
+    text = str((body.get("message") if isinstance(body, dict) else None) or error.message)
+    return text.replace(secret, "***") if secret else text
+
+
+def translate(error: openai.OpenAIError, deployment: str, secret: str | None = None) -> GPTError:
+    """Return the GPTError for an SDK exception (most specific SDK class first)."""
+    if not isinstance(error, openai.APIError):
+        return GPTError(deployment, f"SDK error: {type(error).__name__}")
+    retries = retries_of(error)
+    after = f" after {retries} retries" if retries else ""
+    status = getattr(error, "status_code", None)
+    said = _server_message(error, secret)
+    if isinstance(error, openai.APITimeoutError):
+        return GPTTimeout(deployment, f"timed out{after}", retries=retries)
+    if isinstance(error, openai.APIConnectionError):
+        return GPTConnectionError(deployment, f"cannot connect{after}", retries=retries)
+    if isinstance(error, openai.RateLimitError):
+        return GPTRateLimited(deployment, f"rate limited (HTTP 429){after}", retries=retries, status=429)
+    if isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError)):
+        code = f", {error.code}" if error.code else ""
+        return GPTAuthError(deployment, f"key refused (HTTP {status}{code})", status=status)
+    if isinstance(error, openai.APIStatusError) and error.status_code >= 500:
+        return GPTServerError(deployment, f"server error (HTTP {status}){after}: {said}",
+                              retries=retries, status=status)
+    if isinstance(error, openai.APIStatusError):  # BadRequestError, NotFoundError, 409, 422, ...
+        return GPTBadRequest(deployment, f"request rejected (HTTP {status}){after}: {said}",
+                             retries=retries, status=status)
+    return GPTError(deployment, f"unreadable answer: {said}", retries=retries)
 
 
 @dataclass(frozen=True)
@@ -61,7 +101,7 @@ class GPTClient:
     """Chat and vision calls to one provider; build it once with `from_config` and share it."""
 
     def __init__(self, sdk: openai.OpenAI | None, *, provider: str, chat_deployment: str,
-                 vision_deployment: str, max_concurrency: int = 10, secret: str | None = None,
+                 vision_deployment: str, max_concurrency: int, secret: str | None = None,
                  reason: str = NOT_CONFIGURED) -> None:
         self._sdk = sdk
         self.provider = provider if sdk is not None else "none"
@@ -76,27 +116,26 @@ class GPTClient:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> GPTClient:
-        """Build the SDK client once from the settings; unconfigured (never raising) without a key."""
-        common = {"timeout": cfg.get("GPT_TIMEOUT", 60.0), "max_retries": cfg.get("GPT_MAX_RETRIES", 2)}
-        limit = int(cfg.get("GPT_MAX_CONCURRENCY") or 10)
-        chat = cfg.get("AZURE_OPENAI_DEPLOYMENT") or "gpt-4o"
-        vision = cfg.get("AZURE_OPENAI_VISION_DEPLOYMENT") or chat
-        if cfg.get("AZURE_OPENAI_ENDPOINT"):
-            key = cfg.get("AZURE_OPENAI_API_KEY")
+        """Build the client once from config.from_env's settings; without a key, an unconfigured one."""
+        common = {"timeout": cfg["GPT_TIMEOUT"], "max_retries": cfg["GPT_MAX_RETRIES"]}
+        limit = cfg["GPT_MAX_CONCURRENCY"]
+        chat, vision = cfg["AZURE_OPENAI_DEPLOYMENT"], cfg["AZURE_OPENAI_VISION_DEPLOYMENT"]
+        if cfg["AZURE_OPENAI_ENDPOINT"]:
+            key = cfg["AZURE_OPENAI_API_KEY"]
             if not key:
                 return cls(None, provider="none", chat_deployment=chat, vision_deployment=vision,
-                           reason="not configured: AZURE_OPENAI_API_KEY is not set")
+                           max_concurrency=limit, reason="not configured: AZURE_OPENAI_API_KEY is not set")
             sdk = openai.AzureOpenAI(azure_endpoint=cfg["AZURE_OPENAI_ENDPOINT"], api_key=key,
-                                     api_version=cfg.get("AZURE_OPENAI_API_VERSION") or "2024-10-21",
-                                     **common)
+                                     api_version=cfg["AZURE_OPENAI_API_VERSION"], **common)
             return cls(sdk, provider="azure", chat_deployment=chat, vision_deployment=vision,
                        max_concurrency=limit, secret=key)
-        if cfg.get("OPENAI_API_KEY"):
-            key, model = cfg["OPENAI_API_KEY"], cfg.get("OPENAI_MODEL") or "gpt-4o"
-            sdk = openai.OpenAI(api_key=key, base_url=cfg.get("OPENAI_BASE_URL") or None, **common)
+        if cfg["OPENAI_API_KEY"]:
+            key, model = cfg["OPENAI_API_KEY"], cfg["OPENAI_MODEL"]
+            sdk = openai.OpenAI(api_key=key, base_url=cfg["OPENAI_BASE_URL"], **common)
             return cls(sdk, provider="openai", chat_deployment=model, vision_deployment=model,
                        max_concurrency=limit, secret=key)
-        return cls(None, provider="none", chat_deployment=chat, vision_deployment=vision)
+        return cls(None, provider="none", chat_deployment=chat, vision_deployment=vision,
+                   max_concurrency=limit)
 
     def chat(self, prompt: str | list[dict], *, temperature: float | None = None,
              max_tokens: int | None = None) -> ChatAnswer:

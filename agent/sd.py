@@ -1,18 +1,20 @@
 """Client of one AUTOMATIC1111 Stable Diffusion WebUI instance (its `--api` HTTP routes).
 
-Every failure becomes a typed `SDError` naming the instance (never its credentials) and the
+`build_payload` writes a txt2img request body in the WebUI's field names from exactly the
+options it is given (the study's settings are in settings/sd_options.json, not here).
+Each image of an answer is decoded here, once, into a `core.image_store.Image`. Every
+failure becomes a typed `SDError` naming the instance (never its credentials) and the
 cause; a reply without a decodable image is an error too, so no caller ever receives an
 empty image. `agent.pool.SDInstancePool` spreads jobs over several instances.
 """
 from __future__ import annotations
 
-import base64
-import binascii
+import copy
 import http.client
 import json
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -20,11 +22,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import requests
 from urllib3.exceptions import ReadTimeoutError
 
-from agent.sd_errors import (  # noqa: F401  (re-exported: callers import errors from agent.sd)
-    INSTANCE_FAILURES, AllInstancesDown, NoInstancesConfigured, PoolError, PoolTimeout,
-    SDBadRequest, SDBadResponse, SDConnectionError, SDError, SDServerError, SDTimeout,
-)
-from agent.sd_payload import STUDY_DEFAULTS, build_payload  # noqa: F401  (re-exported)
+from agent.errors import SDBadRequest, SDBadResponse, SDConnectionError, SDServerError, SDTimeout
+from core.image_store import Image, ImageDecodeError, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,58 @@ Timeout = float | tuple[float, float]
 # 4xx answers that say the instance is misconfigured (wrong credentials, started without
 # --api) or busy, not that our payload is wrong: another instance may well succeed.
 INSTANCE_FAULT_STATUSES = frozenset({401, 403, 404, 405, 408, 429})
-IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF", b"GIF8")
+TXT2IMG = "/sdapi/v1/txt2img"
+
+# Fields of the WebUI's txt2img request model; `prompt` and `negative_prompt` are arguments.
+TXT2IMG_FIELDS = frozenset({
+    "styles", "seed", "subseed", "subseed_strength", "seed_resize_from_h", "seed_resize_from_w",
+    "sampler_name", "sampler_index", "scheduler", "batch_size", "n_iter", "steps", "cfg_scale",
+    "width", "height", "restore_faces", "tiling", "do_not_save_samples", "do_not_save_grid",
+    "eta", "denoising_strength", "s_min_uncond", "s_churn", "s_tmax", "s_tmin", "s_noise",
+    "override_settings", "override_settings_restore_afterwards", "refiner_checkpoint",
+    "refiner_switch_at", "disable_extra_networks", "comments", "enable_hr", "firstphase_width",
+    "firstphase_height", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x",
+    "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt",
+    "hr_negative_prompt", "force_task_id", "script_name", "script_args", "send_images",
+    "save_images", "alwayson_scripts", "infotext",
+})
+
+
+def _check_key(key: str) -> None:
+    if key in TXT2IMG_FIELDS:
+        return
+    if key == "Model":
+        raise ValueError("unknown Stable Diffusion option 'Model': the WebUI ignores it, use 'checkpoint'")
+    if key in ("prompt", "negative_prompt"):
+        raise ValueError(f"Stable Diffusion option {key!r} is an argument of build_payload, not an option")
+    raise ValueError(f"unknown Stable Diffusion option {key!r}: use an AUTOMATIC1111 txt2img field name")
+
+
+def build_payload(prompt: str, negative_prompt: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the txt2img body sending exactly `options`; raise ValueError naming an unknown key.
+
+    Options are txt2img field names plus two shorthands: `checkpoint` (sent as
+    override_settings.sd_model_checkpoint, the only place the WebUI reads it) and `style`
+    (sent as `styles: [style]`).
+    """
+    fields: dict[str, Any] = {}
+    checkpoint = None
+    for key, value in options.items():
+        if key == "checkpoint":
+            checkpoint = value
+        elif key == "style":
+            fields["styles"] = [value] if value else []
+        else:
+            _check_key(key)
+            fields[key] = copy.deepcopy(value)  # the options are shared by every request
+    override = dict(fields.pop("override_settings", None) or {})
+    if checkpoint:
+        # The WebUI switches models only through override_settings; explicit overrides win.
+        override = {"sd_model_checkpoint": checkpoint, **override}
+    payload = {"prompt": prompt, "negative_prompt": negative_prompt, **fields}
+    if override:
+        payload["override_settings"] = override
+    return payload
 
 
 @dataclass(frozen=True)
@@ -60,9 +110,9 @@ class SDEndpoint:
 
 
 class Generation(NamedTuple):
-    """Images (raw base64, never empty) and the WebUI's `info` as a dict."""
+    """Images (decoded PNG, JPEG or WebP, never empty) and the WebUI's `info` as a dict."""
 
-    images: list[str]
+    images: list[Image]
     info: dict[str, Any]
 
 
@@ -150,61 +200,36 @@ def _request(endpoint: SDEndpoint | str, method: str, path: str, payload: Any, t
         raise SDBadResponse(f"{where}: the answer is not JSON (HTTP {status}, {call})") from e
 
 
-def call_sdapi(endpoint: SDEndpoint | str, path: str, *, timeout: Timeout) -> Any:
-    """GET `path` of the instance and return the decoded JSON."""
-    return _request(endpoint, "GET", path, None, timeout)
-
-
-def post_sdapi(endpoint: SDEndpoint | str, path: str, payload: Any, *, timeout: Timeout) -> Any:
-    """POST `payload` as JSON to `path` of the instance and return the decoded JSON."""
-    return _request(endpoint, "POST", path, payload, timeout)
-
-
 def ping(endpoint: SDEndpoint | str, *, timeout: Timeout) -> None:
     """Check that the instance answers: GET /internal/ping, or /sdapi/v1/progress if that is missing."""
     try:
-        call_sdapi(endpoint, "/internal/ping", timeout=timeout)
+        _request(endpoint, "GET", "/internal/ping", None, timeout)
     except SDServerError as e:
         if e.status != 404:
             raise
-        call_sdapi(endpoint, "/sdapi/v1/progress", timeout=timeout)
+        _request(endpoint, "GET", "/sdapi/v1/progress", None, timeout)
 
 
-def _image(where: str, index: int, image: Any) -> str:
-    raw = image.split(",", 1)[-1] if isinstance(image, str) and image.startswith("data:") else image
-    if not isinstance(raw, str) or not raw:
-        raise SDBadResponse(f"{where}: image {index} is empty")
+def _image(where: str, index: int, image: Any) -> Image:
     try:
-        data = base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise SDBadResponse(f"{where}: image {index} is not valid base64") from e
-    if not data.startswith(IMAGE_MAGIC):
-        raise SDBadResponse(f"{where}: image {index} is not a PNG, JPEG, WebP or GIF")
-    return raw
+        return decode_image(image)
+    except ImageDecodeError as e:
+        raise SDBadResponse(f"{where}: image {index} {e}") from e
 
 
-def _generation(endpoint: SDEndpoint | str, path: str, payload: dict[str, Any], timeout: Timeout) -> Generation:
+def text2Image(endpoint: SDEndpoint | str, payload: dict[str, Any], *, timeout: Timeout) -> Generation:
+    """Run txt2img on the instance and return its images, each decoded once, and info."""
     endpoint = _endpoint(endpoint)
-    body = post_sdapi(endpoint, path, payload, timeout=timeout)
+    body = _request(endpoint, "POST", TXT2IMG, payload, timeout)
     where = f"SD instance {endpoint.name}"
     images = body.get("images") if isinstance(body, dict) else None
     if not isinstance(images, list) or not images:
-        raise SDBadResponse(f"{where}: the answer has no images (POST {path})")
+        raise SDBadResponse(f"{where}: the answer has no images (POST {TXT2IMG})")
     info = body.get("info")
     try:
         info = info if isinstance(info, dict) else json.loads(info or "{}")
     except (TypeError, ValueError):
-        log.warning("%s: unreadable info in the answer to %s", where, path)
+        log.warning("%s: unreadable info in the answer to %s", where, TXT2IMG)
         info = {}
     return Generation([_image(where, i, image) for i, image in enumerate(images)],
                       info if isinstance(info, dict) else {})
-
-
-def text2Image(endpoint: SDEndpoint | str, payload: dict[str, Any], *, timeout: Timeout) -> Generation:
-    """Run txt2img on the instance and return its images and info."""
-    return _generation(endpoint, "/sdapi/v1/txt2img", payload, timeout)
-
-
-def image2Image(endpoint: SDEndpoint | str, payload: dict[str, Any], *, timeout: Timeout) -> Generation:
-    """Run img2img on the instance (payload with `init_images`) and return its images and info."""
-    return _generation(endpoint, "/sdapi/v1/img2img", payload, timeout)

@@ -23,6 +23,7 @@ from agent.gpt import GPTClient
 from agent.pool import SDInstancePool
 from apps.paint.pipelines import PaintApp
 from apps.records import Trace
+from config import from_env
 from simulators.chat import ChatSimulator
 from simulators.webui import SDWebUISimulator
 from tests.helpers import PNG_1PX
@@ -120,8 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     chat = ChatSimulator(api_key="bench", latency=args.gpt).start()
     sds = [SDWebUISimulator(latency=args.image).start() for _ in range(args.instances)]
-    cfg = {"AZURE_OPENAI_ENDPOINT": chat.url, "AZURE_OPENAI_API_KEY": "bench", "GPT_MAX_RETRIES": 0,
-           "GPT_MAX_CONCURRENCY": 32, "SD_ENDPOINTS": [sd.url for sd in sds]}
+    cfg = from_env({"AZURE_OPENAI_ENDPOINT": chat.url, "AZURE_OPENAI_API_KEY": "bench", "GPT_MAX_RETRIES": "0",
+                    "GPT_MAX_CONCURRENCY": "32", "SD_ENDPOINTS": ",".join(sd.url for sd in sds)})
     gpt, pool, paint = GPTClient.from_config(cfg), SDInstancePool.from_config(cfg), PaintApp()
     nominal = nominal_cost(args.gpt, args.image, args.instances)
     try:

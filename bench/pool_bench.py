@@ -16,8 +16,11 @@ import threading
 import time
 from dataclasses import dataclass
 
+from agent.errors import SDError
 from agent.pool import SDInstancePool, SDResult
-from agent.sd import SDError, build_payload
+from agent.sd import build_payload
+from apps.paint.pipelines import SETTINGS_DIR
+from apps.paint.pipelines.sd_options import load_sd_options
 from config import from_env
 from simulators.webui import SDWebUISimulator
 
@@ -50,13 +53,14 @@ def run(instances: int, jobs: int, latency: float, die_after: int | None = None)
     if die_after is not None:
         sims[-1].die_after(die_after)
     pool = SDInstancePool.from_config(from_env({"SD_ENDPOINTS": ",".join(sim.url for sim in sims)}))
+    options = load_sd_options(SETTINGS_DIR)[("rapid", "scene")]  # the study's image settings
     results: list[SDResult | SDError | None] = [None] * jobs
     start = threading.Barrier(jobs + 1)
 
     def submit(i: int) -> None:
         start.wait()
         try:
-            results[i] = pool.txt2img(build_payload(f"bench product idea {i}", "people, text"))
+            results[i] = pool.txt2img(build_payload(f"bench product idea {i}", "people, text", options))
         except SDError as e:
             results[i] = e
 
@@ -79,7 +83,7 @@ def run(instances: int, jobs: int, latency: float, die_after: int | None = None)
         note = (f"1 instance dies after {die_after} jobs; best possible {best:.3f} s, "
                 f"ratio to it {makespan / best:.3f}")
     return Row(instances, jobs, latency, makespan, [b / makespan for b in busy], jobs - len(done),
-               sum(1 for r in done if not r.images or not all(r.images)), note)
+               sum(1 for r in done if not r.images or not all(image.data for image in r.images)), note)
 
 
 def main(argv: list[str] | None = None) -> None:

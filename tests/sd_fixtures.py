@@ -33,7 +33,7 @@ def sd_pools() -> Iterator[Callable[..., SDInstancePool]]:
 
     def make(endpoints: list[str], **kwargs: Any) -> SDInstancePool:
         settings = {"connect_timeout": 1.0, "read_timeout": 5.0, "acquire_timeout": 5.0,
-                    "cooldown": 30.0, "probe_timeout": 1.0, **kwargs}
+                    "cooldown": 30.0, "max_attempts": 3, "probe_timeout": 1.0, **kwargs}
         pool = SDInstancePool(endpoints, **settings)
         made.append(pool)
         return pool

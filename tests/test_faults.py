@@ -13,8 +13,8 @@ import logging
 from pymongo import MongoClient
 
 from tests.fault_fixtures import (  # noqa: F401  (fixtures)
-    RAPID_TWO, all_records, check_backend_failure, check_rapid, fault_app, fault_client, fault_db, generate,
-    image_steps, instance_state, timed, wait_cooldowns_over,
+    FAULT_SETTINGS, RAPID_TWO, all_records, check_backend_failure, check_rapid, fault_app, fault_client,
+    fault_db, generate, image_steps, instance_state, timed, wait_cooldowns_over,
 )
 from tests.generate_fixtures import PROMPTS, make_gen_app, sims  # noqa: F401
 from tests.sd_fixtures import Worker
@@ -98,6 +98,8 @@ def test_all_sd_instances_down_is_a_quick_503_naming_the_step(fault_app, fault_c
     assert failed and all(step["error"] and step["image"] is None for step in failed)
     assert all(step["attempts"] == len(step["errors"]) for step in failed)
     assert [step["attempts"] for step in failed] == [3]  # every instance was tried
+    # Each instance in turn (least recently used first): the last one tried is the third.
+    assert [step["instance"] for step in failed] == [name_of(sims.sds[2])]
 
     status, answer = generate(fault_client, prompts=PROMPTS[0])  # six jobs at once, still down
     check_backend_failure(status, answer, "rapid.scene_images[")
@@ -109,6 +111,22 @@ def test_all_sd_instances_down_is_a_quick_503_naming_the_step(fault_app, fault_c
     assert status == 200
     check_rapid(answer, 6)
     assert [r["status"] for r in all_records(fault_db)] == ["failed", "failed", "ok"]
+
+
+def test_failed_image_job_names_the_instance_it_failed_on(make_gen_app, mongo_uri, sims):
+    app = make_gen_app(**FAULT_SETTINGS, SD_MAX_ATTEMPTS=1)  # no failover: the job fails where it ran
+    victim = sims.sds[0]  # the least recently used instance takes the first job
+    victim.fail()
+    status, answer = generate(app.test_client(), prompts={**RAPID_TWO, "num": 1})
+    check_backend_failure(status, answer, "rapid.scene_images[0]: ")
+    assert f"SD instance {name_of(victim)}: HTTP 500" in answer["message"]
+    with MongoClient(mongo_uri) as direct:
+        (record,) = all_records(direct[app.config["MONGO_DB"]])
+    assert record["status"] == "failed" and record["error"]["kind"] == "SDServerError"
+    (failed,) = image_steps(record)
+    assert failed["instance"] == name_of(victim) and failed["image"] is None
+    assert failed["attempts"] == 1 and len(failed["errors"]) == 1 and name_of(victim) in failed["errors"][0]
+    assert failed["error"] == failed["errors"][0]
 
 
 def llm_steps(record, step: str) -> list[dict]:

@@ -11,9 +11,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from agent.errors import BackendError
 from pydantic import BaseModel
 
+from agent.errors import BackendError, step_context
 from apps.records import COLLECTION, GenerationCall, RecordError, Recorder
 from core.image_store import AnswerImage, SketchImage, decode_image, put_image
 from tests.helpers import PNG_1PX
@@ -33,6 +33,13 @@ class StubAnswer(BaseModel):
     ok: bool
 
 
+def failed_in(step):
+    """Return a BackendError as a pipeline step raises it."""
+    with pytest.raises(BackendError) as caught, step_context(step):
+        raise BackendError("simulated outage")
+    return caught.value
+
+
 def record(db, *, type_=0, username="alice", fail=False, when=None):
     """Write one record as the Recorder builds it and return its id as a string.
 
@@ -41,7 +48,7 @@ def record(db, *, type_=0, username="alice", fail=False, when=None):
     """
     recorder = Recorder(db, GenerationCall(0, type_, username, None, StubPrompts(n=1)))
     recorder.trace.llm(step="s.one", prompt="p", raw="a#b", items=["a", "b"])
-    error = BackendError("simulated outage", step="s.two") if fail else None
+    error = failed_in("s.two") if fail else None
     if error is None:
         recorder.result = StubAnswer(ok=True)
     doc = recorder.document(RecordError.of(error))

@@ -8,11 +8,11 @@ import threading
 import openai
 import pytest
 
-from agent.errors import BackendError, BackendTimeout
-from agent.gpt import (
-    ChatAnswer, GPTAuthError, GPTBadRequest, GPTClient, GPTConnectionError, GPTEmptyAnswer,
+from agent.errors import (
+    BackendError, BackendTimeout, GPTAuthError, GPTBadRequest, GPTConnectionError, GPTEmptyAnswer,
     GPTNotConfigured, GPTRateLimited, GPTServerError, GPTTimeout,
 )
+from agent.gpt import ChatAnswer, GPTClient
 from config import from_env
 from tests.gpt_fixtures import (  # noqa: F401
     API_VERSION, IMAGE_B64, IMAGE_URI, chat_sim, make_gpt,

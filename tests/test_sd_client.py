@@ -1,15 +1,16 @@
-"""The WebUI client builds study payloads and turns every failure into a typed, credential-free error."""
+"""The WebUI client sends the options it is given and turns every failure into a typed, credential-free error."""
 from __future__ import annotations
 
 import base64
 
 import pytest
 
-from agent.errors import BackendError, BackendTimeout
-from agent.sd import (
-    STUDY_DEFAULTS, SDBadRequest, SDBadResponse, SDConnectionError, SDEndpoint, SDServerError,
-    SDTimeout, build_payload, call_sdapi, image2Image, ping, post_sdapi, text2Image,
+from agent.errors import (
+    BackendError, BackendTimeout, SDBadRequest, SDBadResponse, SDConnectionError, SDServerError, SDTimeout,
 )
+from agent.sd import SDEndpoint, build_payload, ping, text2Image
+from apps.paint.pipelines import SETTINGS_DIR
+from apps.paint.pipelines.sd_options import load_sd_options
 from simulators.http import Reply, serve
 from simulators.png import read_png_header, render_png
 from tests.sd_fixtures import sd_sims, small_payload  # noqa: F401
@@ -36,8 +37,13 @@ def stub():
         listener.join()
 
 
-def test_payload_defaults_are_the_study_settings():
-    payload = build_payload("a red kettle", "people, text")
+def test_payload_sends_only_the_options_given():
+    assert build_payload("a red kettle", "people, text", {}) == {"prompt": "a red kettle",
+                                                                 "negative_prompt": "people, text"}
+
+
+def test_payload_of_the_settings_file_is_the_study_settings():
+    payload = build_payload("a red kettle", "people, text", load_sd_options(SETTINGS_DIR)[("rapid", "scene")])
     assert payload == {
         "prompt": "a red kettle", "negative_prompt": "people, text",
         "width": 1024, "height": 576, "cfg_scale": 5, "steps": 30,
@@ -48,24 +54,25 @@ def test_payload_defaults_are_the_study_settings():
     assert "Model" not in payload and "checkpoint" not in payload
 
 
-def test_payload_options_override_defaults_with_webui_names():
-    payload = build_payload("x", options={"checkpoint": "other.safetensors", "style": "cinematic",
-                                          "steps": 12, "enable_hr": True})
+def test_payload_shorthands_become_webui_names():
+    payload = build_payload("x", "", {"checkpoint": "other.safetensors", "style": "cinematic",
+                                      "steps": 12, "enable_hr": True})
     assert payload["override_settings"] == {"sd_model_checkpoint": "other.safetensors"}
     assert (payload["styles"], payload["steps"], payload["enable_hr"]) == (["cinematic"], 12, True)
+
+
+def test_payload_never_shares_values_with_the_options():
+    options = {"styles": ["photographic"], "override_settings": {"CLIP_stop_at_last_layers": 2}}
+    payload = build_payload("x", "", options)
     payload["styles"].append("mutated")
-    assert build_payload("x")["styles"] == ["photographic"] == STUDY_DEFAULTS["styles"]
+    payload["override_settings"]["mutated"] = True
+    assert options == {"styles": ["photographic"], "override_settings": {"CLIP_stop_at_last_layers": 2}}
 
 
-@pytest.mark.parametrize("key", ["Model", "model", "colour", "prompt", "mask_blur"])
+@pytest.mark.parametrize("key", ["Model", "model", "colour", "prompt", "mask_blur", "init_images"])
 def test_unknown_option_keys_raise_value_error_naming_them(key):
     with pytest.raises(ValueError, match=repr(key)):
-        build_payload("x", options={key: 1})
-
-
-def test_img2img_payload_takes_init_images_and_its_own_fields():
-    payload = build_payload("x", options={"denoising_strength": 0.5, "mask_blur": 4}, init_images=["abc="])
-    assert payload["init_images"] == ["abc="] and payload["mask_blur"] == 4
+        build_payload("x", "", {key: 1})
 
 
 def test_endpoint_keeps_credentials_out_of_its_name_and_repr():
@@ -79,28 +86,41 @@ def test_endpoint_keeps_credentials_out_of_its_name_and_repr():
     assert PASSWORD not in str(bad.value)
 
 
-def test_text2image_returns_base64_pngs_and_info(sd_sims):
+def test_text2image_returns_decoded_pngs_and_info(sd_sims):
     sim = sd_sims()
     images, info = text2Image(sim.url, small_payload(seed=7, batch_size=2), timeout=5)
-    assert [read_png_header(base64.b64decode(image)) for image in images] == [(16, 8), (16, 8)]
+    assert [(image.content_type, read_png_header(image.data)) for image in images] == [("image/png", (16, 8))] * 2
     assert info["seed"] == 7 and info["all_seeds"] == [7, 8]
-
-
-def test_image2image_sends_init_images(sd_sims):
-    sim = sd_sims()
-    generation = image2Image(sim.url, build_payload("x", options={"width": 8, "height": 8, "steps": 1},
-                                                    init_images=[PNG_B64]), timeout=5)
-    assert len(generation.images) == 1 and sim.jobs[0].payload["init_images"] == [PNG_B64]
 
 
 def test_basic_auth_comes_from_the_endpoint_url(sd_sims):
     sim = sd_sims(auth=("alice", PASSWORD))
     images, _ = text2Image(sim.endpoint, small_payload(), timeout=5)
     assert images
-    assert call_sdapi(sim.endpoint, "/sdapi/v1/options", timeout=5)["sd_model_checkpoint"]
     with pytest.raises(SDServerError) as wrong:
         text2Image(sim.url.replace("http://", "http://alice:nope@"), small_payload(), timeout=5)
     assert wrong.value.status == 401
+
+
+def test_probe_sends_basic_auth_on_get_too():
+    expected = "Basic " + base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
+
+    def route(request):  # a WebUI without /internal/ping
+        if request.path == "/sdapi/v1/progress" and request.method == "GET":
+            authorized = request.headers.get("Authorization") == expected
+            return Reply(200, {"progress": 0.0}) if authorized else Reply(401, {"detail": "no"})
+        return Reply(404, {"detail": "Not Found"})
+
+    listener = serve(route, "stub")
+    try:
+        url = f"http://127.0.0.1:{listener.port}"
+        ping(url.replace("http://", f"http://alice:{PASSWORD}@"), timeout=2)
+        with pytest.raises(SDServerError) as refused:
+            ping(url, timeout=2)
+        assert refused.value.status == 401
+    finally:
+        listener.close()
+        listener.join()
 
 
 def test_refused_connection_is_sd_connection_error(sd_sims):
@@ -149,10 +169,10 @@ def test_answers_without_a_real_image_are_sd_bad_response(stub, body):
         text2Image(stub(200, body), small_payload(), timeout=5)
 
 
-def test_data_uri_images_come_back_as_raw_base64(stub):
+def test_data_uri_images_are_decoded_like_raw_base64(stub):
     images, info = text2Image(stub(200, {"images": ["data:image/png;base64," + PNG_B64], "info": "bad"}),
                               small_payload(), timeout=5)
-    assert images == [PNG_B64] and info == {}
+    assert [(image.content_type, image.b64()) for image in images] == [("image/png", PNG_B64)] and info == {}
 
 
 def test_ping_falls_back_to_progress_when_internal_ping_is_missing(stub):
@@ -167,7 +187,7 @@ def test_credentials_never_appear_in_error_messages(sd_sims, stub):
     for fault in ("fail", "hang", "refuse"):
         getattr(sim, fault)()
         try:
-            post_sdapi(sim.endpoint, "/sdapi/v1/txt2img", small_payload(), timeout=(1.0, 0.2))
+            text2Image(sim.endpoint, small_payload(), timeout=(1.0, 0.2))
         except BackendError as e:
             errors.append(e)
         sim.heal()

@@ -1,15 +1,15 @@
-"""The instance pool: one job per instance, fair FIFO, failover, cooldown and recovery."""
+"""The instance pool: one job per instance, fair FIFO (retries first), failover, cooldown and recovery."""
 from __future__ import annotations
 
-import base64
 import threading
 
 import pytest
 
-from agent.pool import (
-    AllInstancesDown, NoInstancesConfigured, PoolError, PoolTimeout, SDInstancePool, SDResult,
+from agent.errors import (
+    AllInstancesDown, JobContext, NoInstancesConfigured, PoolError, PoolTimeout, SDBadRequest, SDError,
+    SDServerError,
 )
-from agent.sd import SDBadRequest, SDConnectionError
+from agent.pool import SDInstancePool, SDResult
 from config import from_env
 from simulators.png import read_png_header
 from tests.sd_fixtures import Worker, sd_pools, sd_sims, small_payload  # noqa: F401
@@ -25,10 +25,9 @@ def instance(pool, sim):
 
 
 def hold(pool):
-    """Lease an instance from the calling thread; return (endpoint, release function)."""
-    lease = pool.lease(timeout=2)
-    endpoint = lease.__enter__()
-    return endpoint, lambda: lease.__exit__(None, None, None)
+    """Acquire an instance from the calling thread; return (endpoint, release function)."""
+    endpoint = pool.acquire(timeout=2)
+    return endpoint, lambda: pool.release(endpoint)
 
 
 def test_fifty_submitters_never_share_an_instance(sd_sims, sd_pools):
@@ -39,8 +38,8 @@ def test_fifty_submitters_never_share_an_instance(sd_sims, sd_pools):
     for worker in workers:
         worker.start()
     results = [worker.outcome(timeout=30) for worker in workers]
-    assert all(isinstance(r, SDResult) and r.images and all(r.images) for r in results)
-    assert read_png_header(base64.b64decode(results[0].images[0])) == (16, 8)
+    assert all(isinstance(r, SDResult) and r.images for r in results)
+    assert read_png_header(results[0].images[0].data) == (16, 8)
     for sim in sims:
         assert sim.max_in_flight == 1 and sim.max_concurrency == 1
         jobs = sorted(sim.jobs, key=lambda job: job.arrived)
@@ -59,9 +58,12 @@ def test_waiters_are_served_in_arrival_order(sd_sims, sd_pools):
     order, done = [], [threading.Event() for _ in range(6)]
 
     def wait_in_line(k):
-        with pool.lease():
+        endpoint = pool.acquire()
+        try:
             order.append(k)
             done[k].wait(5)
+        finally:
+            pool.release(endpoint)
 
     workers = []
     for k in range(6):
@@ -85,12 +87,38 @@ def test_waiting_past_the_acquire_timeout_raises_pool_timeout(sd_sims, sd_pools)
     pool = sd_pools([sd_sims().url])
     _, release = hold(pool)
     with pytest.raises(PoolTimeout, match="within 0.05s.*SD_ENDPOINTS"):
-        with pool.lease(timeout=0.05):
-            pass
+        pool.acquire(timeout=0.05)
     release()
     assert pool.snapshot()["waiting"] == 0
-    with pool.lease(timeout=1):
-        pass
+    pool.release(pool.acquire(timeout=1))
+
+
+def test_a_retry_is_served_before_earlier_waiters(sd_sims, sd_pools):
+    pool = sd_pools([sd_sims().url])
+    endpoint, release = hold(pool)
+    order = []
+    waiter = Worker(lambda: (pool.acquire(), order.append("waiter")))
+    waiter.start()
+    wait_until(lambda: pool.snapshot()["waiting"] == 1, what="a waiter")
+    retry = Worker(lambda: (pool.acquire(retry=True), order.append("retry")))
+    retry.start()
+    wait_until(lambda: pool.snapshot()["waiting"] == 2, what="the retry in line")
+    release()
+    retry.outcome()
+    assert order == ["retry"]
+    pool.release(endpoint)
+    waiter.outcome()
+    assert order == ["retry", "waiter"]
+    pool.release(endpoint)
+
+
+def test_releasing_an_instance_twice_is_refused(sd_sims, sd_pools):
+    pool = sd_pools([sd_sims().url])
+    endpoint, release = hold(pool)
+    release()
+    with pytest.raises(ValueError, match="not leased"):
+        pool.release(endpoint)
+    assert pool.snapshot()["leases"] == 1
 
 
 def test_refused_instance_is_skipped_and_the_job_finishes_elsewhere(sd_sims, sd_pools):
@@ -135,17 +163,42 @@ def test_every_instance_down_raises_all_instances_down_not_a_wait(sd_sims, sd_po
         pool.txt2img(small_payload())
 
 
+def test_a_failed_job_error_carries_the_instances_it_tried(sd_sims, sd_pools):
+    first, second = sd_sims(), sd_sims()
+    first.fail()
+    second.refuse()
+    pool = sd_pools([first.url, second.url])
+    with pytest.raises(AllInstancesDown) as down:
+        pool.txt2img(small_payload())
+    job = down.value.job
+    assert (job.instance, job.attempts) == (name_of(second), 2)
+    assert "HTTP 500" in job.errors[0] and "refused" in job.errors[1]
+    assert isinstance(down.value.__cause__, SDError) and down.value.status is None
+
+
+def test_the_last_instance_failure_is_raised_with_the_job_context(sd_sims, sd_pools):
+    broken, alive = sd_sims(), sd_sims()
+    broken.fail()
+    pool = sd_pools([broken.url, alive.url], max_attempts=1)
+    with pytest.raises(SDServerError) as failed:
+        pool.txt2img(small_payload())
+    assert failed.value.status == 500 and failed.value.job == JobContext(name_of(broken), (str(failed.value),))
+    with pytest.raises(SDBadRequest) as rejected:  # our payload's fault: not retried, instance not blamed
+        pool.txt2img(small_payload(width=0))
+    assert rejected.value.job.instance == name_of(alive) and rejected.value.job.attempts == 1
+    assert instance(pool, alive)["failures"] == 0
+
+
 def test_waiters_wake_when_the_last_healthy_instance_fails(sd_sims, sd_pools):
     dead, alive = sd_sims(), sd_sims()
     dead.refuse()
     pool = sd_pools([dead.url, alive.url], acquire_timeout=10)
     assert pool.txt2img(small_payload()).attempts == 2
     waiter = Worker(lambda: pool.txt2img(small_payload()))
-    with pytest.raises(SDConnectionError):
-        with pool.lease(timeout=2) as endpoint:
-            waiter.start()
-            wait_until(lambda: pool.snapshot()["waiting"] == 1, what="a waiter")
-            raise SDConnectionError(f"SD instance {endpoint.name}: connection reset")
+    endpoint = pool.acquire(timeout=2)
+    waiter.start()
+    wait_until(lambda: pool.snapshot()["waiting"] == 1, what="a waiter")
+    pool.release(endpoint, f"SD instance {endpoint.name}: connection reset")
     with pytest.raises(AllInstancesDown, match="connection reset"):
         waiter.outcome()
     assert instance(pool, alive)["state"] == "cooldown"
@@ -218,8 +271,9 @@ def test_credentials_stay_out_of_results_and_snapshot(sd_sims, sd_pools):
 
 def test_empty_config_raises_no_instances_configured():
     pool = SDInstancePool.from_config(from_env({}))
-    with pytest.raises(NoInstancesConfigured, match="SD_ENDPOINTS"):
+    with pytest.raises(NoInstancesConfigured, match="SD_ENDPOINTS") as caught:
         pool.txt2img(small_payload())
+    assert caught.value.job == JobContext()  # no instance was ever leased
 
 
 def test_from_config_reads_the_settings(sd_sims):
@@ -228,7 +282,7 @@ def test_from_config_reads_the_settings(sd_sims):
                                                 "SD_COOLDOWN": "0.5", "SD_MAX_ATTEMPTS": "2"}))
     try:
         assert len(pool.snapshot()["instances"]) == 2  # the duplicate entries are used once
-        assert pool.img2img(small_payload(init_images=[base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()])).images
+        assert pool.txt2img(small_payload()).images
     finally:
         pool.close()
 

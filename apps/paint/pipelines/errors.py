@@ -18,9 +18,9 @@ class ShortAnswer(BackendError):
     backend = "gpt"
     http_status = 502  # the upstream answered, but not with what was asked
 
-    def __init__(self, step: str, asked: int, got: int) -> None:
+    def __init__(self, asked: int, got: int) -> None:
         super().__init__(f"GPT answer came back short after one retry: asked for {asked} items, "
-                         f"got {got}", step=step)
+                         f"got {got}")
         self.asked = asked
         self.got = got
 

@@ -1,8 +1,10 @@
 """Stable Diffusion options per pipeline and image kind, read from settings/sd_options.json.
 
 The file has a `defaults` object and, per pipeline, one object per image kind (`scene`,
-`product`) whose keys override the defaults. Keys are AUTOMATIC1111 txt2img fields plus
-`checkpoint` and `style` (see agent.sd.build_payload); they are checked at startup.
+`product`) whose keys override the defaults. It is the only place the study's image
+settings are stated: the WebUI client sends exactly these options and adds none. Keys are
+AUTOMATIC1111 txt2img fields plus `checkpoint` and `style` (see agent.sd.build_payload);
+they are checked at startup.
 """
 from __future__ import annotations
 

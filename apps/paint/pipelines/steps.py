@@ -1,8 +1,8 @@
 """The two kinds of pipeline step: ask GPT for a list of items, and draw one image.
 
 Each step renders its template, calls the backend, records one trace entry per attempt
-(failed ones included) and, on a backend failure, names itself in the error's `step`
-so the route can say which step failed. Step `rapid.products` renders the template
+(failed ones included) and runs in `step_context`, which names the step on a backend
+failure so the route can say which step failed. Step `rapid.products` renders the template
 `rapid/products`; image steps are named like `rapid.scene_images[2]`.
 """
 from __future__ import annotations
@@ -14,17 +14,17 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from agent.errors import BackendError
+from agent.errors import GPTError, SDError, step_context
 from agent.gpt import ChatAnswer, GPTClient
 from agent.pool import SDInstancePool
-from agent.sd import SDBadResponse, build_payload
+from agent.sd import build_payload
 from apps.paint.pipelines.errors import ShortAnswer
 from apps.paint.pipelines.flow import Flow
 from apps.paint.pipelines.parsing import split_items
 from apps.paint.pipelines.prompts import PromptBook
 from apps.paint.pipelines.sd_options import SDOptions
 from apps.records import Trace
-from core.image_store import Image, decode_image
+from core.image_store import Image
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +48,21 @@ class Steps:
         template = step.replace(".", "/")
         prompt = self.book.render(template, count=count, **variables)
         got = 0
-        for attempt in range(1, ATTEMPTS + 1):
-            self.flow.check()
-            answer = self._call(step, template, prompt, images, attempt)
-            items = split_items(answer.text)
-            if keep is not None:
-                items = keep(items)
-            got = len(items)
-            short = None if got >= count else f"short answer: asked for {count} items, got {got}"
-            self._trace_llm(step, template, prompt, images, attempt, answer=answer,
-                            items=items[:count], error=short)
-            if short is None:
-                return items[:count]
-            log.warning("step %s: %s (attempt %d of %d)", step, short, attempt, ATTEMPTS)
-        raise ShortAnswer(step, count, got)
+        with step_context(step):
+            for attempt in range(1, ATTEMPTS + 1):
+                self.flow.check()
+                answer = self._call(step, template, prompt, images, attempt)
+                items = split_items(answer.text)
+                if keep is not None:
+                    items = keep(items)
+                got = len(items)
+                short = None if got >= count else f"short answer: asked for {count} items, got {got}"
+                self._trace_llm(step, template, prompt, images, attempt, answer=answer,
+                                items=items[:count], error=short)
+                if short is None:
+                    return items[:count]
+                log.warning("step %s: %s (attempt %d of %d)", step, short, attempt, ATTEMPTS)
+            raise ShortAnswer(count, got)
 
     def draw(self, step: str, pipeline: str, kind: str, keywords: str) -> Image:
         """Return one image of `kind` ("scene" or "product") for GPT's `keywords`."""
@@ -72,23 +73,20 @@ class Steps:
                                 self.sd_options[(pipeline, kind)])
         started = time.monotonic()
         try:
-            result = self.pool.txt2img(payload)
-            image = result.images[0].split(",", 1)[-1] if result.images else ""
-            if not image:  # never hand the client a card with an empty image
-                raise SDBadResponse(f"SD instance {result.instance}: the answer has no image")
-        except BackendError as e:
-            e.step = step
+            with step_context(step):
+                result = self.pool.txt2img(payload)
+        except SDError as e:
             self.flow.fail(e)  # before the trace entry: other steps stop as early as possible
-            self.trace.image(step=step, payload=payload, instance=getattr(e, "instance", None),
+            self.trace.image(step=step, payload=payload, instance=e.job.instance,
                              info=None, latency=time.monotonic() - started, queue_wait=None,
-                             attempts=getattr(e, "attempts", None), errors=getattr(e, "errors", None),
+                             attempts=e.job.attempts, errors=list(e.job.errors),
                              image=None, error=str(e))
             raise
-        picture = decode_image(image)
+        image = result.images[0]  # decoded and checked by the client: never empty
         self.trace.image(step=step, payload=payload, instance=result.instance, info=result.info,
                          latency=result.latency, queue_wait=result.queue_wait,
-                         attempts=result.attempts, errors=list(result.errors), image=picture, error=None)
-        return picture
+                         attempts=result.attempts, errors=list(result.errors), image=image, error=None)
+        return image
 
     def draw_all(self, step: str, pipeline: str, kind: str, keywords: Sequence[str]) -> list[Future[Image]]:
         """Submit one image job per keyword line at once, so they spread over the instances."""
@@ -102,13 +100,12 @@ class Steps:
             if images:
                 return self.gpt.vision(prompt, [image.data_uri() for image in images])
             return self.gpt.chat(prompt)
-        except BackendError as e:
-            e.step = step
+        except GPTError as e:
             self.flow.fail(e)  # before the trace entry: other steps stop as early as possible
             intended = self.gpt.vision_deployment if images else self.gpt.chat_deployment
             self._trace_llm(step, template, prompt, images, attempt, error=str(e),
-                            deployment=getattr(e, "deployment", None) or intended,
-                            latency=time.monotonic() - started, retries=getattr(e, "retries", 0))
+                            deployment=e.deployment or intended,
+                            latency=time.monotonic() - started, retries=e.retries)
             raise
 
     def _trace_llm(self, step: str, template: str, prompt: str, images: Sequence[Image], attempt: int,
