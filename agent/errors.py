@@ -27,7 +27,7 @@ BackendError                 a generative backend could not give an answer (503)
 
 * INSTANCE_FAILURES: they say something about the instance, so the job may go to another one.
 
-The pipelines add `ShortAnswer` (apps.paint.pipelines.errors) under BackendError.
+The pipelines add `ShortAnswer` (apps.paint.pipelines.steps) under BackendError.
 Messages name the deployment or instance and the cause, never a key or a password.
 
 Context is attached once, where it is known: an SDError raised by the pool carries its

@@ -20,7 +20,7 @@ from agent.errors import SDError
 from agent.pool import SDInstancePool, SDResult
 from agent.sd import build_payload
 from apps.paint.pipelines import SETTINGS_DIR
-from apps.paint.pipelines.sd_options import load_sd_options
+from apps.paint.pipelines.settings import load_sd_options
 from config import from_env
 from simulators.webui import SDWebUISimulator
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from agent.errors import BackendError
-from apps.paint.pipelines.errors import ShortAnswer
+from apps.paint.pipelines.steps import ShortAnswer
 from apps.records import Trace
 from tests.pipeline_fixtures import (  # noqa: F401  (fixtures)
     TASK, backends, chat_sim, check_item, check_png, deep_prompts, generate, group_two_prompts, make_gpt,

@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 
 from apps.paint.pipelines import SETTINGS_DIR, PaintApp
-from apps.paint.pipelines.errors import SettingsError, TemplateCheckError
-from apps.paint.pipelines.prompts import stated_count
-from apps.paint.pipelines.template_specs import SPECS
+from apps.paint.pipelines.settings import SPECS, SettingsError, TemplateCheckError, stated_count
 
 # Steps whose answer feeds Stable Diffusion: they must ask for English keywords.
 ENGLISH = {"rapid/sd_prompts", "deep/sd_prompts", "group_two/scene_prompts", "group_two/product_prompts"}

@@ -10,7 +10,7 @@ from agent.errors import (
 )
 from agent.sd import SDEndpoint, build_payload, ping, text2Image
 from apps.paint.pipelines import SETTINGS_DIR
-from apps.paint.pipelines.sd_options import load_sd_options
+from apps.paint.pipelines.settings import load_sd_options
 from simulators.http import Reply, serve
 from simulators.png import read_png_header, render_png
 from tests.sd_fixtures import sd_sims, small_payload  # noqa: F401

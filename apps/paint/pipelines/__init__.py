@@ -2,9 +2,9 @@
 
 Each type's module declares its prompts, its answer and its step graph; `PIPELINES` is the
 one place a type number means something. `steps` holds the two kinds of step (ask GPT for
-items, draw an image), `flow` runs a request's independent steps at once, `prompts` and
-`sd_options` read settings/, `parsing` reads LLM answers, `contract` holds the shapes that
-every type shares.
+items, draw an image) and the flow that runs a request's independent steps at once,
+`settings` reads the templates and image options under settings/, `parsing` reads LLM
+answers, and `contract` holds the shapes that every type shares.
 
 `PaintApp` is built once at startup: loading it checks every prompt template and the
 Stable Diffusion options under settings/, so a broken settings file stops the server
@@ -22,10 +22,8 @@ from agent.gpt import GPTClient
 from agent.pool import SDInstancePool
 from apps.paint.pipelines import deep, group_two, naming, rapid
 from apps.paint.pipelines.contract import Answer
-from apps.paint.pipelines.flow import Flow
-from apps.paint.pipelines.prompts import PromptBook
-from apps.paint.pipelines.sd_options import load_sd_options
-from apps.paint.pipelines.steps import Steps
+from apps.paint.pipelines.settings import PromptBook, load_sd_options
+from apps.paint.pipelines.steps import Flow, Steps
 from apps.records import Trace
 from core.validation import Body, parse
 
