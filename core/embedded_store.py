@@ -9,6 +9,19 @@ One store serves one data directory. If a store for that directory is already ru
 (the server is up while a researcher runs `flask export-study`, or a server killed
 without cleanup left it behind), the newcomer connects to it instead of starting a
 second one, and leaves it running when it exits.
+
+This module is also the one place that knows how nx-27017 differs from MongoDB, and works
+around it only when the database really is the embedded store (`serves(db)`), so a real
+MongoDB gets standard documents written the standard way:
+- GridFS uploads through GridFSBucket first ask whether `fs.files` is empty, which
+  nx-27017 answers by scanning every file: each upload got slower as a study's images
+  piled up. `write_gridfs_file` writes the same spec-conformant files directly. nx-27017
+  also handles GridFS only in the default bucket `fs`.
+- A datetime written by `$set` comes back as text, and a boolean written by `$set` as an
+  integer; `as_datetime` reads such a value back. (Code that must filter on a flag stores
+  a string status instead, which both stores keep as written.)
+- `find_one_and_update` drops `$setOnInsert` when it upserts; ObjectId-valued fields other
+  than `_id` cannot be matched. Callers upsert with `update_one` and match by other keys.
 """
 from __future__ import annotations
 
@@ -19,9 +32,18 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
+from bson import Binary
+from pymongo.database import Database
+
 log = logging.getLogger(__name__)
+
+
+GRIDFS_CHUNK_SIZE = 255 * 1024  # the GridFS spec's default chunk size
+# Addresses of the embedded stores this process started or joined: the databases `serves` knows.
+_ADDRESSES: set[tuple[str, int]] = set()
 
 
 class EmbeddedStoreError(RuntimeError):
@@ -81,6 +103,7 @@ class EmbeddedStore:
         if running is not None and _accepts(self.host, running):
             log.info("embedded store already running for %s on port %d: using it", self.data_dir, running)
             self.port, self.adopted = running, True
+            _ADDRESSES.add((self.host, self.port))
             return self
         command = [
             sys.executable, "-m", "nx_27017.nx_27017",
@@ -101,6 +124,7 @@ class EmbeddedStore:
                 raise EmbeddedStoreError(f"nx-27017 did not listen on {self.host}:{self.port} within {timeout}s")
             time.sleep(0.05)
         atexit.register(self.stop)
+        _ADDRESSES.add((self.host, self.port))
         return self
 
     def stop(self) -> None:
@@ -113,3 +137,36 @@ class EmbeddedStore:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+def serves(db: Database) -> bool:
+    """Return whether `db` is on an embedded store of this process (no I/O: the client's seeds)."""
+    return any(address in _ADDRESSES for address in db.client.topology_description.server_descriptions())
+
+
+def write_gridfs_file(db: Database, bucket: str, key: str, data: bytes, content_type: str) -> None:
+    """Write one GridFS file with id and filename `key` as the spec lays it out, chunks first.
+
+    The files document comes last, so the file is visible only once all of it is there;
+    chunks left by an upload cut short before it are cleared first.
+    """
+    chunks = db[f"{bucket}.chunks"]
+    chunks.delete_many({"files_id": key})
+    if data:
+        chunks.insert_many([
+            {"files_id": key, "n": n, "data": Binary(data[offset:offset + GRIDFS_CHUNK_SIZE])}
+            for n, offset in enumerate(range(0, len(data), GRIDFS_CHUNK_SIZE))
+        ])
+    db[f"{bucket}.files"].insert_one({
+        "_id": key, "filename": key, "length": len(data), "chunkSize": GRIDFS_CHUNK_SIZE,
+        "uploadDate": datetime.now(timezone.utc), "metadata": {"contentType": content_type},
+    })
+
+
+def as_datetime(value: datetime | str | None) -> datetime | None:
+    """Return a stored time as an aware UTC datetime, also when the embedded store kept it as text."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

@@ -13,27 +13,25 @@ import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from functools import cached_property
 from typing import Annotated, Any
 
 import gridfs
-from bson import Binary
 from pydantic import PlainSerializer, PlainValidator, SerializationInfo, WithJsonSchema
 from pydantic_core import PydanticCustomError
 from pymongo import ASCENDING
 from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
 
-# The default bucket name: nx-27017 (the embedded store) handles GridFS writes only for "fs".
-BUCKET = "fs"
+from core import embedded_store
+
+BUCKET = "fs"  # GridFS's default bucket (the only one the embedded store handles)
 _KEY = re.compile(r"[0-9a-f]{64}")  # a SHA-256 in lower-case hex
 
 _SIGNATURES = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
     (b"\xff\xd8\xff", "image/jpeg"),
 )
-
-CHUNK_SIZE = 255 * 1024  # GridFS's default chunk size
 
 # Writers of one hash must take turns (a half-written image's chunks are cleared before a
 # rewrite, which must not hit another writer's). One process serves the whole app.
@@ -157,27 +155,15 @@ def put_image(db: Database, image: Image) -> str:
     key = image.sha256
     with _put_lock:
         if db[f"{BUCKET}.files"].find_one({"_id": key}, {"_id": 1}) is None:
-            _write_gridfs_file(db, key, image)
+            if embedded_store.serves(db):
+                embedded_store.write_gridfs_file(db, BUCKET, key, image.data, image.content_type)
+            else:
+                try:
+                    _bucket(db).upload_from_stream_with_id(key, key, image.data,
+                                                           metadata={"contentType": image.content_type})
+                except (gridfs.errors.FileExists, DuplicateKeyError):
+                    pass  # another server process stored the same bytes first
     return key
-
-
-def _write_gridfs_file(db: Database, key: str, image: Image) -> None:
-    # Written as the GridFS spec lays files out (chunks, then the files document that makes
-    # them visible) rather than through GridFSBucket: its uploader first asks whether
-    # fs.files is empty, which the embedded store answers by scanning every file, making
-    # each upload slower as a study's images pile up. GridFS readers see no difference.
-    data = image.data
-    chunks = db[f"{BUCKET}.chunks"]
-    chunks.delete_many({"files_id": key})  # leftovers of an upload cut short before its files document
-    if data:
-        chunks.insert_many([
-            {"files_id": key, "n": n, "data": Binary(data[offset:offset + CHUNK_SIZE])}
-            for n, offset in enumerate(range(0, len(data), CHUNK_SIZE))
-        ])
-    db[f"{BUCKET}.files"].insert_one({
-        "_id": key, "filename": key, "length": len(data), "chunkSize": CHUNK_SIZE,
-        "uploadDate": datetime.now(timezone.utc), "metadata": {"contentType": image.content_type},
-    })
 
 
 def get_image(db: Database, key: str) -> Image | None:

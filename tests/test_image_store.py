@@ -4,11 +4,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+from urllib.parse import urlsplit
 
+import gridfs
 import pytest
+from pymongo import MongoClient
 
-from core.image_store import ImageDecodeError, decode_image, get_image, has_image, put_image
+from core import embedded_store
+from core.embedded_store import GRIDFS_CHUNK_SIZE
+from core.image_store import (
+    Image, ImageDecodeError, create_indexes, decode_image, get_image, has_image, put_image,
+)
 from tests.helpers import PNG_1PX
+from tests.tcp_gate import TcpGate
 
 JPEG_HEAD = b"\xff\xd8\xff\xe0" + b"\x00" * 20
 WEBP_HEAD = b"RIFF\x00\x00\x00\x00WEBPVP8 " + b"\x00" * 8
@@ -59,13 +67,32 @@ def test_concurrent_puts_of_one_image_keep_it_readable(db):
 
 
 def test_multi_chunk_image_reads_back_through_gridfs(db):
-    import gridfs
-
-    from core.image_store import CHUNK_SIZE, Image, create_indexes
-
+    """On the embedded store the files are written directly, as the GridFS spec lays them out."""
     create_indexes(db)
-    data = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * (CHUNK_SIZE // 100)  # several chunks
+    data = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * (GRIDFS_CHUNK_SIZE // 100)  # several chunks
     key = put_image(db, Image(data, "image/png"))
+    info = db["fs.files"].find_one({"_id": key})
+    assert info["length"] == len(data) and info["chunkSize"] == GRIDFS_CHUNK_SIZE and info["filename"] == key
     assert gridfs.GridFSBucket(db).open_download_stream(key).read() == data
     assert get_image(db, key).data == data
 
+
+def test_a_real_mongodb_gets_files_from_gridfs_own_uploader(mongo_uri, db):
+    """Through a relay the store is a MongoDB at an address it did not start: the standard path runs."""
+    parts = urlsplit(mongo_uri)
+    data = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 2048  # two chunks
+    image = Image(data, "image/png")
+    with TcpGate((parts.hostname, parts.port)) as gate:
+        relayed = MongoClient(f"mongodb://127.0.0.1:{gate.port}/", serverSelectionTimeoutMS=2000)
+        try:
+            other = relayed[db.name]
+            assert embedded_store.serves(db) and not embedded_store.serves(other)
+            assert put_image(other, image) == image.sha256
+            assert put_image(other, image) == image.sha256  # stored once
+        finally:
+            relayed.close()
+    info = db["fs.files"].find_one({"_id": image.sha256})
+    assert info["length"] == len(data) and info["metadata"] == {"contentType": "image/png"}
+    assert "uploadDate" in info  # a BSON date in MongoDB; the embedded store hands GridFS's own back as text
+    assert gridfs.GridFSBucket(db).open_download_stream(image.sha256).read() == data
+    assert get_image(db, image.sha256).data == data
