@@ -12,7 +12,7 @@ import logging
 import signal
 import sys
 
-from core.factory import create_app
+from core.factory import close_app, create_app
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,11 +26,14 @@ def main(argv: list[str] | None = None) -> None:
         from simulators.demo import start_demo_backends
 
         overrides = start_demo_backends()
-    # SIGTERM (docker stop, systemd, kill) should end like Ctrl-C: through atexit, which
+    # SIGTERM (docker stop, systemd, kill) should end like Ctrl-C, through the `finally` that
     # stops the embedded store cleanly; Python's default would skip it and orphan the store.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     server = create_app(overrides)
-    server.run(host=server.config["HOST"], port=server.config["PORT"], threaded=True)
+    try:
+        server.run(host=server.config["HOST"], port=server.config["PORT"], threaded=True)
+    finally:
+        close_app(server)
 
 
 def __getattr__(name: str):

@@ -22,3 +22,14 @@ keepalive = 5
 accesslog = "-"
 errorlog = "-"
 loglevel = _settings["LOG_LEVEL"].lower()
+
+
+def worker_exit(server, worker):
+    """Close what the worker's app opened (records waiting, backends, the embedded store)."""
+    import app as entry  # the module gunicorn loaded `app:app` from, in this worker
+
+    built = vars(entry).get("app")
+    if built is not None:
+        from core.factory import close_app
+
+        close_app(built)

@@ -278,7 +278,7 @@ class RecordBacklog:
         self.limit, self.batch = max(1, limit), max(1, batch)
         self._waiting: deque[Recorder] = deque()
         self._lock = threading.Lock()
-        atexit.register(self._report_lost)
+        atexit.register(self.close)
 
     def __len__(self) -> int:
         with self._lock:
@@ -316,9 +316,14 @@ class RecordBacklog:
             log.info("wrote %d generation record(s) that waited for the database", written)
         return written
 
-    def _report_lost(self) -> None:
+    def close(self) -> None:
+        """Try once more to write what waits, then log every record still waiting as lost."""
+        atexit.unregister(self.close)
+        while self._waiting and self.flush():
+            pass
         with self._lock:
             ids = [str(record.record_id) for record in self._waiting]
+            self._waiting.clear()
         if ids:
             log.error("exiting with %d generation record(s) never written: %s", len(ids), ", ".join(ids))
 

@@ -53,3 +53,19 @@ def create_app(overrides: Mapping[str, Any] | None = None, *, env: Mapping[str, 
 
     register_apps(app)
     return app
+
+
+def close_app(app: Flask) -> None:
+    """Close what `app` opened, in the reverse order: records waiting, backends, database, store.
+
+    The entry points call it when they stop (app.py, gunicorn's worker_exit); the atexit
+    hooks of the parts are only the backstop of a process that exits without it.
+    """
+    backlog = app.extensions.get("record_backlog")
+    if backlog is not None:
+        backlog.close()
+    backends.close_app_backends(app)
+    app.extensions["mongo"].close()
+    embedded = app.extensions.get("embedded_store")
+    if embedded is not None:
+        embedded.stop()

@@ -36,3 +36,4 @@ def test_vision_deployment_defaults_to_chat_deployment():
 def test_bad_number_names_the_variable():
     with pytest.raises(ValueError, match="PORT"):
         config.from_env({"PORT": "eighty"})
+

@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 import requests
 from pymongo import MongoClient
+from pymongo.errors import ConnectionFailure
 
 from apps.records import COLLECTION
 from config import from_env
 from core.embedded_store import free_port
+from core.factory import close_app, create_app
 from simulators.chat import ChatSimulator
 from simulators.webui import SDWebUISimulator
 from tests.fault_fixtures import RAPID_TWO, check_rapid
@@ -170,3 +175,19 @@ def check_stored(mongo_uri: str, db_name: str) -> None:
             revisions = sorted(e["revision"] for e in db["session_history"].find({"username": name}))
             assert revisions == [1, 2]
         direct.drop_database(db_name)
+
+
+def test_close_app_closes_what_the_app_opened(tmp_path, caplog):
+    app = create_app({"DATA_DIR": str(tmp_path)}, env={})  # no MONGO_URI: it starts the embedded store
+    store = app.extensions["embedded_store"]
+    socket.create_connection((store.host, store.port), timeout=1).close()
+
+    def unwritable() -> None:
+        raise ConnectionFailure("the database is away")
+
+    app.extensions["record_backlog"].keep(SimpleNamespace(record_id="r-1", write=unwritable))
+    close_app(app)
+    with pytest.raises(OSError):
+        socket.create_connection((store.host, store.port), timeout=1).close()
+    assert app.extensions["sd_pool"].snapshot()["closed"]
+    assert "never written: r-1" in caplog.text
