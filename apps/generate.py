@@ -22,8 +22,8 @@ from core import validation as v
 from core.backends import get_gpt, get_pool
 from core.db import get_db
 from core.envelope import BadInput, ok
-from core.metrics import generation_observed
-from core.rate_limit import limit_generate
+from core.monitoring import generation_observed
+from core.security import limit_generate
 
 bp = Blueprint("generate", __name__)
 

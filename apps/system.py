@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app
 
-from core import metrics, readiness
+from core import monitoring
 from core.envelope import CODE_BACKEND, CODE_STORAGE, envelope, ok
 
 bp = Blueprint("system", __name__)
@@ -29,7 +29,7 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     """Answer 200 when the database, GPT and an SD instance are usable, else 503; details either way."""
-    ready, data, message = readiness.check(current_app)
+    ready, data, message = monitoring.readiness(current_app)
     if ready:
         return envelope(data, message=message)
     code = CODE_BACKEND if data["database"]["reachable"] else CODE_STORAGE
@@ -39,4 +39,4 @@ def readyz():
 @bp.get("/metrics")
 def metrics_text():
     """Answer every metric in the Prometheus text format."""
-    return metrics.exposition()
+    return monitoring.exposition()

@@ -10,7 +10,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import config
-from core import backends, db, envelope, metrics, rate_limit, request_log, security
+from core import backends, db, envelope, monitoring, security
 from core.embedded_store import EmbeddedStore
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,10 @@ def create_app(overrides: Mapping[str, Any] | None = None, *, env: Mapping[str, 
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
 
     envelope.register_error_handlers(app)
-    request_log.init_app(app)  # first, so even a rejected request gets an id and a log line
-    security.init_app(app)
     _open_store(app)
     backends.init_app(app)
-    metrics.init_app(app)  # after the backends: it collects their counters at scrape time
-    rate_limit.init_app(app)
+    monitoring.init_app(app)  # the first request hooks, so even a refused request gets an id and a log line
+    security.init_app(app)
 
     from apps import register_apps
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from core.rate_limit import TokenBucket
+from core.security import TokenBucket
 
 
 def _lines(caplog):
