@@ -1,6 +1,6 @@
 """MongoDB stopped during a save and during a generation, then started again on the same files.
 
-Each test runs its own nx-27017 (tests.fault_fixtures.own_store), stops its process at a
+Each test runs its own nx-27017 (`own_store`), stops its process at a
 chosen point of the request, checks the answer, starts it again on the same port and data
 directory, and checks that the same app recovers without a restart and that everything
 saved before the outage is intact.
@@ -8,18 +8,29 @@ saved before the outage is intact.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import pytest
+from pymongo import MongoClient
 from pymongo.errors import AutoReconnect
 
 from apps.paint import history, scheme_store
 from apps.records import RecordBacklog
-from tests.fault_fixtures import (  # noqa: F401  (fixtures)
-    all_records, check_rapid, direct_client, generate, own_store,
-)
-from tests.generate_fixtures import PROMPTS, make_gen_app, sims  # noqa: F401
-from tests.helpers import save_body, scheme, wait_until
-from tests.sd_fixtures import Worker
+from core.embedded_store import EmbeddedStore, free_port
+from tests.helpers import PROMPTS, Worker, all_records, check_rapid, post_generate, save_body, scheme, wait_until
+
+
+@pytest.fixture
+def own_store(tmp_path) -> Iterator[EmbeddedStore]:
+    """A store of this test only, on a fixed free port with its own data directory."""
+    store = EmbeddedStore(tmp_path / "own-mongo", port=free_port()).start()
+    yield store
+    store.stop()
+
+
+def direct_client(store: EmbeddedStore) -> MongoClient:
+    """Return a separate client on `store`, to check what was really written (a context manager)."""
+    return MongoClient(store.uri, serverSelectionTimeoutMS=3000)
 
 
 @pytest.fixture
@@ -102,7 +113,7 @@ def test_database_stopped_during_a_generation(store_app, own_store, sims, caplog
     client = store_app.test_client()
     before = seed(client)
     sims.chat.hang_next(1)  # hold the generation in its first GPT call
-    worker = Worker(lambda: generate(client))
+    worker = Worker(lambda: post_generate(client))
     worker.start()
     wait_until(lambda: sims.chat.held == 1, what="the generation in flight")
     own_store.stop()
@@ -114,11 +125,11 @@ def test_database_stopped_during_a_generation(store_app, own_store, sims, caplog
     check_rapid(answer, 2)
     assert "kept in memory" in caplog.text
 
-    status, answer = generate(client, 2, PROMPTS[2])  # still down: same answer
+    status, answer = post_generate(client, 2, PROMPTS[2])  # still down: same answer
     assert status == 200 and answer["success"] is True
 
     own_store.start()
-    status, answer = generate(client, 2, PROMPTS[2])  # its record goes first, then the backlog
+    status, answer = post_generate(client, 2, PROMPTS[2])  # its record goes first, then the backlog
     assert status == 200 and answer["success"] is True
     with direct_client(own_store) as direct:
         db = direct[store_app.config["MONGO_DB"]]

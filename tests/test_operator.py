@@ -15,9 +15,7 @@ from core.embedded_store import free_port
 from core.metrics import step_label
 from core.readiness import RecentFailures
 from simulators.webui import SDWebUISimulator
-from tests.generate_fixtures import (  # noqa: F401  (fixtures)
-    PROMPTS, SIM_KEY, body, gen_app, gen_client, make_gen_app, sims,
-)
+from tests.helpers import PROMPTS, SIM_KEY, body
 
 ENVELOPE = {"success", "data", "code", "message"}
 
