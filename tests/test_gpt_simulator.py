@@ -221,6 +221,28 @@ def test_hang_holds_a_call_until_released(chat_sim):
     assert results == [200] and chat_sim.held == 0
 
 
+def test_fail_held_fails_the_held_call_its_text_names_and_release_goes_oldest_first(chat_sim):
+    chat_sim.hang_next(3)
+    statuses: dict[str, int] = {}
+    callers = []
+    for prompt in ("first", "second", "third"):
+        callers.append(threading.Thread(target=lambda p=prompt: statuses.update({p: azure(chat_sim, ask(p))[0]})))
+        callers[-1].start()
+        wait_until(lambda n=len(callers): chat_sim.held == n)  # held in this order
+    with pytest.raises(LookupError):
+        chat_sim.fail_held("fourth")
+    chat_sim.fail_held("second", status=503)
+    callers[1].join(timeout=10)
+    assert statuses == {"second": 503} and chat_sim.held == 2
+    chat_sim.release(1)
+    callers[0].join(timeout=10)
+    assert statuses == {"second": 503, "first": 200} and chat_sim.held == 1
+    chat_sim.release()
+    callers[2].join(timeout=10)
+    assert statuses == {"second": 503, "first": 200, "third": 200} and chat_sim.held == 0
+    assert [r.status for r in chat_sim.requests] == [503, 200, 200]
+
+
 def test_stop_lets_held_calls_go():
     sim = ChatSimulator(api_key=SIM_KEY).start()
     sim.hang_next(1)
