@@ -14,8 +14,6 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from flask.testing import FlaskClient
-from pymongo.database import Database
 
 from core.backends import get_pool
 from simulators.webui import SDWebUISimulator
@@ -29,21 +27,9 @@ FAULT_SETTINGS = {"SD_COOLDOWN": 0.3, "SD_READ_TIMEOUT": 1.5, "SD_ACQUIRE_TIMEOU
 
 
 @pytest.fixture
-def fault_app(make_gen_app) -> Flask:
-    """An app wired to the simulators with the fault settings, on a fresh database."""
+def gen_app(make_gen_app) -> Flask:
+    """Conftest's gen_app with the fault settings, for this module (gen_client and gen_db follow it)."""
     return make_gen_app(**FAULT_SETTINGS)
-
-
-@pytest.fixture
-def fault_client(fault_app: Flask) -> FlaskClient:
-    """A test client of `fault_app`."""
-    return fault_app.test_client()
-
-
-@pytest.fixture
-def fault_db(fault_app: Flask, database_of) -> Database:
-    """A separate pymongo handle on `fault_app`'s database."""
-    return database_of(fault_app)
 
 
 def name_of(sim) -> str:
@@ -103,10 +89,10 @@ def check_recovers(app, client, victim) -> None:
 
 
 def test_sd_instance_dying_mid_job_fails_over_and_the_record_shows_both_attempts(
-        fault_app, fault_client, fault_db, sims):
+        gen_app, gen_client, gen_db, sims):
     victim = sims.sds[0]
     victim.hang()  # hold the first job it gets, so it dies with the job running
-    worker = Worker(lambda: post_generate(fault_client, prompts=PROMPTS[0]))
+    worker = Worker(lambda: post_generate(gen_client, prompts=PROMPTS[0]))
     worker.start()
     wait_until(lambda: victim.max_in_flight == 1, what="a job on the victim")
     victim.die_after(0)
@@ -115,35 +101,35 @@ def test_sd_instance_dying_mid_job_fails_over_and_the_record_shows_both_attempts
     assert status == 200
     check_rapid(answer, 6)
     assert victim.jobs == [] and sum(len(sd.jobs) for sd in sims.sds) == 6
-    (record,) = all_records(fault_db)
+    (record,) = all_records(gen_db)
     # The socket closes unanswered; the client sees a reset or an EOF, depending on timing.
     check_failover(record, victim, "connection reset", "connection closed without an answer")
-    assert instance_state(fault_app, victim)["state"] == "cooldown"
-    check_recovers(fault_app, fault_client, victim)
+    assert instance_state(gen_app, victim)["state"] == "cooldown"
+    check_recovers(gen_app, gen_client, victim)
 
 
 def test_hanging_sd_instance_hits_the_read_timeout_and_the_job_finishes_elsewhere(
-        fault_app, fault_client, fault_db, sims):
+        gen_app, gen_client, gen_db, sims):
     victim = sims.sds[0]
     victim.hang()
-    status, answer = post_generate(fault_client, prompts=PROMPTS[0])
+    status, answer = post_generate(gen_client, prompts=PROMPTS[0])
     assert status == 200
     check_rapid(answer, 6)
-    (record,) = all_records(fault_db)
+    (record,) = all_records(gen_db)
     check_failover(record, victim, "no answer within 1.5s")
-    check_recovers(fault_app, fault_client, victim)
+    check_recovers(gen_app, gen_client, victim)
 
 
-def test_all_sd_instances_down_is_a_quick_503_naming_the_step(fault_app, fault_client, fault_db, sims):
+def test_all_sd_instances_down_is_a_quick_503_naming_the_step(gen_app, gen_client, gen_db, sims):
     for sd in sims.sds:
         sd.refuse()
     # One image: its job tries all three instances in turn, and the last refusal must still
     # read as "all down", not as one instance's trouble.
-    elapsed, (status, answer) = timed(post_generate, fault_client, prompts={**RAPID_TWO, "num": 1})
+    elapsed, (status, answer) = timed(post_generate, gen_client, prompts={**RAPID_TWO, "num": 1})
     check_backend_failure(status, answer, "rapid.scene_images[0]: ")
     assert "all 3 Stable Diffusion instances are down" in answer["message"]
     assert elapsed < 10  # not the 60 s acquire timeout: down instances answer at once
-    (record,) = all_records(fault_db)
+    (record,) = all_records(gen_db)
     assert record["status"] == "failed" and record["result"] is None
     assert record["error"]["step"] == answer["message"].split(": ", 1)[0]
     assert record["error"]["kind"] == "AllInstancesDown"
@@ -154,16 +140,16 @@ def test_all_sd_instances_down_is_a_quick_503_naming_the_step(fault_app, fault_c
     # Each instance in turn (least recently used first): the last one tried is the third.
     assert [step["instance"] for step in failed] == [name_of(sims.sds[2])]
 
-    status, answer = post_generate(fault_client, prompts=PROMPTS[0])  # six jobs at once, still down
+    status, answer = post_generate(gen_client, prompts=PROMPTS[0])  # six jobs at once, still down
     check_backend_failure(status, answer, "rapid.scene_images[")
     assert "Stable Diffusion instances are down" in answer["message"]
     for sd in sims.sds:
         sd.heal()
-    wait_cooldowns_over(fault_app)
-    status, answer = post_generate(fault_client, prompts=PROMPTS[0])
+    wait_cooldowns_over(gen_app)
+    status, answer = post_generate(gen_client, prompts=PROMPTS[0])
     assert status == 200
     check_rapid(answer, 6)
-    assert [r["status"] for r in all_records(fault_db)] == ["failed", "failed", "ok"]
+    assert [r["status"] for r in all_records(gen_db)] == ["failed", "failed", "ok"]
 
 
 def test_failed_image_job_names_the_instance_it_failed_on(make_gen_app, database_of, sims):
@@ -186,29 +172,29 @@ def llm_steps(record, step: str) -> list[dict]:
     return [entry for entry in record["steps"] if entry["kind"] == "llm" and entry["step"] == step]
 
 
-def test_gpt_rate_limit_is_retried_then_reported_then_recovers(fault_client, fault_db, sims):
+def test_gpt_rate_limit_is_retried_then_reported_then_recovers(gen_client, gen_db, sims):
     sims.chat.fail_next(2, status=429, retry_after=0.05)  # within GPT_MAX_RETRIES=2
-    status, answer = post_generate(fault_client)
+    status, answer = post_generate(gen_client)
     assert status == 200
     check_rapid(answer, 2)
     assert [r.status for r in sims.chat.requests[:3]] == [429, 429, 200]
-    (first,) = all_records(fault_db)
+    (first,) = all_records(gen_db)
     (products,) = llm_steps(first, "rapid.products")
     assert first["status"] == "ok" and products["retries"] == 2 and products["error"] is None
 
     sims.chat.fail_next(3, status=429, retry_after=0.05)  # one more than the SDK retries
-    status, answer = post_generate(fault_client)
+    status, answer = post_generate(gen_client)
     check_backend_failure(status, answer, "rapid.products: ")
     assert "rate limited (HTTP 429) after 2 retries" in answer["message"]
-    second = all_records(fault_db)[1]
+    second = all_records(gen_db)[1]
     assert second["status"] == "failed" and second["error"]["kind"] == "GPTRateLimited"
     (products,) = llm_steps(second, "rapid.products")
     assert products["retries"] == 2 and products["error"]
 
-    status, answer = post_generate(fault_client)  # the 429s are over
+    status, answer = post_generate(gen_client)  # the 429s are over
     assert status == 200
     check_rapid(answer, 2)
-    assert [r["status"] for r in all_records(fault_db)] == ["ok", "failed", "ok"]
+    assert [r["status"] for r in all_records(gen_db)] == ["ok", "failed", "ok"]
 
 
 def test_gpt_auth_failure_names_the_cause_never_the_key(make_gen_app, database_of, sims, caplog):
