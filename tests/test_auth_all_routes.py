@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 from werkzeug.routing import BuildError, Rule
 
-
 TOKEN = "route-check-token"
 OPEN = {"/ping", "/healthz", "/readyz"}
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
