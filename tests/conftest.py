@@ -3,11 +3,12 @@
 - The database is nx-27017 started once per test session on a free loopback port; every
   app gets a database of its own name, so tests never see each other's data.
   `make_app`/`app`/`client` build apps on it, `database_of(app)`/`db` open a separate
-  pymongo handle to check what was really written.
+  pymongo handle to check what was really written. `paint` is the generation pipelines
+  alone, on the real settings/ directory.
 - `chat_sim` is a chat-completions simulator, `sd_sims` starts WebUI simulators, `sims` is
   one of the first and three of the second; `make_gpt` and `sd_pools` build clients of them.
 - `make_gen_app`/`gen_app`/`gen_client`/`gen_db`: an app wired to `sims`.
-Every fixture stops, closes or drops what it started after the test.
+Every fixture stops or closes what it started after the test.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from pymongo.database import Database
 
 from agent.gpt import GPTClient
 from agent.pool import SDInstancePool
+from apps.paint.pipelines import PaintApp
 from config import from_env
 from core.backends import close_app_backends
 from core.embedded_store import EmbeddedStore
@@ -96,6 +98,12 @@ def database_of() -> Iterator[Callable[[Flask], Database]]:
 def db(app: Flask, database_of) -> Database:
     """A separate pymongo handle on `app`'s database, to check what was really written."""
     return database_of(app)
+
+
+@pytest.fixture(scope="session")
+def paint() -> PaintApp:
+    """The paint app on the real settings/ directory (checked once per session), without Flask."""
+    return PaintApp()
 
 
 # -- simulated backends and clients of them -------------------------------------------------

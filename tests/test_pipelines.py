@@ -33,12 +33,6 @@ class Backends:
     pool: SDInstancePool
 
 
-@pytest.fixture(scope="session")
-def paint() -> PaintApp:
-    """The paint app on the real settings/ directory (checked once per session)."""
-    return PaintApp()
-
-
 @pytest.fixture
 def backends(sims, make_gpt, sd_pools) -> Backends:
     """Three SD simulators in a pool and a GPT client, all on loopback."""
