@@ -21,8 +21,10 @@ Every answer depends on the prompt text alone, so the same prompt always gets th
 `requests` records every request to a chat route (with the status answered, before the
 client gets it); `calls` counts every POST. Valid requests pass the fault switches in order: `fail_next` (answer an error
 status with `Retry-After` and `retry-after-ms`, which the SDK honours), `hang_next` (hold
-until `release()`, `hang_timeout` or `stop()`), the latency, and `short_next` / `messy`
-(which change the answer). Run standalone with
+until `release()`, `fail_held()`, `hang_timeout` or `stop()`), the latency, and
+`short_next` / `messy` (which change the answer). `release(n)` lets the `n` oldest held
+calls go; `fail_held(text)` answers an error to the held call whose prompt contains
+`text`, so a test picks which of several calls in flight fails. Run standalone with
 `python -m simulators.chat --port 8001 --latency 0.15 --api-key sim-key`.
 """
 from __future__ import annotations
@@ -67,6 +69,15 @@ class ChatRecord:
     status: int
 
 
+@dataclass
+class _Hold:
+    """One call held by `hang_next`, and how it is to go on."""
+
+    prompt: str
+    released: bool = False
+    status: int | None = None  # answer this error status instead (`fail_held`)
+
+
 class BadRequest(ValueError):
     """The request body is not a valid chat-completions request."""
 
@@ -90,14 +101,13 @@ class ChatSimulator:
         self.calls = 0  # every POST, valid or not
         self.in_flight = 0
         self.peak_in_flight = 0
-        self.held = 0
         self._address = (host, port)
         self._listener: Listener | None = None
         self._lock = threading.Condition()
         self._fail: tuple[int, int, float | None] = (0, 0, None)  # (count, status, retry_after)
         self._short = 0
         self._hang = 0
-        self._releases = 0
+        self._holds: list[_Hold] = []  # held calls, oldest first
         self._stopping = threading.Event()
 
     # -- serving -----------------------------------------------------------------------
@@ -131,6 +141,12 @@ class ChatSimulator:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @property
+    def held(self) -> int:
+        """How many calls `hang_next` holds right now (and no release or `fail_held` let go yet)."""
+        with self._lock:
+            return sum(not hold.released for hold in self._holds)
+
     # -- faults ------------------------------------------------------------------------
     def fail_next(self, n: int, status: int = 429, retry_after: float | None = None) -> None:
         """Answer the next `n` valid calls with `status` (and Retry-After headers when given)."""
@@ -148,12 +164,23 @@ class ChatSimulator:
             self._hang = n
 
     def release(self, n: int | None = None) -> None:
-        """Let `n` held calls go on (None: all held calls, and cancel pending hangs)."""
+        """Let the `n` oldest held calls go on (None: all held calls, and cancel pending hangs)."""
         with self._lock:
             if n is None:
                 self._hang = 0
-            # Never more releases than held calls, so none is left over for a later hang.
-            self._releases = min(self._releases + (self.held if n is None else n), self.held)
+            # Only calls held now: no release is left over for a later hang.
+            waiting = [hold for hold in self._holds if not hold.released]
+            for hold in waiting if n is None else waiting[:n]:
+                hold.released = True
+            self._lock.notify_all()
+
+    def fail_held(self, text: str, status: int = 500) -> None:
+        """Answer `status` to the held call whose prompt contains `text` (LookupError if none is held)."""
+        with self._lock:
+            hold = next((h for h in self._holds if not h.released and text in h.prompt), None)
+            if hold is None:
+                raise LookupError(f"no held call's prompt contains {text!r}")
+            hold.released, hold.status = True, status
             self._lock.notify_all()
 
     # -- the API -----------------------------------------------------------------------
@@ -196,11 +223,12 @@ class ChatSimulator:
         except ValueError as e:  # json.JSONDecodeError and BadRequest
             return _error(400, "invalid_request_error", "bad_request", f"Invalid request: {e}")
         fault = self._take_fault()
+        if fault is None:
+            fault = self._hold_if_asked(info["prompt"])
         if fault is not None:
             status, retry_after = fault
             kind, code, message = _FAULTS.get(status, ("server_error", str(status), "Simulated failure."))
             return _error(status, kind, code, message, retry_after)
-        self._hold_if_asked()
         if self.latency > 0:
             self._stopping.wait(self.latency)  # stop() cuts the wait short
         short, messy = self._take_answer_style()
@@ -243,20 +271,19 @@ class ChatSimulator:
                 self._short -= 1
             return short, self.messy
 
-    def _hold_if_asked(self) -> None:
-        """Block while this call is held by `hang_next`."""
+    def _hold_if_asked(self, prompt: str) -> tuple[int, float | None] | None:
+        """Block while this call is held by `hang_next`; return (status, None) when `fail_held` failed it."""
         with self._lock:
             if self._hang <= 0:
-                return
+                return None
             self._hang -= 1
-            self.held += 1
+            hold = _Hold(prompt)
+            self._holds.append(hold)
             try:
-                self._lock.wait_for(lambda: self._releases > 0 or self._stopping.is_set(),
-                                    timeout=self.hang_timeout)
-                if self._releases > 0:
-                    self._releases -= 1
+                self._lock.wait_for(lambda: hold.released or self._stopping.is_set(), timeout=self.hang_timeout)
             finally:
-                self.held -= 1
+                self._holds.remove(hold)
+            return None if hold.status is None else (hold.status, None)
 
 
 # -- answers on the wire ---------------------------------------------------------------

@@ -1,16 +1,40 @@
-"""A loopback TCP relay that can hold what clients send, to catch a request mid-flight (a test double).
+"""A loopback relay in front of a MongoDB-wire server, to catch or break a request mid-flight (a test double).
 
-Put it between a server and its database: while `hold()` is on, bytes from clients are
-read and kept instead of forwarded, so each database call of the server waits; a test sees
-which calls are waiting (`held_with(b"participants")` counts connections whose held bytes
-name that collection), does what it must while they are in flight, then `open()`s the
-gate and every held byte goes on, in order. `watch(marker)` counts connections that ever
-sent `marker` (`sent_with`), e.g. to see how many pooled connections a client has warmed.
+Put it between a server and its database. It relays whole wire messages, so it can tell
+which command each one sends: `command_of(message)` reads, e.g., ("insert",
+"session_history"). Tests steer it from outside, over the wire, never by patching code:
+
+- `hold()` keeps what clients send instead of forwarding it, so each database call of the
+  server waits; `held_with(b"participants")` counts connections whose held bytes name that
+  collection; `open()` forwards every held byte, in order, and relays freely again.
+- `watch(marker)` notes which connections ever send `marker` (`sent_with`), e.g. to see how
+  many pooled connections a client has warmed.
+- `cut_before(command, collection)` makes the database go away when a client sends that
+  command (None: any command) on that collection, before the database sees it;
+  `cut_after(...)` once the database has answered it. Going away cuts every connection and
+  closes new ones at once, like a dead server (`is_down`), until `mend()`.
 """
 from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Iterator
+from typing import Any
+
+import bson
+
+OP_MSG = 2013  # the opcode of every command a modern driver sends
+_HEADER = 16  # messageLength, requestID, responseTo, opCode: four little-endian int32
+
+
+def command_of(message: bytes) -> tuple[str, Any]:
+    """Return the command an OP_MSG sends and its value (the collection, for most), or ("", None)."""
+    # After the header and the flag bits, section kind 0: the body, a BSON document.
+    if len(message) < _HEADER + 10 or int.from_bytes(message[12:16], "little") != OP_MSG or message[20] != 0:
+        return "", None
+    size = int.from_bytes(message[21:25], "little")
+    body = bson.decode(message[21:21 + size])
+    return next(iter(body.items()), ("", None))
 
 
 class _Link:
@@ -20,6 +44,7 @@ class _Link:
         self.client, self.server = client, server
         self.held = bytearray()  # bytes from the client read while the gate was held
         self.markers: set[bytes] = set()  # markers ever seen in what the client sent
+        self.cut_on_answer = False  # go down once the server answers this link's last message
 
 
 class TcpGate:
@@ -32,10 +57,17 @@ class TcpGate:
         self._open = threading.Event()
         self._open.set()
         self._stopping = False
+        self._down = False
+        self._cut: tuple[str, str | None, str] | None = None  # ("before" or "after", command, collection)
         self._lock = threading.Lock()
         self._links: list[_Link] = []
         self._threads: list[threading.Thread] = []
         self._watched: set[bytes] = set()
+
+    @property
+    def uri(self) -> str:
+        """The MongoDB URI that reaches the target through the gate."""
+        return f"mongodb://127.0.0.1:{self.port}/"
 
     def start(self) -> TcpGate:
         """Start accepting connections."""
@@ -68,20 +100,35 @@ class TcpGate:
         with self._lock:
             return sum(marker in link.markers for link in self._links)
 
+    def cut_before(self, command: str | None, collection: str) -> None:
+        """Go down when a client next sends `command` (None: any) on `collection`, not forwarding it."""
+        with self._lock:
+            self._cut = ("before", command, collection)
+
+    def cut_after(self, command: str | None, collection: str) -> None:
+        """Go down once the target has answered the next `command` (None: any) on `collection`."""
+        with self._lock:
+            self._cut = ("after", command, collection)
+
+    @property
+    def is_down(self) -> bool:
+        """Whether the gate went down and has not been mended."""
+        with self._lock:
+            return self._down
+
+    def mend(self) -> None:
+        """Relay new connections again (the cut ones stay closed, as after a restart)."""
+        with self._lock:
+            self._down = False
+
     def stop(self) -> None:
         """Close every connection and join every thread."""
         self._stopping = True
         self._open.set()
-        self._listener.close()
+        _close(self._listener)  # the shutdown wakes the accepting thread; a close alone may not
         with self._lock:
-            links = list(self._links)
-        for link in links:
-            for sock in (link.client, link.server):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
+            links, self._links = list(self._links), []
+        _close_links(links)
         with self._lock:
             threads = list(self._threads)
         for thread in threads:
@@ -103,52 +150,114 @@ class TcpGate:
         while not self._stopping:
             try:
                 client, _ = self._listener.accept()
-                server = socket.create_connection(self.target, timeout=5)
             except OSError:
-                return  # the listener was closed (or the target is gone): stop accepting
+                return  # the listener was closed: stop accepting
+            if self.is_down:
+                _close(client)  # at once, as a dead server's port would
+                continue
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+            except OSError:  # the target is down: the same to the client
+                _close(client)
+                continue
             server.settimeout(None)
             link = _Link(client, server)
             with self._lock:
                 self._links.append(link)
             self._spawn(self._upstream, link)
-            self._spawn(self._pipe, server, client)
+            self._spawn(self._downstream, link)
+
+    def _cut_at(self, message: bytes) -> str | None:
+        """Return "before" or "after" when `message` is the armed cut's command (disarming it), else None."""
+        if self._cut is None:
+            return None
+        when, command, collection = self._cut
+        name, value = command_of(message)
+        if value != collection or command not in (None, name):
+            return None
+        self._cut = None
+        return when
 
     def _upstream(self, link: _Link) -> None:
-        """Relay client to server, keeping the bytes while the gate is held."""
-        while True:
-            try:
-                data = link.client.recv(65536)
-            except OSError:
-                data = b""
-            if not data:
-                break
+        """Relay client to server message by message, keeping them while the gate is held."""
+        for message in _messages(link.client):
             with self._lock:
-                link.markers.update(marker for marker in self._watched if marker in data)
+                if self._down:
+                    break
+                link.markers.update(marker for marker in self._watched if marker in message)
+                cut = self._cut_at(message)
+                if cut == "before":
+                    self._go_down()
+                    break
+                link.cut_on_answer = cut == "after"
                 held = not self._open.is_set()
                 if held:
-                    link.held += data
+                    link.held += message
             if held:
                 self._open.wait()
             try:
-                link.server.sendall(data)
+                link.server.sendall(message)
             except OSError:
                 break
         _close_write(link.server)
 
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
-        """Relay server to client as it comes."""
-        while True:
+    def _downstream(self, link: _Link) -> None:
+        """Relay server to client message by message, going down after an answer a cut waits for."""
+        for message in _messages(link.server):
+            with self._lock:
+                if self._down:
+                    break
+                cut = link.cut_on_answer
+                if cut:  # down before the client reads the answer, so nothing it sends next gets through
+                    self._down = True
             try:
-                data = source.recv(65536)
+                link.client.sendall(message)
             except OSError:
                 break
-            if not data:
+            if cut:
+                with self._lock:
+                    self._go_down()
                 break
-            try:
-                sink.sendall(data)
-            except OSError:
+        _close_write(link.client)
+
+    def _go_down(self) -> None:
+        """Cut every connection and refuse new ones (call with the lock held)."""
+        self._down = True
+        links, self._links = self._links, []
+        _close_links(links)
+
+
+def _messages(sock: socket.socket) -> Iterator[bytes]:
+    """Yield whole wire messages (each starts with its int32 length) read from `sock` until it closes."""
+    buffer = bytearray()
+    while True:
+        while len(buffer) >= 4:
+            size = max(int.from_bytes(buffer[:4], "little"), 4)
+            if len(buffer) < size:
                 break
-        _close_write(sink)
+            yield bytes(buffer[:size])
+            del buffer[:size]
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            return
+        if not data:
+            return
+        buffer += data
+
+
+def _close_links(links: list[_Link]) -> None:
+    for link in links:
+        for sock in (link.client, link.server):
+            _close(sock)
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
 
 
 def _close_write(sock: socket.socket) -> None:

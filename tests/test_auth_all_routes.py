@@ -9,8 +9,6 @@ from __future__ import annotations
 import pytest
 from werkzeug.routing import BuildError, Rule
 
-from tests.generate_fixtures import make_gen_app, sims  # noqa: F401  (fixtures)
-
 TOKEN = "route-check-token"
 OPEN = {"/ping", "/healthz", "/readyz"}
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -1,31 +1,49 @@
-"""MongoDB stopped during a save and during a generation, then started again on the same files.
+"""MongoDB lost during a save and during a generation, then back on the same files.
 
-Each test runs its own nx-27017 (tests.fault_fixtures.own_store), stops its process at a
-chosen point of the request, checks the answer, starts it again on the same port and data
-directory, and checks that the same app recovers without a restart and that everything
-saved before the outage is intact.
+Each test runs its own nx-27017 (`own_store`), reached through a TcpGate (`gate`). A save
+loses its database at a chosen write: the gate cuts every connection when the wire shows
+that command on that collection (never by patching the session code, which may change),
+and while it is down the store's process restarts on the same port and data directory.
+A generation loses it by the store's process stopping while GPT holds the request. Each
+test checks the answer, then that the same app recovers without a restart and that
+everything saved before the outage is intact.
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import pytest
+from pymongo import MongoClient
 from pymongo.errors import AutoReconnect
 
-from apps.paint import history, scheme_store
 from apps.records import RecordBacklog
-from tests.fault_fixtures import (  # noqa: F401  (fixtures)
-    all_records, check_rapid, direct_client, generate, own_store,
+from core.embedded_store import EmbeddedStore, free_port
+from tests.helpers import (
+    PROMPTS, Worker, all_records, check_rapid, image_steps, post_generate, save_body, scheme, wait_until,
 )
-from tests.generate_fixtures import PROMPTS, make_gen_app, sims  # noqa: F401
-from tests.helpers import save_body, scheme, wait_until
-from tests.sd_fixtures import Worker
+from tests.tcp_gate import TcpGate
 
 
 @pytest.fixture
-def store_app(make_gen_app, own_store):
-    """An app wired to the simulators whose database is `own_store`."""
-    return make_gen_app(MONGO_URI=own_store.uri, MONGO_TIMEOUT_MS=1000)
+def own_store(tmp_path) -> Iterator[EmbeddedStore]:
+    """A store of this test only, on a fixed free port with its own data directory."""
+    store = EmbeddedStore(tmp_path / "own-mongo", port=free_port()).start()
+    yield store
+    store.stop()
+
+
+@pytest.fixture
+def gate(own_store: EmbeddedStore) -> Iterator[TcpGate]:
+    """A relay between the app and `own_store` that can cut the traffic at a chosen write."""
+    with TcpGate((own_store.host, own_store.port)) as relay:
+        yield relay
+
+
+@pytest.fixture
+def store_app(make_gen_app, gate: TcpGate):
+    """An app wired to the simulators whose database is `own_store`, through `gate`."""
+    return make_gen_app(MONGO_URI=gate.uri, MONGO_TIMEOUT_MS=1000)
 
 
 def seed(client) -> dict[str, dict]:
@@ -53,28 +71,19 @@ def revisions(client, name: str) -> list[int]:
     return [entry["revision"] for entry in saves]
 
 
-def stop_before(monkeypatch, module, name: str, store) -> None:
-    """Make `module.name` stop the store, then run as usual (and so meet a dead database)."""
-    original = getattr(module, name)
-
-    def stopping(*args, **kwargs):
-        store.stop()
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(module, name, stopping)
-
-
-@pytest.mark.parametrize("module,name,stored", [
-    (scheme_store, "store", False),  # before the sketches are written
-    (history, "_set_state", False),  # after the history entry, before the state switches
-    (history, "_mark_committed", True),  # after the state switched: the save did happen
+# When the database goes away during a save: a command on a collection, as the wire names them.
+@pytest.mark.parametrize("cut, stored", [
+    (lambda gate: gate.cut_before(None, "session_schemes"), False),  # before any sketch is written
+    (lambda gate: gate.cut_after("insert", "session_history"), False),  # the entry written, not the state
+    (lambda gate: gate.cut_before("update", "session_history"), True),  # after the state switched: saved
 ], ids=["sketches", "state", "marking"])
-def test_database_stopped_during_a_save(store_app, own_store, monkeypatch, module, name, stored):
+def test_database_lost_during_a_save(store_app, gate, own_store, cut, stored):
     client = store_app.test_client()
     before = seed(client)
     new = save_body("alice", rapid=[scheme("a1")], deep=[scheme("a3")], stage="收敛", task="third")
-    stop_before(monkeypatch, module, name, own_store)
+    cut(gate)
     response = client.post("/paint/save", json=new)
+    assert gate.is_down, "the save never sent the command the gate was to cut at"
     answer = response.get_json()
     if stored:
         assert response.status_code == 200 and answer["code"] == 0
@@ -83,8 +92,9 @@ def test_database_stopped_during_a_save(store_app, own_store, monkeypatch, modul
         assert "database" in answer["message"]
     assert client.get("/ping").status_code == 200  # the server itself is fine
 
-    monkeypatch.undo()
-    own_store.start()  # same port, same files
+    own_store.stop()  # as if the process had died at that write: back on the same port and files
+    own_store.start()
+    gate.mend()
     alice = started(client, "alice")
     if stored:
         assert alice["designTask"] == "third" and alice["deepDivergenceSchemes"] == [scheme("a3")]
@@ -102,7 +112,7 @@ def test_database_stopped_during_a_generation(store_app, own_store, sims, caplog
     client = store_app.test_client()
     before = seed(client)
     sims.chat.hang_next(1)  # hold the generation in its first GPT call
-    worker = Worker(lambda: generate(client))
+    worker = Worker(lambda: post_generate(client))
     worker.start()
     wait_until(lambda: sims.chat.held == 1, what="the generation in flight")
     own_store.stop()
@@ -114,20 +124,20 @@ def test_database_stopped_during_a_generation(store_app, own_store, sims, caplog
     check_rapid(answer, 2)
     assert "kept in memory" in caplog.text
 
-    status, answer = generate(client, 2, PROMPTS[2])  # still down: same answer
+    status, answer = post_generate(client, 2, PROMPTS[2])  # still down: same answer
     assert status == 200 and answer["success"] is True
 
     own_store.start()
-    status, answer = generate(client, 2, PROMPTS[2])  # its record goes first, then the backlog
+    status, answer = post_generate(client, 2, PROMPTS[2])  # its record goes first, then the backlog
     assert status == 200 and answer["success"] is True
-    with direct_client(own_store) as direct:
+    with MongoClient(own_store.uri, serverSelectionTimeoutMS=3000) as direct:
         db = direct[store_app.config["MONGO_DB"]]
         records = all_records(db)
         assert [(r["type"], r["status"]) for r in records] == [(0, "ok"), (2, "ok"), (2, "ok")]
         first, kept_too = records[0], records[1]
         assert kept_too["input"]["schemes"][0]["designImage"]["contentType"] == "image/png"
         assert first["finishedAt"] < records[2]["createdAt"]  # timed when it ran, not when written
-        images = [step["image"]["sha256"] for step in first["steps"] if step["kind"] == "image"]
+        images = [step["image"]["sha256"] for step in image_steps(first)]
         assert len(images) == 2 and len(list(db["fs.files"].find({"_id": {"$in": images}}))) == 2
     assert started(client, "alice") == before["alice"] and started(client, "bob") == before["bob"]
 

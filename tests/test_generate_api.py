@@ -15,31 +15,11 @@ import bson
 import pytest
 from werkzeug.serving import make_server
 
-from apps.records import COLLECTION
-from tests.generate_fixtures import (  # noqa: F401  (fixtures)
-    PROMPTS, SKETCH, body, decode_png, gen_app, gen_client, gen_db, make_gen_app, sims,
-)
-from tests.helpers import wait_until
+from tests.helpers import ITEM_KEYS, PROMPTS, SKETCH, all_records, body, check_item, image_steps, wait_until
 
 ENVELOPE = {"success", "data", "code", "message"}
-ITEM_KEYS = {"type", "text", "image", "combinations"}
 SEQUENCES = {0: (0, ["abstractImage", "abstractText"]),
              1: (2, ["abstractImage", "abstractText", "concreteText"])}
-
-
-def records(db):
-    """Return every generation record of `db`."""
-    return list(db[COLLECTION].find({}))
-
-
-def check_item(item, kind):
-    """Check one item of a creative: all four keys, and a PNG or a text as its kind says."""
-    assert set(item) == ITEM_KEYS and item["type"] == kind
-    if kind.endswith("Image"):
-        decode_png(item["image"])
-        assert item["text"] is None and item["combinations"] is None
-    elif kind.endswith("Text"):
-        assert isinstance(item["text"], str) and item["text"].strip() and item["image"] is None
 
 
 def check_data(type_, data):
@@ -124,7 +104,7 @@ def test_each_type_answers_what_the_client_reads_and_is_recorded(gen_client, typ
 def test_username_is_optional(gen_client, gen_db):
     response = gen_client.post("/generate", json=body(2, PROMPTS[2], username=None))
     assert response.get_json()["success"] is True
-    (doc,) = records(gen_db)
+    (doc,) = all_records(gen_db)
     assert doc["username"] is None
 
 
@@ -141,7 +121,7 @@ def test_unknown_app_or_type_is_400_and_writes_nothing(gen_client, gen_db, sims,
     answer = response.get_json()
     assert response.status_code == 400 and answer["code"] == 1 and answer["success"] is False
     assert answer["message"].startswith(f"{field}:") and answer["data"] is None
-    assert records(gen_db) == [] and sims.chat.calls == 0
+    assert all_records(gen_db) == [] and sims.chat.calls == 0
 
 
 @pytest.mark.parametrize("sent,field", [
@@ -157,7 +137,7 @@ def test_bad_prompts_are_400_and_write_nothing(gen_client, gen_db, sims, sent, f
     answer = response.get_json()
     assert response.status_code == 400 and answer["code"] == 1
     assert answer["message"].startswith(f"{field}:")
-    assert records(gen_db) == [] and sims.chat.calls == 0
+    assert all_records(gen_db) == [] and sims.chat.calls == 0
 
 
 def test_gpt_down_mid_pipeline_is_503_naming_the_step_with_a_failed_record(gen_client, sims):
@@ -193,7 +173,7 @@ def test_one_dead_sd_instance_still_succeeds(gen_client, gen_db, sims):
     assert response.status_code == 200 and answer["success"] is True, answer
     check_data(0, answer["data"])
     assert sims.sds[0].jobs == [] and sum(len(sd.jobs) for sd in sims.sds) == 6
-    (doc,) = records(gen_db)
+    (doc,) = all_records(gen_db)
     assert doc["status"] == "ok"
 
 
@@ -206,7 +186,7 @@ def test_a_bug_in_the_app_is_500_with_a_failed_record(gen_app, gen_client, gen_d
     monkeypatch.setattr(handler, "run", broken)
     response = gen_client.post("/generate", json=body(2, PROMPTS[2]))
     assert response.status_code == 500 and response.get_json()["message"] == "internal server error"
-    (doc,) = records(gen_db)
+    (doc,) = all_records(gen_db)
     assert doc["status"] == "failed" and doc["result"] is None
     assert doc["error"] == {"step": None, "message": "RuntimeError: pipeline bug", "kind": "RuntimeError"}
 
@@ -223,7 +203,7 @@ def test_record_is_written_after_the_client_hangs_up(gen_app, gen_db, sims):
                          + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
             wait_until(lambda: sims.chat.held == 1, what="the first GPT call")
         sims.chat.release()  # the client is gone; the generation goes on and is recorded
-        (doc,) = wait_until(lambda: records(gen_db), what="the record")
+        (doc,) = wait_until(lambda: all_records(gen_db), what="the record")
         assert doc["status"] == "ok" and len(refs(doc["result"])) == 6
     finally:
         server.shutdown()
@@ -235,9 +215,9 @@ def test_twelve_image_record_keeps_images_out_of_the_document(gen_client, gen_db
     prompts = {"selectedSchemes": [{"designTexts": ["可折叠"]}, {"designTexts": ["带计数"]}], "num": 3}
     answer = gen_client.post("/generate", json=body(3, prompts)).get_json()
     assert answer["success"] is True and len(answer["data"]["result"]) == 6
-    (doc,) = records(gen_db)
-    image_steps = [s for s in doc["steps"] if s["kind"] == "image"]
-    assert len(image_steps) == 12 and all(set(s["image"]) == {"sha256", "contentType"} for s in image_steps)
+    (doc,) = all_records(gen_db)
+    images = image_steps(doc)
+    assert len(images) == 12 and all(set(s["image"]) == {"sha256", "contentType"} for s in images)
     assert len(refs(doc["result"])) == 12
     assert not any(s.startswith(("iVBORw0KGgo", "data:image")) for s in _strings(doc))
     assert len(bson.encode(doc)) < 256 * 1024  # 16 MB is the hard limit; this is far below

@@ -25,11 +25,6 @@ GOOD = {
 }
 
 
-@pytest.fixture(scope="module")
-def app() -> PaintApp:
-    return PaintApp()
-
-
 def with_change(type_: int, path: tuple, value: object) -> dict:
     """Return GOOD[type_] with the value at `path` replaced (or deleted when value is DELETE)."""
     prompts = copy.deepcopy(GOOD[type_])
@@ -112,9 +107,9 @@ BAD = [
 
 
 @pytest.mark.parametrize("type_, path, value, field", BAD)
-def test_bad_prompts_name_the_field(app, type_, path, value, field):
+def test_bad_prompts_name_the_field(paint, type_, path, value, field):
     with pytest.raises(BadInput) as caught:
-        app.read(type_, with_change(type_, path, value))
+        paint.read(type_, with_change(type_, path, value))
     assert caught.value.field == field and caught.value.status == 400
     assert caught.value.message.startswith(f"{field}: ")
 
@@ -133,46 +128,46 @@ def test_unknown_type(make_app, type_):
 
 @pytest.mark.parametrize("prompts", [None, [], "task", 5])
 @pytest.mark.parametrize("type_", sorted(GOOD))
-def test_prompts_must_be_an_object(app, type_, prompts):
+def test_prompts_must_be_an_object(paint, type_, prompts):
     with pytest.raises(BadInput) as caught:
-        app.read(type_, prompts)
+        paint.read(type_, prompts)
     assert caught.value.field == "prompts"
 
 
 @pytest.mark.parametrize("type_", sorted(GOOD))
 @pytest.mark.parametrize("junk", [None, True, 0, -5, 1e308, "", "x" * 1000, [], [None], {}, {"$x": 1}])
-def test_junk_in_any_field_is_bad_input_never_a_crash(app, type_, junk):
+def test_junk_in_any_field_is_bad_input_never_a_crash(paint, type_, junk):
     for key in GOOD[type_]:
         try:
-            app.read(type_, with_change(type_, (key,), junk))
+            paint.read(type_, with_change(type_, (key,), junk))
         except BadInput as e:
             assert e.field.startswith(f"prompts.{key}")
 
 
-def test_good_prompts_give_models_that_dump_as_the_client_spelled_them(app):
-    rapid = app.read(0, GOOD[0])
+def test_good_prompts_give_models_that_dump_as_the_client_spelled_them(paint):
+    rapid = paint.read(0, GOOD[0])
     assert (rapid.task, rapid.num) == ("设计一款运动辅助产品", 6)
     assert rapid.model_dump(by_alias=True) == GOOD[0]
-    deep = app.read(1, GOOD[1])
+    deep = paint.read(1, GOOD[1])
     assert isinstance(deep.design_image, Image) and deep.design_image.content_type == "image/png"
     assert deep.model_dump(by_alias=True, exclude={"design_image"}) == \
         {"designTask": "设计一款运动辅助产品", "designTexts": ["可折叠"], "schemeId": 2}
     assert deep.model_dump(by_alias=True)["designImage"] == PNG_1PX  # images dump as raw base64
-    naming = app.read(2, GOOD[2])
+    naming = paint.read(2, GOOD[2])
     assert [s.design_image.content_type for s in naming.schemes] == ["image/png", "image/jpeg"]
-    assert app.read(3, GOOD[3]).model_dump(by_alias=True) == GOOD[3]
+    assert paint.read(3, GOOD[3]).model_dump(by_alias=True) == GOOD[3]
 
 
 @pytest.mark.parametrize("scheme_id", [0, -3, 2**62, "", "方案-7"])
-def test_scheme_id_is_kept_as_given(app, scheme_id):
-    request = app.read(1, with_change(1, ("schemeId",), scheme_id))
+def test_scheme_id_is_kept_as_given(paint, scheme_id):
+    request = paint.read(1, with_change(1, ("schemeId",), scheme_id))
     assert request.scheme_id == scheme_id
 
 
-def test_raw_base64_webp_and_empty_design_task_are_accepted(app):
-    request = app.read(1, with_change(1, ("designImage",), WEBP_RAW) | {"designTask": ""})
+def test_raw_base64_webp_and_empty_design_task_are_accepted(paint):
+    request = paint.read(1, with_change(1, ("designImage",), WEBP_RAW) | {"designTask": ""})
     assert request.design_image.content_type == "image/webp" and request.design_task == ""
 
 
-def test_extra_keys_are_ignored(app):
-    assert app.read(0, GOOD[0] | {"color": "red"}).num == 6
+def test_extra_keys_are_ignored(paint):
+    assert paint.read(0, GOOD[0] | {"color": "red"}).num == 6

@@ -14,10 +14,7 @@ from agent.errors import (
 )
 from agent.gpt import ChatAnswer, GPTClient
 from config import from_env
-from tests.gpt_fixtures import (  # noqa: F401
-    API_VERSION, IMAGE_B64, IMAGE_URI, chat_sim, make_gpt,
-)
-from tests.helpers import wait_until
+from tests.helpers import API_VERSION, PNG_1PX, SKETCH, wait_until
 
 
 def test_azure_chat_goes_through_the_sdk(chat_sim, make_gpt):
@@ -45,7 +42,7 @@ def test_plain_openai_chat_goes_through_the_sdk(chat_sim, make_gpt):
 
 def test_vision_sends_every_image_to_the_vision_deployment(chat_sim, make_gpt):
     gpt = make_gpt(AZURE_OPENAI_DEPLOYMENT="gpt-chat", AZURE_OPENAI_VISION_DEPLOYMENT="gpt-vision")
-    answer = gpt.vision("这些草图画的是什么产品？共 2 项", [IMAGE_URI, IMAGE_B64])  # raw base64 gets a prefix
+    answer = gpt.vision("这些草图画的是什么产品？共 2 项", [SKETCH, PNG_1PX])  # raw base64 gets a prefix
     assert answer.deployment == "gpt-vision" and len(answer.text.split("#")) == 2
     record = chat_sim.requests[-1]
     assert (record.deployment, record.images) == ("gpt-vision", 2)
@@ -136,7 +133,7 @@ def test_not_configured(env, reason):
         gpt.chat("x")
     assert reason in str(caught.value)
     with pytest.raises(GPTNotConfigured):
-        gpt.vision("x", [IMAGE_URI])
+        gpt.vision("x", [SKETCH])
     assert gpt.snapshot()["deployments"]["gpt-4o"]["failures"] == {"not_configured": 2}
     gpt.close()
 
@@ -174,7 +171,7 @@ def test_each_deployment_has_its_own_limit(chat_sim, make_gpt):
     gpt = make_gpt(GPT_MAX_CONCURRENCY=1, AZURE_OPENAI_VISION_DEPLOYMENT="gpt-vision")
     chat_sim.hang_next(3)
     callers = [threading.Thread(target=gpt.chat, args=("x",)) for _ in range(2)]
-    callers.append(threading.Thread(target=gpt.vision, args=("x", [IMAGE_URI])))
+    callers.append(threading.Thread(target=gpt.vision, args=("x", [SKETCH])))
     for caller in callers:
         caller.start()
     wait_until(lambda: chat_sim.held == 2 and gpt.snapshot()["deployments"]["gpt-4o"]["waiting"] == 1)

@@ -1,16 +1,32 @@
 """The chat-completions simulator over real HTTP: routes, auth, answer conventions, faults."""
 from __future__ import annotations
 
+import json
 import re
 import threading
+import urllib.error
+import urllib.request
+from typing import Any
 
 import pytest
 
 from simulators.chat import ChatSimulator
-from tests.gpt_fixtures import API_VERSION, IMAGE_URI, SIM_KEY, chat_sim, post  # noqa: F401
-from tests.helpers import wait_until
+from tests.helpers import API_VERSION, SIM_KEY, SKETCH, wait_until
 
 NUMBERING = re.compile(r"^\s*(?:\d+[.、)]|[①-⑩]|[-•*])\s*")
+
+
+def post(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, dict, Any]:
+    """POST `body` (JSON, or raw bytes) and return (status, lower-cased headers, JSON body)."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, json.load(response)
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, {k.lower(): v for k, v in e.headers.items()}, json.load(e)
 
 
 def azure(sim: ChatSimulator, body: dict, *, key: str | None = SIM_KEY, version: str | None = API_VERSION,
@@ -151,8 +167,8 @@ def test_english_keywords(chat_sim, prompt):
 
 def test_image_parts_are_decoded_and_counted(chat_sim):
     parts = [{"type": "text", "text": "这是什么产品"},
-             {"type": "image_url", "image_url": {"url": IMAGE_URI}},
-             {"type": "image_url", "image_url": {"url": IMAGE_URI}}]
+             {"type": "image_url", "image_url": {"url": SKETCH}},
+             {"type": "image_url", "image_url": {"url": SKETCH}}]
     status, _, _ = azure(chat_sim, {"messages": [{"role": "user", "content": parts}]})
     assert status == 200
     record = chat_sim.requests[-1]
@@ -203,6 +219,28 @@ def test_hang_holds_a_call_until_released(chat_sim):
     chat_sim.release()
     caller.join(timeout=10)
     assert results == [200] and chat_sim.held == 0
+
+
+def test_fail_held_fails_the_held_call_its_text_names_and_release_goes_oldest_first(chat_sim):
+    chat_sim.hang_next(3)
+    statuses: dict[str, int] = {}
+    callers = []
+    for prompt in ("first", "second", "third"):
+        callers.append(threading.Thread(target=lambda p=prompt: statuses.update({p: azure(chat_sim, ask(p))[0]})))
+        callers[-1].start()
+        wait_until(lambda n=len(callers): chat_sim.held == n)  # held in this order
+    with pytest.raises(LookupError):
+        chat_sim.fail_held("fourth")
+    chat_sim.fail_held("second", status=503)
+    callers[1].join(timeout=10)
+    assert statuses == {"second": 503} and chat_sim.held == 2
+    chat_sim.release(1)
+    callers[0].join(timeout=10)
+    assert statuses == {"second": 503, "first": 200} and chat_sim.held == 1
+    chat_sim.release()
+    callers[2].join(timeout=10)
+    assert statuses == {"second": 503, "first": 200, "third": 200} and chat_sim.held == 0
+    assert [r.status for r in chat_sim.requests] == [503, 200, 200]
 
 
 def test_stop_lets_held_calls_go():

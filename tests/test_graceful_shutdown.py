@@ -29,10 +29,7 @@ from core.embedded_store import free_port
 from core.factory import close_app, create_app
 from simulators.chat import ChatSimulator
 from simulators.webui import SDWebUISimulator
-from tests.fault_fixtures import RAPID_TWO, check_rapid
-from tests.generate_fixtures import body
-from tests.helpers import save_body, scheme, wait_until
-from tests.sd_fixtures import Worker
+from tests.helpers import RAPID_TWO, Worker, body, check_rapid, save_body, scheme, wait_until
 from tests.tcp_gate import TcpGate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,10 +9,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from apps.openapi.document import build_document, operations
-from tests.generate_fixtures import (  # noqa: F401  (fixtures)
-    PROMPTS, body, gen_app, gen_client, make_gen_app, sims,
-)
-from tests.helpers import save_body, scheme
+from tests.helpers import PROMPTS, body, save_body, scheme
 from tests.openapi_support import (
     DOC, JSON, assert_valid, check_response, check_spec, component, is_envelope, request_schema, template,
 )

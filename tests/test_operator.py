@@ -14,9 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from core.embedded_store import free_port
 from core.monitoring import RecentFailures, step_label
 from simulators.webui import SDWebUISimulator
-from tests.generate_fixtures import (  # noqa: F401  (fixtures)
-    PROMPTS, SIM_KEY, body, gen_app, gen_client, make_gen_app, sims,
-)
+from tests.helpers import PROMPTS, SIM_KEY, body
 
 ENVELOPE = {"success", "data", "code", "message"}
 

@@ -1,17 +1,77 @@
-"""The four /generate pipelines end to end over loopback HTTP to the GPT and SD simulators."""
+"""The four /generate pipelines end to end over loopback HTTP to the GPT and SD simulators.
+
+`generate(type, prompts)` runs a PaintApp on the real settings/ directory with a GPT client
+and an SD pool on `sims` (three WebUI simulators), validating the prompts like the route.
+"""
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from agent.errors import BackendError
+from agent.gpt import GPTClient
+from agent.pool import SDInstancePool
+from apps.paint.pipelines import PaintApp
 from apps.paint.pipelines.steps import ShortAnswer
 from apps.records import Trace
-from tests.pipeline_fixtures import (  # noqa: F401  (fixtures)
-    TASK, backends, chat_sim, check_item, check_png, deep_prompts, generate, group_two_prompts, make_gpt,
-    naming_prompts, paint, sd_pools, sd_sims, steps_of,
-)
-from tests.sd_fixtures import Worker
-from tests.helpers import wait_until
+from simulators.chat import ChatSimulator
+from simulators.png import read_png_header
+from simulators.webui import SDWebUISimulator
+from tests.helpers import SKETCH, TASK, Worker, check_item, decode_png, wait_until
+
+
+@dataclass
+class Backends:
+    """The simulators and clients one test generates with."""
+
+    chat: ChatSimulator
+    sds: list[SDWebUISimulator]
+    gpt: GPTClient
+    pool: SDInstancePool
+
+
+@pytest.fixture
+def backends(sims, make_gpt, sd_pools) -> Backends:
+    """Three SD simulators in a pool and a GPT client, all on loopback."""
+    return Backends(sims.chat, sims.sds, make_gpt(), sd_pools([sd.url for sd in sims.sds]))
+
+
+@pytest.fixture
+def generate(paint: PaintApp, backends: Backends) -> Callable[..., tuple[dict[str, Any], Trace]]:
+    """Return `generate(type, prompts)` -> (data, trace), validating like the route does."""
+
+    def run(type_: int, prompts: dict[str, Any], trace: Trace | None = None) -> tuple[dict[str, Any], Trace]:
+        trace = trace if trace is not None else Trace()
+        request = paint.read(type_, prompts)
+        answer = paint.run(type_, request, backends.gpt, backends.pool, trace)
+        return answer.model_dump(mode="json", by_alias=True), trace
+
+    return run
+
+
+def deep_prompts(scheme_id: Any = 2, texts: list[str] | None = None) -> dict[str, Any]:
+    """Return type 1 prompts as the client sends them."""
+    return {"designTask": TASK, "designTexts": ["可折叠", "带计数"] if texts is None else texts,
+            "designImage": SKETCH, "schemeId": scheme_id}
+
+
+def naming_prompts(schemes: int = 4, select: int = 2) -> dict[str, Any]:
+    """Return type 2 prompts with `schemes` sketches."""
+    return {"designTask": TASK, "selectNum": select,
+            "schemes": [{"designTexts": [f"标注{i}"], "designImage": SKETCH} for i in range(schemes)]}
+
+
+def group_two_prompts(schemes: int = 1, num: int = 3) -> dict[str, Any]:
+    """Return type 3 prompts with `schemes` selected schemes."""
+    return {"selectedSchemes": [{"designTexts": [f"方案{i}", "轻便"]} for i in range(schemes)], "num": num}
+
+
+def steps_of(trace: Trace, kind: str) -> list[str]:
+    """Return the step names of the trace's `kind` entries, in order."""
+    return [entry.step for entry in trace.entries if entry.kind == kind]
 
 
 def test_rapid_divergence_answers_num_sequence_cards(generate, backends):
@@ -23,7 +83,7 @@ def test_rapid_divergence_answers_num_sequence_cards(generate, backends):
         assert [item["type"] for item in card["items"]] == ["abstractImage", "abstractText"]
         check_item(card["items"][0], "abstractImage")
         check_item(card["items"][1], "abstractText")
-    assert check_png(data["result"][0]["items"][0]["image"]) == (1024, 576)
+    assert read_png_header(decode_png(data["result"][0]["items"][0]["image"])) == (1024, 576)
     assert len({card["items"][0]["image"] for card in data["result"]}) == 4
     assert sorted(steps_of(trace, "llm")) == ["rapid.abstracts", "rapid.products", "rapid.scenes",
                                               "rapid.sd_prompts"]
@@ -212,28 +272,29 @@ def test_trace_has_an_entry_per_llm_step_and_image_job(generate, backends):
     assert llm["deep.abstracts"].items == [card["items"][1]["text"] for card in data["result"]]
 
 
+# Words that only the prompt of settings/rapid/abstracts.j2 has, to tell its call from the scenes one.
+ABSTRACTS_ONLY = "工作原理"
+
+
 def test_failure_in_a_side_branch_stops_the_main_chain(generate, backends):
     chat = backends.chat
-    chat.hang_next(1)
+    chat.hang_next(3)  # products, then abstracts (a side branch) and scenes (the main chain)
     trace = Trace()
     worker = Worker(lambda: generate(0, {"task": TASK, "num": 2}, trace))
     worker.start()
     wait_until(lambda: chat.held == 1, what="the products call")
-    # Of abstracts and scenes, the first to call GPT fails; the other is held if it is calling
-    # by then, or skipped if it had not started (the flow starts no step after a failure).
-    chat.fail_next(1, status=500)
-    chat.hang_next(1)
     chat.release(1)
-    wait_until(lambda: any(e.error for e in trace.entries), what="one failure")
-    chat.release()
+    wait_until(lambda: chat.held == 2, what="abstracts and scenes calling together")
+    chat.fail_held(ABSTRACTS_ONLY, status=500)
+    # The flow notes a failure before tracing it: from here no step may start.
+    wait_until(lambda: any(e.error for e in trace.entries), what="the abstracts failure")
+    chat.release()  # scenes was in flight: it finishes, and the chain after it is skipped
     with pytest.raises(BackendError) as caught:
         worker.outcome()
-    assert caught.value.step in ("rapid.abstracts", "rapid.scenes")
-    called = sorted(steps_of(trace, "llm"))
-    assert called in (["rapid.abstracts", "rapid.products", "rapid.scenes"],
-                      sorted(["rapid.products", caught.value.step]))
-    assert [e.step for e in trace.entries if e.error] == [caught.value.step]
-    assert all(not sd.jobs for sd in backends.sds)
+    assert caught.value.step == "rapid.abstracts" and caught.value.http_status == 503
+    assert sorted(steps_of(trace, "llm")) == ["rapid.abstracts", "rapid.products", "rapid.scenes"]
+    assert [e.step for e in trace.entries if e.error] == ["rapid.abstracts"]
+    assert chat.calls == 3 and all(not sd.jobs for sd in backends.sds)  # no sd_prompts, no image
 
 
 def test_sequential_mode_runs_one_step_at_a_time(paint, backends):

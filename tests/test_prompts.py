@@ -16,11 +16,6 @@ from apps.paint.pipelines.settings import SPECS, SettingsError, TemplateCheckErr
 ENGLISH = {"rapid/sd_prompts", "deep/sd_prompts", "group_two/scene_prompts", "group_two/product_prompts"}
 
 
-@pytest.fixture(scope="module")
-def app() -> PaintApp:
-    return PaintApp()
-
-
 @pytest.fixture
 def settings(tmp_path: Path) -> Path:
     """A copy of settings/ that a test may break."""
@@ -35,9 +30,9 @@ def edit(settings: Path, name: str, old: str, new: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
-def test_every_template_renders_with_its_sample(app, name):
+def test_every_template_renders_with_its_sample(paint, name):
     spec = SPECS[name]
-    text = app.book.render(name, **spec.sample)
+    text = paint.book.render(name, **spec.sample)
     assert text and "{{" not in text and "{%" not in text
     if spec.counted:
         assert stated_count(text) == spec.sample["count"]
@@ -47,31 +42,31 @@ def test_every_template_renders_with_its_sample(app, name):
         assert ("英文" in text) == (name in ENGLISH) and "English" not in text
 
 
-def test_list_templates_show_every_input_item(app):
-    text = app.book.render("rapid/sd_prompts", **SPECS["rapid/sd_prompts"].sample)
+def test_list_templates_show_every_input_item(paint):
+    text = paint.book.render("rapid/sd_prompts", **SPECS["rapid/sd_prompts"].sample)
     for pair in SPECS["rapid/sd_prompts"].sample["items"]:
         assert pair["product"] in text and pair["scene"] in text
-    select = app.book.render("naming/select", **SPECS["naming/select"].sample)
+    select = paint.book.render("naming/select", **SPECS["naming/select"].sample)
     assert "\n候选：折叠计数训练凳#夜行发光护膝\n" in select
 
 
-def test_sd_prompts_add_the_study_suffix_and_exclusions(app):
-    scene = app.book.render("sd/scene_positive", keywords="folding bench, park")
-    product = app.book.render("sd/product_positive", keywords="folding bench")
+def test_sd_prompts_add_the_study_suffix_and_exclusions(paint):
+    scene = paint.book.render("sd/scene_positive", keywords="folding bench, park")
+    product = paint.book.render("sd/product_positive", keywords="folding bench")
     assert scene.startswith("folding bench, park, ") and "photorealistic" in scene and "minimal" in scene
     assert "white background" in product and "industrial design" in product
-    negative = app.book.render("sd/scene_negative")
+    negative = paint.book.render("sd/scene_negative")
     for word in ("people", "text", "watermark", "low quality", "cartoon"):
         assert word in negative
-    assert app.book.render("sd/product_negative").startswith(negative)
+    assert paint.book.render("sd/product_negative").startswith(negative)
 
 
-def test_sd_options_are_the_study_defaults(app):
-    for options in app.sd_options.values():
+def test_sd_options_are_the_study_defaults(paint):
+    for options in paint.sd_options.values():
         assert options["checkpoint"] == "sd_xl_base_1.0.safetensors"
         assert (options["width"], options["height"], options["cfg_scale"], options["steps"]) == (1024, 576, 5, 30)
         assert (options["sampler_name"], options["style"]) == ("DPM++ 2M SDE Karras", "photographic")
-    assert set(app.sd_options) == {("rapid", "scene"), ("deep", "scene"), ("group_two", "scene"),
+    assert set(paint.sd_options) == {("rapid", "scene"), ("deep", "scene"), ("group_two", "scene"),
                                    ("group_two", "product")}
 
 

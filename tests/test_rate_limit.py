@@ -7,9 +7,7 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from apps.records import COLLECTION
-from tests.generate_fixtures import (  # noqa: F401  (fixtures)
-    PROMPTS, body, gen_app, gen_client, gen_db, make_gen_app, sims,
-)
+from tests.helpers import PROMPTS, body
 
 ALICE = {"REMOTE_ADDR": "10.0.0.1"}
 BOB = {"REMOTE_ADDR": "10.0.0.2"}

@@ -13,7 +13,7 @@ from apps.paint.pipelines import SETTINGS_DIR
 from apps.paint.pipelines.settings import load_sd_options
 from simulators.http import Reply, serve
 from simulators.png import read_png_header, render_png
-from tests.sd_fixtures import sd_sims, small_payload  # noqa: F401
+from tests.helpers import small_payload
 
 PASSWORD = "s3cret-pw"
 PNG_B64 = base64.b64encode(render_png(4, 4, "stub")).decode()

@@ -12,8 +12,7 @@ from agent.errors import (
 from agent.pool import SDInstancePool, SDResult
 from config import from_env
 from simulators.png import read_png_header
-from tests.sd_fixtures import Worker, sd_pools, sd_sims, small_payload  # noqa: F401
-from tests.helpers import wait_until
+from tests.helpers import Worker, small_payload, wait_until
 
 
 def name_of(sim):

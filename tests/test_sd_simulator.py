@@ -11,8 +11,7 @@ import pytest
 import requests
 
 from simulators.png import read_png_header, render_png
-from tests.sd_fixtures import Worker, sd_sims, small_payload  # noqa: F401
-from tests.helpers import wait_until
+from tests.helpers import Worker, small_payload, wait_until
 
 
 def post(sim, path, payload, **kwargs):
