@@ -18,6 +18,7 @@ from core import validation as v
 from core.backends import get_gpt, get_pool
 from core.db import get_db
 from core.envelope import ok
+from core.json_codec import json_object
 from core.metrics import generation_observed
 from core.rate_limit import limit_generate
 
@@ -26,7 +27,7 @@ bp = Blueprint("generate", __name__)
 
 def read_call() -> GenerationCall:
     """Return the checked generation call of the request body, or raise BadInput."""
-    body = v.json_object()
+    body = json_object()
     appid, type_ = body.get("appid"), body.get("type")
     handler = get_registry().handler(appid, type_)
     username = None if body.get("username") is None else v.username(body["username"])

@@ -1,30 +1,27 @@
 """Checks at the boundary: every value a client sends is checked here before it is used.
 
 Each helper returns the value when it is right and raises `BadInput` naming the field
-when it is not, so views read as a list of rules.
+when it is not, so views read as a list of rules. Request bodies are read by
+core.json_codec; `body(model)` reads one and checks it as a pydantic model.
 """
 from __future__ import annotations
 
-import json
 import math
-import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import Annotated, Any, TypeVar
 
-from flask import request
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from core.envelope import BadInput
+from core.json_codec import read_body
 
 MAX_USERNAME = 128
 MAX_DEPTH = 40  # BSON nesting stops at 100; the client's schemes need about 5
-# JSON may escape lone UTF-16 surrogates ("\ud800"); Python keeps them, but no UTF-8 (so no
-# BSON, log line or HTTP body) can hold them. Strictly decoded UTF-8 cannot carry one, so
-# only a body with such an escape needs the walk over its strings.
-_SURROGATE = re.compile("[\ud800-\udfff]")
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# The validation context key that says whether large floats are as the client sent them
+# (json_codec.read_body's `exact`); values not read from a body are.
+EXACT_NUMBERS = "exact_numbers"
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -114,13 +111,22 @@ def _problem(error: ErrorDetails) -> str:
     return error["msg"]  # a PydanticCustomError: written for this API already
 
 
-def parse(model: type[M], value: Any, prefix: str = "") -> M:
-    """Return `value` checked as `model`, or raise BadInput naming the first wrong field."""
+def _bad_input(error: ValidationError, prefix: str = "") -> BadInput:
+    """Return the BadInput of a validation's first error."""
+    first = error.errors(include_url=False)[0]
+    return BadInput(field_name(first["loc"], prefix), _problem(first))
+
+
+def parse(model: type[M], value: Any, prefix: str = "", *, exact: bool = True) -> M:
+    """Return `value` checked as `model`, or raise BadInput naming the first wrong field.
+
+    `exact` False: `value` was read by orjson, and a number that may have lost its exact
+    value raises json_codec.InexactNumber.
+    """
     try:
-        return model.model_validate(value)
+        return model.model_validate(value, context={EXACT_NUMBERS: exact})
     except ValidationError as error:
-        first = error.errors(include_url=False)[0]
-        raise BadInput(field_name(first["loc"], prefix), _problem(first)) from None
+        raise _bad_input(error, prefix) from None
 
 
 def parse_query(model: type[M], args: Mapping[str, str]) -> M:
@@ -135,64 +141,12 @@ def parse_query(model: type[M], args: Mapping[str, str]) -> M:
     try:
         return model.model_validate(dict(args))
     except ValidationError as error:
-        first = error.errors(include_url=False)[0]
-        raise BadInput(field_name(first["loc"]), _problem(first)) from None
+        raise _bad_input(error) from None
 
 
 def body(model: type[M]) -> M:
     """Return the request's JSON body checked as `model`, or raise BadInput."""
-    return parse(model, json_object())
-
-
-class _NotJSON(ValueError):
-    """The body uses NaN or Infinity, which Python's parser accepts but JSON has not."""
-
-
-def _reject_constant(name: str) -> None:
-    raise _NotJSON(name)
-
-
-def _has_lone_surrogate(value: Any) -> bool:
-    """Return whether any string (or key) in parsed JSON holds a lone surrogate."""
-    stack = [value]  # a loop, not recursion: the parser allows deeper nesting than a walk would
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if _SURROGATE.search(item):
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item)
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
-
-
-def json_object() -> dict[str, Any]:
-    """Return the request body as a JSON object, or raise BadInput."""
-    if not request.is_json:
-        raise BadInput("body", "must be JSON, sent with Content-Type: application/json")
-    try:
-        # Not cached: a save body may be hundreds of MB, so let the raw bytes go once decoded.
-        # Strict UTF-8 (RFC 8259), unlike json.loads on bytes, which lets encoded surrogates pass.
-        text = request.get_data(cache=False).decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise BadInput("body", "is not valid JSON: it must be UTF-8 text") from None
-    escaped = _SURROGATE_ESCAPE.search(text) is not None  # most bodies have none: skip the walk
-    try:
-        # NaN and Infinity would be stored, then sent back as JSON no browser can parse.
-        body = json.loads(text, parse_constant=_reject_constant)
-    except _NotJSON as e:
-        raise BadInput("body", f"is not valid JSON: {e} is not a JSON number") from None
-    except (ValueError, RecursionError):
-        raise BadInput("body", "is not valid JSON") from None
-    finally:
-        del text
-    if not isinstance(body, dict):
-        raise BadInput("body", "must be a JSON object")
-    if escaped and _has_lone_surrogate(body):
-        raise BadInput("body", "holds a lone surrogate escape (\\udXXX); strings must be valid Unicode")
-    return body
+    return read_body(lambda value, exact: parse(model, value, exact=exact))
 
 
 def username(value: Any, field: str = "username") -> str:

@@ -11,6 +11,7 @@ from flask import current_app, request
 
 from apps.paint.stages import SCHEME_FIELDS, STAGES
 from core import validation as v
+from core.json_codec import json_object
 from core.envelope import BadInput
 
 MAX_TASK = 2000
@@ -30,7 +31,7 @@ class SavedState:
 
 def read_start() -> str:
     """Return the username of a /paint/start body."""
-    body = v.json_object()
+    body = json_object()
     return v.username(body.get("username"))
 
 
@@ -47,7 +48,7 @@ def read_save() -> tuple[str, SavedState]:
     """Return the username and the state of a /paint/save body, allowing it the larger save limit."""
     # A save carries the whole session, every sketch as a data URI: ~100 MB for 200 sketches.
     request.max_content_length = current_app.config["SAVE_MAX_CONTENT_LENGTH"]
-    body = v.json_object()
+    body = json_object()
     name = v.username(body.get("username"))
     data = v.obj(body.get("data"), "data")
     by_stage = v.obj(data.get("designSchemes"), "data.designSchemes")
