@@ -103,17 +103,13 @@ def visible(participant: dict[str, Any]) -> dict[str, Any]:
             "$or": [{"status": COMMITTED}, {"revision": participant.get("revision", 0)}]}
 
 
-def _iso(moment: datetime) -> str:
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).isoformat()
-
-
 def summary(entry: dict[str, Any]) -> dict[str, Any]:
     """Return what the history list shows of one entry."""
     refs = entry.get("schemeRefs") or {}
     return {
         "id": str(entry["_id"]),
         "revision": entry["revision"],
-        "savedAt": _iso(entry["savedAt"]),
+        "savedAt": entry["savedAt"],  # the API's JSON writes it in its one time format
         "kind": entry.get("kind", "save"),
         "currentStage": entry["currentStage"],
         "designTask": entry["designTask"],

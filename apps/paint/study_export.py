@@ -21,6 +21,7 @@ from apps.paint import history, offload, study_files
 from apps.paint.scheme_store import SCHEMES
 from apps.paint.stages import SCHEME_FIELDS
 from core.image_store import BUCKET, Image, get_image, is_key
+from core.json_codec import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def _cell(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).isoformat()
+        return iso_utc(value)
     if isinstance(value, ObjectId):
         return str(value)
     if isinstance(value, (dict, list)):
@@ -173,7 +174,7 @@ def export_study(db: Database, target: Path, *, username: str | None = None, as_
         _tables(out, records, files)
         manifest = {
             "format": study_files.FORMAT, "version": study_files.VERSION,
-            "exportedAt": datetime.now(timezone.utc).isoformat(), "database": db.name, "username": username,
+            "exportedAt": iso_utc(datetime.now(timezone.utc)), "database": db.name, "username": username,
             "counts": {**{name: len(docs) for name, docs in records.items()}, "blobs": len(files)},
             "records": {name: study_files.record_path(name) for name in records}, "blobs": files,
         }
