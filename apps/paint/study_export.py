@@ -17,7 +17,7 @@ from typing import Any
 from bson import ObjectId, json_util
 from pymongo.database import Database
 
-from apps.paint import history, offload, study_files
+from apps.paint import history, scheme_store, study_files
 from apps.paint.scheme_store import SCHEMES
 from apps.paint.stages import SCHEME_FIELDS
 from core.image_store import BUCKET, Image, get_image, is_key
@@ -94,7 +94,7 @@ def _select(db: Database, username: str | None) -> dict[str, list[dict[str, Any]
 
 
 def _blob_keys(db: Database, records: dict[str, list[dict[str, Any]]]) -> list[str]:
-    keys = [ref["sha256"] for doc in records["session_schemes"] for ref in offload.references(doc)]
+    keys = [ref["sha256"] for doc in records["session_schemes"] for ref in scheme_store.references(doc)]
     keys += [key for doc in records[GENERATIONS] for key in _hashes_in(doc)]
     wanted = list(dict.fromkeys(keys))
     # Hash-like strings of a record are blobs only when the image store has them.
@@ -108,7 +108,7 @@ def _inline_blobs(participants: list[dict[str, Any]]) -> Iterator[Image]:
         if "schemeRefs" not in participant:
             for field in SCHEME_FIELDS.values():
                 for scheme in participant.get(field) or []:
-                    yield from offload.split(scheme).blobs
+                    yield from scheme_store.split(scheme).blobs
 
 
 STAGE_COUNTS = [f"{field.removesuffix('Schemes')}Count" for field in SCHEME_FIELDS.values()]
