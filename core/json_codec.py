@@ -67,7 +67,13 @@ def _default(value: Any) -> Any:
 def dumps(value: Any, *, newline: bool = False) -> bytes:
     """Return `value` as compact UTF-8 JSON, times and ObjectIds as the API writes them."""
     option = orjson.OPT_PASSTHROUGH_DATETIME | (orjson.OPT_APPEND_NEWLINE if newline else 0)
-    return orjson.dumps(value, default=_default, option=option)
+    try:
+        return orjson.dumps(value, default=_default, option=option)
+    except orjson.JSONEncodeError:
+        # What orjson cannot write (integers beyond 64 bits, keys that are no strings), the
+        # standard library writes as Flask's own provider did; no stored value needs it.
+        text = json.dumps(value, default=_default, ensure_ascii=False, separators=(",", ":"))
+        return (text + "\n" if newline else text).encode("utf-8")
 
 
 def loads(data: bytes | bytearray | str) -> Any:

@@ -31,6 +31,11 @@ def test_answers_keep_order_and_utf8_and_write_ids_as_hex(app):
     assert response.get_data() == f'{{"z":1,"名字":"准备","_id":"{oid}","a":[1.5,-0.0,9007199254740992]}}\n'.encode()
 
 
+def test_what_orjson_cannot_write_is_written_as_flask_did():
+    assert dumps({"big": 2**70, 1: "one"}) == b'{"big":1180591620717411303424,"1":"one"}'
+    assert dumps([datetime(2026, 1, 1), 2**64], newline=True) == b'["2026-01-01T00:00:00.000Z",18446744073709551616]\n'
+
+
 def test_history_times_are_in_the_one_format(client):
     client.post("/paint/start", json={"username": "alice"})
     client.post("/paint/save", json=save_body("alice", rapid=[scheme("a")]))
