@@ -28,8 +28,7 @@ import bson
 from pymongo.database import Database
 from pymongo.errors import DocumentTooLarge
 
-from apps.paint import history, scheme_store, sessions
-from apps.paint.session_input import SavedState
+from apps.paint import scheme_store, sessions
 from core.embedded_store import EmbeddedStore
 from core.factory import create_app
 
@@ -66,7 +65,7 @@ def bytes_written(db: Database, before: dict[str, set], username: str) -> int:
     new_files = list(_ids(db, "fs.files") - before["fs.files"])
     if new_files:
         total += sum(doc["length"] for doc in db["fs.files"].find({"_id": {"$in": new_files}}))
-    for name in (scheme_store.SCHEMES, history.HISTORY):
+    for name in (scheme_store.SCHEMES, sessions.HISTORY):
         new = list(_ids(db, name) - before[name])
         if new:
             total += sum(len(bson.encode(doc)) for doc in db[name].find({"_id": {"$in": new}}))
@@ -74,7 +73,7 @@ def bytes_written(db: Database, before: dict[str, set], username: str) -> int:
 
 
 def snapshot(db: Database) -> dict[str, set]:
-    return {name: _ids(db, name) for name in ("fs.files", scheme_store.SCHEMES, history.HISTORY)}
+    return {name: _ids(db, name) for name in ("fs.files", scheme_store.SCHEMES, sessions.HISTORY)}
 
 
 @dataclass
@@ -115,8 +114,8 @@ def run_new(app, db: Database, size: int, image_kb: int, repeats: int) -> tuple[
         assert response.status_code == 200, response.get_json()
         written.append(bytes_written(db, before, username))
         schemes[(r + 1) % size] = sketch(size + repeats + r, image_kb)
-        state = SavedState("设计一款运动辅助产品", "快速发散", {"rapidDivergenceSchemes": schemes,
-                                                         "deepDivergenceSchemes": [], "convergenceSchemes": []})
+        state = sessions.SavedState.model_validate({"designSchemes": {"快速发散": schemes},
+                                                    "designTask": "设计一款运动辅助产品", "currentStage": "快速发散"})
         started = time.perf_counter()
         sessions.save(db, username, state)
         store.append(time.perf_counter() - started)

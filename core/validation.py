@@ -7,15 +7,15 @@ core.json_codec; `body(model)` reads one and checks it as a pydantic model.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from core.envelope import BadInput
-from core.json_codec import read_body
+from core.json_codec import INT64_LIMIT, InexactNumber, read_body
 
 MAX_USERNAME = 128
 MAX_DEPTH = 40  # BSON nesting stops at 100; the client's schemes need about 5
@@ -112,9 +112,10 @@ def _problem(error: ErrorDetails) -> str:
 
 
 def _bad_input(error: ValidationError, prefix: str = "") -> BadInput:
-    """Return the BadInput of a validation's first error."""
+    """Return the BadInput of a validation's first error; opaque JSON names the spot inside it."""
     first = error.errors(include_url=False)[0]
-    return BadInput(field_name(first["loc"], prefix), _problem(first))
+    inside = (first.get("ctx") or {}).get("inside", "")
+    return BadInput(field_name(first["loc"], prefix) + inside, _problem(first))
 
 
 def parse(model: type[M], value: Any, prefix: str = "", *, exact: bool = True) -> M:
@@ -182,13 +183,6 @@ def integer(value: Any, field: str, *, low: int, high: int) -> int:
     return value
 
 
-def one_of(value: Any, field: str, choices: Collection[str]) -> str:
-    """Return `value` if it is one of `choices`."""
-    if not isinstance(value, str) or value not in choices:
-        raise BadInput(field, f"must be one of {', '.join(choices)}")
-    return value
-
-
 def obj(value: Any, field: str) -> dict[str, Any]:
     """Return `value` if it is a JSON object."""
     if not isinstance(value, dict):
@@ -205,20 +199,49 @@ def array(value: Any, field: str, *, max_items: int | None = None) -> list[Any]:
     return value
 
 
-def storable(value: Any, field: str, depth: int = 0) -> Any:
-    """Return opaque client JSON if MongoDB can store it as given: bounded depth, plain keys."""
-    if depth > MAX_DEPTH:
-        raise BadInput(field, f"is nested deeper than {MAX_DEPTH} levels")
+_TOO_DEEP = f"is nested deeper than {MAX_DEPTH} levels"
+_BAD_KEY = "keys may not start with '$' or contain '.' or NUL"
+
+
+def _unstorable(value: Any, depth: int, exact: bool) -> tuple[str, str] | None:
+    """Return where inside `value` (`.key[2]`) MongoDB could not store it as given, and why; None if it can."""
+    # Recursion stays shallow: a container at MAX_DEPTH with anything in it is refused.
     if isinstance(value, dict):
         for key, item in value.items():
             if key.startswith("$") or "." in key or "\x00" in key:
-                raise BadInput(f"{field}.{key}", "keys may not start with '$' or contain '.' or NUL")
-            storable(item, f"{field}.{key}", depth + 1)
+                return f".{key}", _BAD_KEY
+            if depth == MAX_DEPTH:
+                return f".{key}", _TOO_DEEP
+            if item is not None and not isinstance(item, str):  # most values: nothing to check
+                found = _unstorable(item, depth + 1, exact)
+                if found is not None:
+                    return f".{key}{found[0]}", found[1]
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            storable(item, f"{field}[{index}]", depth + 1)
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise BadInput(field, "must be a finite number")
-    elif isinstance(value, int) and not -(2**63) <= value < 2**63:
-        raise BadInput(field, "is an integer too large to store (64-bit limit)")
+            if depth == MAX_DEPTH:
+                return f"[{index}]", _TOO_DEEP
+            if item is not None and not isinstance(item, str):
+                found = _unstorable(item, depth + 1, exact)
+                if found is not None:
+                    return f"[{index}]{found[0]}", found[1]
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return "", "must be a finite number"
+        if not exact and abs(value) >= INT64_LIMIT:
+            raise InexactNumber  # perhaps an integer too large to store: json_codec reads it again exactly
+    elif isinstance(value, int) and not -INT64_LIMIT <= value < INT64_LIMIT:
+        return "", "is an integer too large to store (64-bit limit)"
+    return None
+
+
+def _storable(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    found = _unstorable(value, 0, (info.context or {}).get(EXACT_NUMBERS, True))
+    if found is not None:
+        where, problem = found
+        raise PydanticCustomError("unstorable", problem, {"inside": where})
     return value
+
+
+# Opaque client JSON that MongoDB stores as given: keys without '$', '.' or NUL, finite
+# numbers, integers of 64 bits, at most MAX_DEPTH levels deep. Errors name the spot inside.
+StorableObject = Annotated[dict[str, Any], AfterValidator(_storable)]

@@ -12,7 +12,7 @@ import logging
 import pytest
 from pymongo.errors import AutoReconnect
 
-from apps.paint import history, scheme_store
+from apps.paint import scheme_store, sessions
 from apps.record_backlog import RecordBacklog
 from tests.fault_fixtures import (  # noqa: F401  (fixtures)
     all_records, check_rapid, direct_client, generate, own_store,
@@ -66,8 +66,8 @@ def stop_before(monkeypatch, module, name: str, store) -> None:
 
 @pytest.mark.parametrize("module,name,stored", [
     (scheme_store, "store", False),  # before the sketches are written
-    (history, "_set_state", False),  # after the history entry, before the state switches
-    (history, "_mark_committed", True),  # after the state switched: the save did happen
+    (sessions, "_set_state", False),  # after the history entry, before the state switches
+    (sessions, "_mark_committed", True),  # after the state switched: the save did happen
 ], ids=["sketches", "state", "marking"])
 def test_database_stopped_during_a_save(store_app, own_store, monkeypatch, module, name, stored):
     client = store_app.test_client()

@@ -10,7 +10,7 @@ import threading
 import bson
 from pymongo.errors import OperationFailure
 
-from apps.paint import history, scheme_store
+from apps.paint import scheme_store, sessions
 from core import image_store
 from tests.helpers import save_body, scheme
 
@@ -142,7 +142,7 @@ def test_failed_save_keeps_the_previous_state_and_history(client, db, monkeypatc
     def broken(*args, **kwargs):
         raise OperationFailure("injected failure between the blob writes and the state write")
 
-    monkeypatch.setattr(history, "_set_state", broken)
+    monkeypatch.setattr(sessions, "_set_state", broken)
     lost = save_body("fragile", rapid=[sketch("lost", png_uri(4_000))], task="lost")
     response = client.post("/paint/save", json=lost)
     assert response.status_code == 503
@@ -161,7 +161,7 @@ def test_state_saved_but_unmarked_entry_stays_visible(client, monkeypatch):
     def broken(*args, **kwargs):
         raise OperationFailure("the database went away after the state was written")
 
-    monkeypatch.setattr(history, "_mark_committed", broken)
+    monkeypatch.setattr(sessions, "_mark_committed", broken)
     save(client, save_body("halfway", rapid=[scheme("one")], task="one"))
     monkeypatch.undo()
     listed = client.get("/paint/history?username=halfway").get_json()["data"]["saves"]

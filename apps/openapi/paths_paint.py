@@ -5,8 +5,8 @@ from typing import Any
 
 from apps.openapi.responses import JSON, errors, ok
 from apps.openapi.schemas import ref
-from apps.paint import session_input as limits
-from apps.paint.stages import SCHEME_FIELDS, STAGES
+from apps.paint import sessions as limits
+from apps.paint.sessions import SCHEME_FIELDS, STAGES
 
 EXAMPLE_ID = "6650c0ffee0000000000abcd"
 EXAMPLE_TASK = "设计一款运动辅助产品"
