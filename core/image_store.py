@@ -147,17 +147,23 @@ def get_image(db: Database, key: str) -> Image | None:
     return Image(data, _content_type(info))
 
 
-def get_images(db: Database, keys: Iterable[str]) -> dict[str, Image]:
-    """Return the stored images among `keys` by key, asking for all their files documents at once."""
-    wanted = list(dict.fromkeys(keys))
-    found: dict[str, Image] = {}
-    for info in db[f"{BUCKET}.files"].find({"_id": {"$in": wanted}}) if wanted else ():
-        # A query per file for its chunks: nx-27017 finds nothing for $in on fs.chunks.
-        chunks = db[f"{BUCKET}.chunks"].find({"files_id": info["_id"]}).sort("n", ASCENDING)
+class StoredImages:
+    """Stored images read one at a time: all their files documents in one query, each one's chunks when asked."""
+
+    def __init__(self, db: Database, keys: Iterable[str]) -> None:
+        wanted = list(dict.fromkeys(keys))
+        self._db = db
+        self._files = {info["_id"]: info for info in db[f"{BUCKET}.files"].find({"_id": {"$in": wanted}})} if wanted else {}
+
+    def get(self, key: str) -> Image | None:
+        """Return the image `key` if it is one of those asked for and wholly stored, else None."""
+        info = self._files.get(key)
+        if info is None:
+            return None
+        # A query per file: nx-27017 finds nothing for $in on fs.chunks.
+        chunks = self._db[f"{BUCKET}.chunks"].find({"files_id": key}).sort("n", ASCENDING)
         data = b"".join(chunk["data"] for chunk in chunks)
-        if len(data) == info["length"]:  # all its chunks, or it is not (wholly) stored
-            found[info["_id"]] = Image(data, _content_type(info))
-    return found
+        return Image(data, _content_type(info)) if len(data) == info["length"] else None
 
 
 def has_image(db: Database, key: str) -> bool:

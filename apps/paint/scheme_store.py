@@ -32,14 +32,13 @@ from pymongo.errors import BulkWriteError
 
 from core import json_codec
 from core.envelope import CODE_STORAGE, ApiError
-from core.image_store import Image, get_images, put_image, stored_keys
+from core.image_store import Image, StoredImages, put_image, stored_keys
 
 log = logging.getLogger(__name__)
 
 SCHEMES = "session_schemes"
 DUPLICATE_KEY = 11000
 THRESHOLD = 16 * 1024  # characters of JSON above which a value leaves the document
-LOAD_BATCH = 16  # schemes whose blobs are read at once: a batch's bytes, not a session's, in memory
 _MIME = re.compile(r"^[A-Za-z0-9][\w.+-]*/[\w.+-]+$")
 _SVG_STARTS = ("<svg", "<?xml")
 TEXT = "text/plain; charset=utf-8"
@@ -212,25 +211,26 @@ def stored_forms(db: Database, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     return found
 
 
-def _blob_bytes(db: Database, forms: Iterable[dict[str, Any]]) -> dict[str, bytes]:
-    """Return the bytes of every blob the stored forms refer to, raising MissingStoredData for any lacking."""
-    keys = {ref["sha256"] for form in forms for ref in references(form)}
-    images = get_images(db, keys)
-    lacking = keys - images.keys()
-    if lacking:
-        raise MissingStoredData(f"the stored sketch data {min(lacking)[:12]}… is missing from the image store")
-    return {key: image.data for key, image in images.items()}
+def _blob_bytes(images: StoredImages, form: dict[str, Any]) -> dict[str, bytes]:
+    """Return the bytes of the blobs one stored form refers to, raising MissingStoredData for any lacking."""
+    blobs = {}
+    for ref in references(form):
+        image = images.get(ref["sha256"])
+        if image is None:
+            raise MissingStoredData(f"the stored sketch data {ref['sha256'][:12]}… is missing from the image store")
+        blobs[ref["sha256"]] = image.data
+    return blobs
 
 
 def load(db: Database, refs: SchemeRefs) -> SchemeLists:
     """Return the schemes of each list of ids, exactly as the client saved them."""
-    forms = list(stored_forms(db, (sid for ids in refs.values() for sid in ids)).items())
+    forms = stored_forms(db, (sid for ids in refs.values() for sid in ids))
+    # One scheme's blob bytes at a time: the session's strings are all that accumulate.
+    images = StoredImages(db, (ref["sha256"] for form in forms.values() for ref in references(form)))
     built: dict[str, Scheme] = {}
-    for start in range(0, len(forms), LOAD_BATCH):
-        batch = forms[start:start + LOAD_BATCH]
-        blobs = _blob_bytes(db, (form for _, form in batch))
+    for sid, form in forms.items():
         try:
-            built.update((sid, join(form, blobs)) for sid, form in batch)
+            built[sid] = join(form, _blob_bytes(images, form))
         except CorruptBlob as error:
             raise MissingStoredData(f"the stored sketch data is damaged: {error}") from None
     return {field: [built[sid] for sid in ids] for field, ids in refs.items()}
