@@ -12,7 +12,8 @@ large enough to have been such an integer asks for that exact reading too.
 
 `dumps` and `ApiJSON` (the app's `app.json`, behind every envelope) write UTF-8 rather
 than \\u escapes, keep keys in the order given, write an ObjectId as its hex string and
-every datetime in the API's one time format, `iso_utc`.
+every datetime in the API's one time format, `iso_utc`. A JSONText (JSON written already,
+such as a stored sketch's data URI straight from its bytes) goes into an answer as it is.
 """
 from __future__ import annotations
 
@@ -57,6 +58,18 @@ def iso_utc(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class JSONText:
+    """A value already written as JSON, which answers carry as it is, copied nowhere on the way.
+
+    For orjson only: the standard library, which `dumps` falls back on, cannot write one.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
 def _default(value: Any) -> Any:
     if isinstance(value, datetime):
         return iso_utc(value)
@@ -65,16 +78,44 @@ def _default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def dumps(value: Any, *, newline: bool = False) -> bytes:
-    """Return `value` as compact UTF-8 JSON, times and ObjectIds as the API writes them."""
+def _write(value: Any, default: Callable[[Any], Any], newline: bool) -> bytes:
     option = orjson.OPT_PASSTHROUGH_DATETIME | (orjson.OPT_APPEND_NEWLINE if newline else 0)
     try:
-        return orjson.dumps(value, default=_default, option=option)
+        return orjson.dumps(value, default=default, option=option)
     except orjson.JSONEncodeError:
         # What orjson cannot write (integers beyond 64 bits, keys that are no strings), the
         # standard library writes as Flask's own provider did; no stored value needs it.
-        text = json.dumps(value, default=_default, ensure_ascii=False, separators=(",", ":"))
+        text = json.dumps(value, default=default, ensure_ascii=False, separators=(",", ":"))
         return (text + "\n" if newline else text).encode("utf-8")
+
+
+def dumps(value: Any, *, newline: bool = False) -> bytes:
+    """Return `value` as compact UTF-8 JSON, times and ObjectIds as the API writes them."""
+    return _write(value, _default, newline)
+
+
+# Where a JSONText goes in orjson's output: it writes no NUL byte of its own (\u0000 in strings).
+_SLOT = b"\x00"
+
+
+def dumps_parts(value: Any, *, newline: bool = False) -> list[bytes]:
+    """Return `value` as JSON, as `dumps` writes it, in parts: each JSONText inside is a part of its own."""
+    texts: list[bytes] = []
+
+    def default(item: Any) -> Any:
+        if isinstance(item, JSONText):
+            texts.append(item.data)
+            return orjson.Fragment(_SLOT)  # orjson calls this in the order it writes
+        return _default(item)
+
+    written = _write(value, default, newline)
+    if not texts:
+        return [written]
+    pieces = written.split(_SLOT)
+    parts = [pieces[0]]
+    for text, piece in zip(texts, pieces[1:], strict=True):
+        parts += (text, piece)
+    return parts
 
 
 def loads(data: bytes | bytearray | str) -> Any:
@@ -97,9 +138,9 @@ class ApiJSON(JSONProvider):
 
     def response(self, *args: Any, **kwargs: Any) -> Response:
         """Return a JSON response of the arguments, ending in a newline as Flask's own does."""
-        # One buffer straight from orjson: a /paint/start answer can be a hundred MB.
-        body = dumps(self._prepare_response_obj(args, kwargs), newline=True)
-        return self._app.response_class(body, mimetype=self.mimetype)
+        # Parts, not one buffer: a /paint/start answer is a hundred MB of JSONText, sent as it is.
+        parts = dumps_parts(self._prepare_response_obj(args, kwargs), newline=True)
+        return self._app.response_class(parts, mimetype=self.mimetype)
 
 
 def _raw_body() -> bytes:

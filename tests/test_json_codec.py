@@ -8,7 +8,7 @@ import pytest
 from bson import ObjectId
 
 from core.envelope import BadInput
-from core.json_codec import dumps, iso_utc, json_object
+from core.json_codec import JSONText, dumps, dumps_parts, iso_utc, json_object
 from tests.helpers import save_body, scheme
 
 JSON = "application/json"
@@ -29,6 +29,13 @@ def test_answers_keep_order_and_utf8_and_write_ids_as_hex(app):
     with app.test_request_context():
         response = app.json.response({"z": 1, "名字": "准备", "_id": oid, "a": [1.5, -0.0, 2**53]})
     assert response.get_data() == f'{{"z":1,"名字":"准备","_id":"{oid}","a":[1.5,-0.0,9007199254740992]}}\n'.encode()
+
+
+def test_json_text_goes_into_answers_as_a_part_of_its_own():
+    text = b'"data:image/png;base64,iVBORw0KGgo="'
+    parts = dumps_parts({"a": [JSONText(text), {"b": JSONText(b"[1,2.5e-07]")}], "nul": "\x00"}, newline=True)
+    assert parts[1] is text and b"".join(parts) == b'{"a":[' + text + b',{"b":[1,2.5e-07]}],"nul":"\\u0000"}\n'
+    assert dumps_parts({"plain": 1}) == [b'{"plain":1}']
 
 
 def test_what_orjson_cannot_write_is_written_as_flask_did():

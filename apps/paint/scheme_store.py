@@ -6,9 +6,10 @@ changed, and a session's state is three lists of ids. Each top-level value of a 
 stays inline in its document when small, or moves out to a content-addressed blob in the
 image store, replaced by a reference: a data-URI image (any size) as its decoded bytes,
 a long string (an SVG) as UTF-8 text, any other large value (a path list) as compact
-JSON. Loading gives back the same JSON values in the same key order; a data URI moves as
-bytes only when re-encoding them gives back the very same text. Writes are idempotent
-and come before anything points at them: blobs, then scheme documents, then the state.
+JSON. Loading gives back the same JSON values in the same key order, the moved ones as
+JSON text written from their bytes, ready to answer; a data URI moves as bytes only when
+re-encoding them gives back the very same text. Writes are idempotent and come before
+anything points at them: blobs, then scheme documents, then the state.
 
 Ids of schemes stored before the id was orjson's (SHA-256 of `json.dumps` with ASCII
 escapes) stay what they are: an id is only ever looked up, never recomputed from a
@@ -33,6 +34,7 @@ from pymongo.errors import BulkWriteError
 from core import json_codec
 from core.envelope import CODE_STORAGE, ApiError
 from core.image_store import Image, StoredImages, put_image, stored_keys
+from core.json_codec import JSONText
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +108,8 @@ def _move_out(value: Any) -> tuple[Image, dict[str, Any]] | None:
         blob = Image(value.encode("utf-8", "surrogatepass"), "image/svg+xml" if is_svg else TEXT)
         return blob, _ref(blob, "text")
     if isinstance(value, (dict, list)):
-        # Written by the standard library, as always, so a value stored before keeps its
-        # blob (orjson writes small floats as 1e-7, not 1e-07); read back by orjson.
+        # Written by the standard library, as always, so that a value stored before keeps
+        # its blob (orjson writes small floats as 1e-7, not 1e-07).
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
         if len(text) <= THRESHOLD:
             return None
@@ -139,18 +141,23 @@ def references(stored: dict[str, Any]) -> list[dict[str, Any]]:
     return [scheme[key] for key in stored.get("moved", [])]
 
 
-def _value(ref: dict[str, Any], data: bytes) -> Any:
+def _value(ref: dict[str, Any], data: bytes) -> JSONText:
+    """Return the JSON of a moved value, written from its blob's bytes with as few copies as may be."""
     if len(data) != ref["size"]:
         raise CorruptBlob(f"blob {ref['sha256']} has {len(data)} bytes, expected {ref['size']}")
     if ref["kind"] == "dataUri":
-        return ref["prefix"] + base64.b64encode(data).decode("ascii")
+        # The prefix is the client's text (JSON-escaped here); base64 needs no escaping.
+        return JSONText(b"".join((json_codec.dumps(ref["prefix"])[:-1], base64.b64encode(data), b'"')))
     if ref["kind"] == "json":
-        return json_codec.loads(data)
-    return data.decode("utf-8", "surrogatepass")
+        return JSONText(data)  # compact JSON as it was stored
+    return JSONText(json_codec.dumps(data.decode("utf-8")))
 
 
 def join(stored: dict[str, Any], blobs: Mapping[str, bytes]) -> Scheme:
-    """Return the client's scheme from its stored form and the bytes of its blobs, by SHA-256."""
+    """Return the client's scheme from its stored form and the bytes of its blobs, by SHA-256.
+
+    Moved values come back as JSONText, to be answered: the same JSON values they were.
+    """
     moved = set(stored.get("moved", []))
     return {
         key: _value(value, blobs[value["sha256"]]) if key in moved else value
@@ -223,7 +230,7 @@ def _blob_bytes(images: StoredImages, form: dict[str, Any]) -> dict[str, bytes]:
 
 
 def load(db: Database, refs: SchemeRefs) -> SchemeLists:
-    """Return the schemes of each list of ids, exactly as the client saved them."""
+    """Return the schemes of each list of ids, to be answered exactly as the client saved them."""
     forms = stored_forms(db, (sid for ids in refs.values() for sid in ids))
     # One scheme's blob bytes at a time: the session's strings are all that accumulate.
     images = StoredImages(db, (ref["sha256"] for form in forms.values() for ref in references(form)))
