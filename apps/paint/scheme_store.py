@@ -232,7 +232,7 @@ def _blob_bytes(images: StoredImages, form: dict[str, Any]) -> dict[str, bytes]:
 def load(db: Database, refs: SchemeRefs) -> SchemeLists:
     """Return the schemes of each list of ids, to be answered exactly as the client saved them."""
     forms = stored_forms(db, (sid for ids in refs.values() for sid in ids))
-    # One scheme's blob bytes at a time: the session's strings are all that accumulate.
+    # One scheme's blob bytes at a time: the session's JSON texts are all that accumulate.
     images = StoredImages(db, (ref["sha256"] for form in forms.values() for ref in references(form)))
     built: dict[str, Scheme] = {}
     for sid, form in forms.items():

@@ -217,6 +217,7 @@ def _session(participant: Participant, stage: str, task: str, lists: SchemeLists
 
 def start(db: Database, username: str) -> dict[str, Any]:
     """Return the session of the participant `username`, creating the participant on first visit."""
+    # Found in one round trip on every visit but the first, which alone inserts.
     participant = _participant(db, {"username": username}) or _create(db, username)
     lists = participant.inline if participant.inline is not None else _lists(db, participant.scheme_refs or {})
     return _session(participant, participant.current_stage, participant.design_task, lists)
