@@ -59,15 +59,15 @@ def iso_utc(moment: datetime) -> str:
 
 
 class JSONText:
-    """A value already written as JSON, which answers carry as it is, copied nowhere on the way.
+    """A value already written as JSON, in one or more pieces, which answers carry as they are.
 
     For orjson only: the standard library, which `dumps` falls back on, cannot write one.
     """
 
-    __slots__ = ("data",)
+    __slots__ = ("pieces",)
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
+    def __init__(self, *pieces: bytes) -> None:
+        self.pieces = pieces
 
 
 def _default(value: Any) -> Any:
@@ -99,12 +99,12 @@ _SLOT = b"\x00"
 
 
 def dumps_parts(value: Any, *, newline: bool = False) -> list[bytes]:
-    """Return `value` as JSON, as `dumps` writes it, in parts: each JSONText inside is a part of its own."""
-    texts: list[bytes] = []
+    """Return `value` as JSON, as `dumps` writes it, in parts: the pieces of each JSONText are parts of their own."""
+    texts: list[tuple[bytes, ...]] = []
 
     def default(item: Any) -> Any:
         if isinstance(item, JSONText):
-            texts.append(item.data)
+            texts.append(item.pieces)
             return orjson.Fragment(_SLOT)  # orjson calls this in the order it writes
         return _default(item)
 
@@ -114,7 +114,7 @@ def dumps_parts(value: Any, *, newline: bool = False) -> list[bytes]:
     pieces = written.split(_SLOT)
     parts = [pieces[0]]
     for text, piece in zip(texts, pieces[1:], strict=True):
-        parts += (text, piece)
+        parts += (*text, piece)
     return parts
 
 

@@ -32,9 +32,11 @@ def test_answers_keep_order_and_utf8_and_write_ids_as_hex(app):
 
 
 def test_json_text_goes_into_answers_as_a_part_of_its_own():
-    text = b'"data:image/png;base64,iVBORw0KGgo="'
-    parts = dumps_parts({"a": [JSONText(text), {"b": JSONText(b"[1,2.5e-07]")}], "nul": "\x00"}, newline=True)
-    assert parts[1] is text and b"".join(parts) == b'{"a":[' + text + b',{"b":[1,2.5e-07]}],"nul":"\\u0000"}\n'
+    image = b"iVBORw0KGgo="
+    value = {"a": [JSONText(b'"data:image/png;base64,', image, b'"'), {"b": JSONText(b"[1,2.5e-07]")}], "nul": "\x00"}
+    parts = dumps_parts(value, newline=True)
+    assert parts[2] is image
+    assert b"".join(parts) == b'{"a":["data:image/png;base64,iVBORw0KGgo=",{"b":[1,2.5e-07]}],"nul":"\\u0000"}\n'
     assert dumps_parts({"plain": 1}) == [b'{"plain":1}']
 
 

@@ -146,8 +146,8 @@ def _value(ref: dict[str, Any], data: bytes) -> JSONText:
     if len(data) != ref["size"]:
         raise CorruptBlob(f"blob {ref['sha256']} has {len(data)} bytes, expected {ref['size']}")
     if ref["kind"] == "dataUri":
-        # The prefix is the client's text (JSON-escaped here); base64 needs no escaping.
-        return JSONText(b"".join((json_codec.dumps(ref["prefix"])[:-1], base64.b64encode(data), b'"')))
+        # The prefix is the client's text (JSON-escaped here); base64 needs no escaping, nor copying.
+        return JSONText(json_codec.dumps(ref["prefix"])[:-1], base64.b64encode(data), b'"')
     if ref["kind"] == "json":
         return JSONText(data)  # compact JSON as it was stored
     return JSONText(json_codec.dumps(data.decode("utf-8")))
