@@ -118,11 +118,6 @@ def dumps_parts(value: Any, *, newline: bool = False) -> list[bytes]:
     return parts
 
 
-def loads(data: bytes | bytearray | str) -> Any:
-    """Return the value of JSON this server wrote, which orjson reads exactly."""
-    return orjson.loads(data)
-
-
 class ApiJSON(JSONProvider):
     """Flask's `app.json` on orjson, so that `jsonify` and every envelope write JSON as `dumps` does."""
 
@@ -134,7 +129,7 @@ class ApiJSON(JSONProvider):
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         """Return the value of the JSON text `s`."""
-        return loads(s)
+        return orjson.loads(s)
 
     def response(self, *args: Any, **kwargs: Any) -> Response:
         """Return a JSON response of the arguments, ending in a newline as Flask's own does."""
