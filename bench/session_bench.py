@@ -194,17 +194,17 @@ class Row:
         """Return the row as a Markdown table line."""
         return (f"| {self.size} | {self.body_mb:.1f} | {self.save_ms:.0f} | {self.save_floor_ms:.0f} "
                 f"| {self.save_ratio:.2f} | {self.start_ms:.0f} | {self.start_floor_ms:.0f} | {self.start_ratio:.2f} "
-                f"| {self.save_peak:.2f} | {self.save_floor_peak:.2f} | {self.start_peak:.2f} "
+                f"| {self.save_peak:.3f} | {self.save_floor_peak:.3f} | {self.start_peak:.3f} "
                 f"| {self.written / 1024:.0f} KB | {self.save_allocated:.1f} / {self.start_allocated:.1f} |")
 
     def goals(self) -> str:
-        """Return how the row meets the goals, each marked met or not (at the precision shown)."""
+        """Return how the row meets the goals, each marked met or not."""
         def mark(value: float, goal: float) -> str:
-            return f"{value:.2f} {'✓' if round(value, 2) <= goal else '✗'}"
+            return f"{value:.3f} {'✓' if value <= goal else '✗'}"
 
         return (f"Goals at {self.size} schemes: save ≤ {GOAL_SAVE:g}× its floor: {mark(self.save_ratio, GOAL_SAVE)}; "
                 f"start ≤ {GOAL_START:g}× its floor: {mark(self.start_ratio, GOAL_START)}; peak ≤ {GOAL_MEMORY:g}× the "
-                f"body: save {mark(self.save_peak, GOAL_MEMORY)} (its floor's {self.save_floor_peak:.2f}), "
+                f"body: save {mark(self.save_peak, GOAL_MEMORY)} (its floor's {self.save_floor_peak:.3f}), "
                 f"start {mark(self.start_peak, GOAL_MEMORY)}.")
 
 
