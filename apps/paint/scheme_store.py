@@ -34,7 +34,6 @@ from pymongo.errors import BulkWriteError
 from core import json_codec
 from core.envelope import CODE_STORAGE, ApiError
 from core.image_store import Image, StoredImages, put_image, stored_keys
-from core.json_codec import JSONText
 
 log = logging.getLogger(__name__)
 
@@ -141,16 +140,16 @@ def references(stored: dict[str, Any]) -> list[dict[str, Any]]:
     return [scheme[key] for key in stored.get("moved", [])]
 
 
-def _value(ref: dict[str, Any], data: bytes) -> JSONText:
+def _value(ref: dict[str, Any], data: bytes) -> json_codec.JSONText:
     """Return the JSON of a moved value, written from its blob's bytes with as few copies as may be."""
     if len(data) != ref["size"]:
         raise CorruptBlob(f"blob {ref['sha256']} has {len(data)} bytes, expected {ref['size']}")
     if ref["kind"] == "dataUri":
         # The prefix is the client's text (JSON-escaped here); base64 needs no escaping, nor copying.
-        return JSONText(json_codec.dumps(ref["prefix"])[:-1], base64.b64encode(data), b'"')
+        return json_codec.JSONText(json_codec.dumps(ref["prefix"])[:-1], base64.b64encode(data), b'"')
     if ref["kind"] == "json":
-        return JSONText(data)  # compact JSON as it was stored
-    return JSONText(json_codec.dumps(data.decode("utf-8")))
+        return json_codec.JSONText(data)  # compact JSON as it was stored
+    return json_codec.JSONText(json_codec.dumps(data.decode("utf-8")))
 
 
 def join(stored: dict[str, Any], blobs: Mapping[str, bytes]) -> Scheme:
