@@ -409,28 +409,8 @@ def list_page(db: Database, query: PageQuery) -> dict[str, Any]:
                  .sort(NEWEST_FIRST).limit(query.limit + 1))  # one more tells whether a next page exists
     items = found[:query.limit]
     more = len(found) > query.limit
-    summaries = [to_json({"_id": doc["_id"], **{key: doc.get(key) for key in SUMMARY_FIELDS}}) for doc in items]
+    summaries = [{"_id": doc["_id"], **{key: doc.get(key) for key in SUMMARY_FIELDS}} for doc in items]
     return {"items": summaries, "next": str(items[-1]["_id"]) if more else None}
-
-
-def iso(moment: datetime) -> str:
-    """Return `moment` as ISO-8601 UTC with milliseconds (naive times from the store are UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def to_json(value: Any) -> Any:
-    """Return a stored value with ObjectIds as strings and times as ISO-8601."""
-    if isinstance(value, dict):
-        return {key: to_json(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [to_json(item) for item in value]
-    if isinstance(value, ObjectId):
-        return str(value)
-    if isinstance(value, datetime):
-        return iso(value)
-    return value
 
 
 @bp.get("/generations")
@@ -446,7 +426,7 @@ def get_generation(record_id: str):
     doc = get_db()[COLLECTION].find_one({"_id": key})
     if doc is None:
         raise NotFound(f"no generation has the id {key}")
-    return ok(to_json(doc))
+    return ok(doc)  # the API's JSON writes its ids and times
 
 
 @bp.get("/images/<key>")

@@ -12,6 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 import config
 from core import backends, db, envelope, monitoring, security
 from core.embedded_store import EmbeddedStore
+from core.json_codec import ApiJSON
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,7 @@ def create_app(overrides: Mapping[str, Any] | None = None, *, env: Mapping[str, 
     app = Flask(__name__.split(".")[0], static_folder=None)  # an API: no /static route
     app.config.update(config.from_env(env))
     app.config.update(overrides or {})
-    app.json.ensure_ascii = False  # participants read Chinese; send it as UTF-8, not \\u escapes
-    app.json.sort_keys = False
+    app.json = ApiJSON(app)  # participants read Chinese: UTF-8, keys in order, one time format
     if app.config["TRUSTED_PROXIES"]:
         # Behind a reverse proxy the TCP peer is the proxy; the client's own address (which the
         # /generate rate limit and the access log use) is in X-Forwarded-For.

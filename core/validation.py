@@ -1,30 +1,27 @@
 """Checks at the boundary: every value a client sends is checked here before it is used.
 
 Each helper returns the value when it is right and raises `BadInput` naming the field
-when it is not, so views read as a list of rules.
+when it is not, so views read as a list of rules. Request bodies are read by
+core.json_codec; `body(model)` reads one and checks it as a pydantic model.
 """
 from __future__ import annotations
 
-import json
 import math
-import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, TypeVar
 
-from flask import request
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from core.envelope import BadInput
+from core.json_codec import INT64_LIMIT, InexactNumber, read_body
 
 MAX_USERNAME = 128
 MAX_DEPTH = 40  # BSON nesting stops at 100; the client's schemes need about 5
-# JSON may escape lone UTF-16 surrogates ("\ud800"); Python keeps them, but no UTF-8 (so no
-# BSON, log line or HTTP body) can hold them. Strictly decoded UTF-8 cannot carry one, so
-# only a body with such an escape needs the walk over its strings.
-_SURROGATE = re.compile("[\ud800-\udfff]")
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# The validation context key that says whether large floats are as the client sent them
+# (json_codec.read_body's `exact`); values not read from a body are.
+EXACT_NUMBERS = "exact_numbers"
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -114,13 +111,23 @@ def _problem(error: ErrorDetails) -> str:
     return error["msg"]  # a PydanticCustomError: written for this API already
 
 
-def parse(model: type[M], value: Any, prefix: str = "") -> M:
-    """Return `value` checked as `model`, or raise BadInput naming the first wrong field."""
+def _bad_input(error: ValidationError, prefix: str = "") -> BadInput:
+    """Return the BadInput of a validation's first error; opaque JSON names the spot inside it."""
+    first = error.errors(include_url=False)[0]
+    inside = (first.get("ctx") or {}).get("inside", "")
+    return BadInput(field_name(first["loc"], prefix) + inside, _problem(first))
+
+
+def parse(model: type[M], value: Any, prefix: str = "", *, exact: bool = True) -> M:
+    """Return `value` checked as `model`, or raise BadInput naming the first wrong field.
+
+    `exact` False: `value` was read by orjson, and a number that may have lost its exact
+    value raises json_codec.InexactNumber.
+    """
     try:
-        return model.model_validate(value)
+        return model.model_validate(value, context={EXACT_NUMBERS: exact})
     except ValidationError as error:
-        first = error.errors(include_url=False)[0]
-        raise BadInput(field_name(first["loc"], prefix), _problem(first)) from None
+        raise _bad_input(error, prefix) from None
 
 
 def parse_query(model: type[M], args: Mapping[str, str]) -> M:
@@ -135,64 +142,12 @@ def parse_query(model: type[M], args: Mapping[str, str]) -> M:
     try:
         return model.model_validate(dict(args))
     except ValidationError as error:
-        first = error.errors(include_url=False)[0]
-        raise BadInput(field_name(first["loc"]), _problem(first)) from None
+        raise _bad_input(error) from None
 
 
 def body(model: type[M]) -> M:
     """Return the request's JSON body checked as `model`, or raise BadInput."""
-    return parse(model, json_object())
-
-
-class _NotJSON(ValueError):
-    """The body uses NaN or Infinity, which Python's parser accepts but JSON has not."""
-
-
-def _reject_constant(name: str) -> None:
-    raise _NotJSON(name)
-
-
-def _has_lone_surrogate(value: Any) -> bool:
-    """Return whether any string (or key) in parsed JSON holds a lone surrogate."""
-    stack = [value]  # a loop, not recursion: the parser allows deeper nesting than a walk would
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if _SURROGATE.search(item):
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item)
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
-
-
-def json_object() -> dict[str, Any]:
-    """Return the request body as a JSON object, or raise BadInput."""
-    if not request.is_json:
-        raise BadInput("body", "must be JSON, sent with Content-Type: application/json")
-    try:
-        # Not cached: a save body may be hundreds of MB, so let the raw bytes go once decoded.
-        # Strict UTF-8 (RFC 8259), unlike json.loads on bytes, which lets encoded surrogates pass.
-        text = request.get_data(cache=False).decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise BadInput("body", "is not valid JSON: it must be UTF-8 text") from None
-    escaped = _SURROGATE_ESCAPE.search(text) is not None  # most bodies have none: skip the walk
-    try:
-        # NaN and Infinity would be stored, then sent back as JSON no browser can parse.
-        body = json.loads(text, parse_constant=_reject_constant)
-    except _NotJSON as e:
-        raise BadInput("body", f"is not valid JSON: {e} is not a JSON number") from None
-    except (ValueError, RecursionError):
-        raise BadInput("body", "is not valid JSON") from None
-    finally:
-        del text
-    if not isinstance(body, dict):
-        raise BadInput("body", "must be a JSON object")
-    if escaped and _has_lone_surrogate(body):
-        raise BadInput("body", "holds a lone surrogate escape (\\udXXX); strings must be valid Unicode")
-    return body
+    return read_body(lambda value, exact: parse(model, value, exact=exact))
 
 
 def username(value: Any, field: str = "username") -> str:
@@ -228,13 +183,6 @@ def integer(value: Any, field: str, *, low: int, high: int) -> int:
     return value
 
 
-def one_of(value: Any, field: str, choices: Collection[str]) -> str:
-    """Return `value` if it is one of `choices`."""
-    if not isinstance(value, str) or value not in choices:
-        raise BadInput(field, f"must be one of {', '.join(choices)}")
-    return value
-
-
 def obj(value: Any, field: str) -> dict[str, Any]:
     """Return `value` if it is a JSON object."""
     if not isinstance(value, dict):
@@ -251,20 +199,49 @@ def array(value: Any, field: str, *, max_items: int | None = None) -> list[Any]:
     return value
 
 
-def storable(value: Any, field: str, depth: int = 0) -> Any:
-    """Return opaque client JSON if MongoDB can store it as given: bounded depth, plain keys."""
-    if depth > MAX_DEPTH:
-        raise BadInput(field, f"is nested deeper than {MAX_DEPTH} levels")
+_TOO_DEEP = f"is nested deeper than {MAX_DEPTH} levels"
+_BAD_KEY = "keys may not start with '$' or contain '.' or NUL"
+
+
+def _unstorable(value: Any, depth: int, exact: bool) -> tuple[str, str] | None:
+    """Return where inside `value` (`.key[2]`) MongoDB could not store it as given, and why; None if it can."""
+    # Recursion stays shallow: a container at MAX_DEPTH with anything in it is refused.
     if isinstance(value, dict):
         for key, item in value.items():
             if key.startswith("$") or "." in key or "\x00" in key:
-                raise BadInput(f"{field}.{key}", "keys may not start with '$' or contain '.' or NUL")
-            storable(item, f"{field}.{key}", depth + 1)
+                return f".{key}", _BAD_KEY
+            if depth == MAX_DEPTH:
+                return f".{key}", _TOO_DEEP
+            if item is not None and not isinstance(item, str):  # most values: nothing to check
+                found = _unstorable(item, depth + 1, exact)
+                if found is not None:
+                    return f".{key}{found[0]}", found[1]
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            storable(item, f"{field}[{index}]", depth + 1)
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise BadInput(field, "must be a finite number")
-    elif isinstance(value, int) and not -(2**63) <= value < 2**63:
-        raise BadInput(field, "is an integer too large to store (64-bit limit)")
+            if depth == MAX_DEPTH:
+                return f"[{index}]", _TOO_DEEP
+            if item is not None and not isinstance(item, str):
+                found = _unstorable(item, depth + 1, exact)
+                if found is not None:
+                    return f"[{index}]{found[0]}", found[1]
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return "", "must be a finite number"
+        if not exact and abs(value) >= INT64_LIMIT:
+            raise InexactNumber  # perhaps an integer too large to store: json_codec reads it again exactly
+    elif isinstance(value, int) and not -INT64_LIMIT <= value < INT64_LIMIT:
+        return "", "is an integer too large to store (64-bit limit)"
+    return None
+
+
+def _storable(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    found = _unstorable(value, 0, (info.context or {}).get(EXACT_NUMBERS, True))
+    if found is not None:
+        where, problem = found
+        raise PydanticCustomError("unstorable", problem, {"inside": where})
     return value
+
+
+# Opaque client JSON that MongoDB stores as given: keys without '$', '.' or NUL, finite
+# numbers, integers of 64 bits, at most MAX_DEPTH levels deep. Errors name the spot inside.
+StorableObject = Annotated[dict[str, Any], AfterValidator(_storable)]

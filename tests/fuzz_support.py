@@ -64,7 +64,7 @@ class Call:
 # on fs.files; its estimated count works everywhere (and is exact there: SQLite counts rows).
 GRIDFS_FILES = "fs.files"
 HIDDEN = ("fs_", "system.")
-# Every state change of a participant bumps its revision counters (apps.paint.history).
+# Every state change of a participant bumps its revision counters (apps.paint.sessions).
 REVISIONS = [{"$group": {"_id": None, "seq": {"$sum": "$revisionSeq"}, "rev": {"$sum": "$revision"},
                          "last": {"$max": "$updatedAt"}}}]
 

@@ -7,7 +7,7 @@ from datetime import datetime
 import pytest
 from bson import ObjectId
 
-from apps.paint import history
+from apps.paint import sessions
 from tests.helpers import save_body, scheme
 
 CLIENT_KEYS = ["_id", "username", "currentStage", "designTask",
@@ -99,10 +99,10 @@ def test_pending_entry_of_a_failed_save_is_not_shown(client, db, three_saves, mo
     def broken(*args, **kwargs):
         raise RuntimeError("the server stopped between the history entry and the state")
 
-    monkeypatch.setattr(history, "_set_state", broken)
+    monkeypatch.setattr(sessions, "_set_state", broken)
     assert client.post("/paint/save", json=save_body("alice", task="never")).status_code == 500
-    pending = db[history.HISTORY].find_one({"designTask": "never"})
-    assert pending is not None and pending["status"] == history.PENDING
+    pending = db[sessions.HISTORY].find_one({"designTask": "never"})
+    assert pending is not None and pending["status"] == sessions.PENDING
     assert client.get(f"/paint/history/{pending['_id']}").status_code == 404
     tasks = [s["designTask"] for s in client.get("/paint/history?username=alice").get_json()["data"]["saves"]]
     assert tasks == ["third", "second", "first"]

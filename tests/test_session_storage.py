@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import threading
@@ -9,7 +10,7 @@ import threading
 import bson
 from pymongo.errors import OperationFailure
 
-from apps.paint import history, scheme_store
+from apps.paint import scheme_store, sessions
 from core import image_store
 from tests.helpers import save_body, scheme
 
@@ -141,7 +142,7 @@ def test_failed_save_keeps_the_previous_state_and_history(client, db, monkeypatc
     def broken(*args, **kwargs):
         raise OperationFailure("injected failure between the blob writes and the state write")
 
-    monkeypatch.setattr(history, "_set_state", broken)
+    monkeypatch.setattr(sessions, "_set_state", broken)
     lost = save_body("fragile", rapid=[sketch("lost", png_uri(4_000))], task="lost")
     response = client.post("/paint/save", json=lost)
     assert response.status_code == 503
@@ -160,7 +161,7 @@ def test_state_saved_but_unmarked_entry_stays_visible(client, monkeypatch):
     def broken(*args, **kwargs):
         raise OperationFailure("the database went away after the state was written")
 
-    monkeypatch.setattr(history, "_mark_committed", broken)
+    monkeypatch.setattr(sessions, "_mark_committed", broken)
     save(client, save_body("halfway", rapid=[scheme("one")], task="one"))
     monkeypatch.undo()
     listed = client.get("/paint/history?username=halfway").get_json()["data"]["saves"]
@@ -214,3 +215,22 @@ def test_missing_blob_is_a_clear_storage_error(client, db):
     assert response.status_code == 500 and response.get_json()["code"] == 3
     assert "missing" in response.get_json()["message"]
     assert image_store.has_image(db, image_key)
+
+
+def test_schemes_stored_under_old_ids_still_load_and_keep_their_blobs(client, db, monkeypatch):
+    start(client, "elder")
+    kept = sketch("kept", png_uri(2_000))
+    save(client, save_body("elder", rapid=[kept]))
+    # Before orjson a scheme's id was the SHA-256 of json.dumps with ASCII escapes.
+    old_id = hashlib.sha256(json.dumps(kept, separators=(",", ":")).encode("ascii")).hexdigest()
+    doc = db[scheme_store.SCHEMES].find_one({})
+    db[scheme_store.SCHEMES].insert_one({**doc, "_id": old_id})
+    db[scheme_store.SCHEMES].delete_one({"_id": doc["_id"]})
+    db.participants.update_one({"username": "elder"}, {"$set": {"schemeRefs.rapidDivergenceSchemes": [old_id]}})
+    assert exact(start(client, "elder")["rapidDivergenceSchemes"]) == exact([kept])
+    puts = []
+    monkeypatch.setattr(scheme_store, "put_image", lambda d, image: puts.append(image.sha256))
+    save(client, save_body("elder", rapid=[kept], task="again"))
+    assert puts == []  # the scheme's document is stored again under its new id; its blobs are not
+    assert sorted(d["_id"] for d in db[scheme_store.SCHEMES].find({}, {"_id": 1})) == sorted([old_id, doc["_id"]])
+    assert exact(start(client, "elder")["rapidDivergenceSchemes"]) == exact([kept])

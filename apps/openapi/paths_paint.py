@@ -5,8 +5,8 @@ from typing import Any
 
 from apps.openapi.responses import JSON, errors, ok
 from apps.openapi.schemas import ref
-from apps.paint import session_input as limits
-from apps.paint.stages import SCHEME_FIELDS, STAGES
+from apps.paint import sessions as limits
+from apps.paint.sessions import SCHEME_FIELDS, STAGES
 
 EXAMPLE_ID = "6650c0ffee0000000000abcd"
 EXAMPLE_TASK = "设计一款运动辅助产品"
@@ -126,7 +126,7 @@ PATHS = {
                         "default": limits.DEFAULT_HISTORY_LIMIT}},
         ],
         "responses": {"200": ok("The saves, newest first.", ref("History"), {"username": "alice", "saves": [{
-            "id": EXAMPLE_ID, "revision": 3, "savedAt": "2024-05-24T09:30:00.123000+00:00", "kind": "save",
+            "id": EXAMPLE_ID, "revision": 3, "savedAt": "2024-05-24T09:30:00.123Z", "kind": "save",
             "currentStage": "快速发散", "designTask": EXAMPLE_TASK, "counts": {"快速发散": 2, "深入发散": 0, "收敛": 0}}]}),
             **errors(400, 401, 404, 405, 503)},
     }},

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from apps.paint.stages import STAGES
+from apps.paint.sessions import STAGES
 from core import validation as v
 from core.envelope import CODE_BACKEND, CODE_BUSINESS, CODE_OK, CODE_STORAGE
 

@@ -8,6 +8,8 @@ import click
 from flask import Blueprint
 from flask.cli import with_appcontext
 
+from apps.paint.sessions import HISTORY, PARTICIPANTS
+from apps.records import COLLECTION as GENERATIONS
 from core.db import get_db
 
 
@@ -31,8 +33,8 @@ def export_study_command(out: Path, username: str | None, as_zip: bool) -> None:
     except (StudyExportError, FileExistsError) as error:
         raise click.ClickException(str(error)) from None
     counts = manifest["counts"]
-    click.echo(f"exported {counts['participants']} participants, {counts['session_history']} saves, "
-               f"{counts['generations']} generations and {counts['blobs']} blobs to {out}")
+    click.echo(f"exported {counts[PARTICIPANTS]} participants, {counts[HISTORY]} saves, "
+               f"{counts[GENERATIONS]} generations and {counts['blobs']} blobs to {out}")
 
 
 @click.command("import-study")

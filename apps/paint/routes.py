@@ -1,10 +1,10 @@
 """Participant session routes of the sketching app: /paint/start, /paint/save and the save history."""
 from __future__ import annotations
 
-from flask import Blueprint, request
+from flask import Blueprint, current_app, request
 
 from apps.paint import cli, sessions
-from apps.paint.session_input import read_history_query, read_save, read_save_id, read_start
+from core import validation as v
 from core.db import get_db
 from core.envelope import ok
 
@@ -16,26 +16,27 @@ cli.register(bp)
 @bp.post("/start")
 def start():
     """Create the participant on first visit and return the stored session."""
-    name = read_start()
-    return ok(sessions.start(get_db(), name))
+    body = v.body(sessions.StartBody)
+    return ok(sessions.start(get_db(), body.username))
 
 
 @bp.post("/save")
 def save():
     """Make the state sent the participant's current one, keeping the previous ones."""
-    name, state = read_save()
-    sessions.save(get_db(), name, state)
+    # A save carries the whole session, every sketch as a data URI: ~100 MB for 200 sketches.
+    request.max_content_length = current_app.config["SAVE_MAX_CONTENT_LENGTH"]
+    body = v.body(sessions.SaveBody)
+    sessions.save(get_db(), body.username, body.data)
     return ok(None)
 
 
 @bp.get("/history")
 def history():
     """List the participant's saves, newest first."""
-    name, limit = read_history_query(request.args)
-    return ok(sessions.saves(get_db(), name, limit))
+    return ok(sessions.saves(get_db(), v.parse_query(sessions.HistoryQuery, request.args)))
 
 
 @bp.get("/history/<entry_id>")
 def saved_state(entry_id: str):
     """Return one past state of a participant, in the shape of /paint/start."""
-    return ok(sessions.saved_state(get_db(), read_save_id(entry_id)))
+    return ok(sessions.saved_state(get_db(), sessions.read_save_id(entry_id)))

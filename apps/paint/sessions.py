@@ -1,30 +1,174 @@
-"""Participant sessions in MongoDB (`participants` collection), one small document per username.
+"""Participant sessions: a participant's stage, design task and sketches, and every save of them.
 
-The document holds the current stage, the design task and `schemeRefs`: for each stage's
-list, the ids of its schemes in apps.paint.scheme_store, whose large values live in GridFS.
-Every save is also kept in apps.paint.history. Documents of the old format, with the
-schemes inline, still load; their next save records their old state as revision 0 and
-converts them.
+A participant is one small document in `participants`, unique by username: the current
+stage, the design task and `schemeRefs`, for each stage's list the ids of its schemes in
+apps.paint.scheme_store. POST /paint/start answers it (creating it on first visit) as the
+seven keys the client spreads into its state; POST /paint/save replaces the state and
+keeps every save in `session_history`, which GET /paint/history lists.
+
+A save takes the next number from the participant's `revisionSeq`, writes its history
+entry (pending), then sets the participant's state in one atomic update that only
+applies while the participant's `revision` is older, and last marks the entry committed.
+An entry is visible when it is committed or is the participant's current revision, so a
+failure at any step leaves either the old state with no visible entry, or the new state
+with its entry; of two concurrent saves both are kept and the later revision wins.
+
+Participants of the old format, their schemes inline, still load; their next save
+records their old state as revision 0 and converts them.
 """
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 from bson import ObjectId
-from pymongo import ASCENDING
+from bson.errors import InvalidId
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, DocumentTooLarge, DuplicateKeyError, PyMongoError
 
-from apps.paint import history, scheme_store
-from apps.paint.session_input import SavedState
-from apps.paint.stages import NOT_READY, SCHEME_FIELDS
-from core.envelope import CODE_STORAGE, ApiError, NotFound
+from apps.paint import scheme_store
+from apps.paint.scheme_store import SchemeLists, SchemeRefs
+from core.envelope import CODE_STORAGE, ApiError, BadInput, NotFound
+from core.validation import FROM_QUERY, Body, StorableObject, Username
 
 log = logging.getLogger(__name__)
 
-COLLECTION = history.PARTICIPANTS
+# The study's stages, exactly as the web client spells them.
+Stage = Literal["准备", "快速发散", "深入发散", "收敛", "完成", "禁止"]
+STAGES: tuple[str, ...] = get_args(Stage)
+NOT_READY, RAPID, DEEP, CONVERGENCE, FINISHED, DISABLED = STAGES
+# The stages whose sketches the client saves, and the field of the session that holds each list.
+SCHEME_FIELDS = {RAPID: "rapidDivergenceSchemes", DEEP: "deepDivergenceSchemes", CONVERGENCE: "convergenceSchemes"}
+
+PARTICIPANTS = "participants"
+HISTORY = "session_history"
+# Entry statuses as strings: nx-27017 turns booleans written by $set into integers.
+Status = Literal["pending", "committed"]
+PENDING, COMMITTED = get_args(Status)
+
+MAX_TASK = 2000
+MAX_SCHEMES_PER_STAGE = 1000
+DEFAULT_HISTORY_LIMIT = 50
+MAX_HISTORY_LIMIT = 1000
+
+
+class StartBody(Body):
+    """The body of POST /paint/start."""
+
+    username: Username
+
+
+SchemeList = Annotated[list[StorableObject], Field(max_length=MAX_SCHEMES_PER_STAGE)]
+
+
+class DesignSchemes(Body):
+    """The schemes of each stage, under the client's stage names; null or absent means none."""
+
+    rapid: SchemeList | None = Field(None, alias=RAPID)
+    deep: SchemeList | None = Field(None, alias=DEEP)
+    convergence: SchemeList | None = Field(None, alias=CONVERGENCE)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_stages(cls, value: Any) -> Any:
+        """Refuse names that are no stage; the stages without sketches are read as nothing."""
+        unknown = sorted(set(value) - set(STAGES)) if isinstance(value, dict) else []
+        if unknown:
+            raise PydanticCustomError("unknown_stage", "unknown stage {stage}; stages are {stages}",
+                                      {"stage": repr(unknown[0]), "stages": ", ".join(STAGES)})
+        return value
+
+    def by_field(self) -> SchemeLists:
+        """Return the lists under the session's field names."""
+        return {SCHEME_FIELDS[RAPID]: self.rapid or [], SCHEME_FIELDS[DEEP]: self.deep or [],
+                SCHEME_FIELDS[CONVERGENCE]: self.convergence or []}
+
+
+class SavedState(Body):
+    """What one save carries: every stage's schemes, the design task and the current stage."""
+
+    design_schemes: DesignSchemes
+    design_task: Annotated[str, Field(max_length=MAX_TASK)]
+    current_stage: Stage
+
+
+class SaveBody(Body):
+    """The body of POST /paint/save: the participant's whole state, every sketch in it."""
+
+    username: Username
+    data: SavedState
+
+
+class HistoryQuery(Body):
+    """The query of GET /paint/history."""
+
+    username: Username
+    limit: Annotated[int, Field(ge=1, le=MAX_HISTORY_LIMIT), FROM_QUERY] = DEFAULT_HISTORY_LIMIT
+
+
+def read_save_id(raw: str) -> ObjectId:
+    """Return the id of a saved state in a GET /paint/history/<id> path."""
+    try:
+        return ObjectId(raw)
+    except (InvalidId, TypeError):
+        raise BadInput("id", "must be a save id of 24 hex characters") from None
+
+
+class Stored(BaseModel):
+    """A document as the store holds it: fields spelled as stored, unknown ones ignored."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, arbitrary_types_allowed=True,
+                              frozen=True)
+
+
+class SessionState(Stored):
+    """The state one save sets: the participant holds the current one, each history entry its own."""
+
+    current_stage: str
+    design_task: str
+    scheme_refs: SchemeRefs
+
+
+STATE_FIELDS = set(SessionState.model_fields)
+
+
+class HistoryEntry(SessionState):
+    """A document of `session_history`: one save of a participant, visible once committed."""
+
+    id: ObjectId = Field(default_factory=ObjectId, alias="_id")
+    participant_id: ObjectId
+    username: str
+    revision: int
+    kind: Literal["save", "legacy"] = "save"  # legacy: the state of an old-format participant
+    saved_at: datetime
+    status: Status = PENDING
+
+
+class Participant(Stored):
+    """A document of `participants`, either format: `schemeRefs`, or the old one's lists inline."""
+
+    id: ObjectId = Field(alias="_id")
+    username: str
+    current_stage: str = NOT_READY
+    design_task: str = ""
+    scheme_refs: SchemeRefs | None = None
+    inline: SchemeLists | None = None  # the old format's lists, not stored under this name
+    revision: int = 0  # the revision whose state it holds (old documents have none: 0)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_inline(cls, doc: Any) -> Any:
+        """Gather the lists of an old-format document, which lie beside its other fields."""
+        if isinstance(doc, dict) and "schemeRefs" not in doc:
+            return {**doc, "inline": {field: doc.get(field) or [] for field in SCHEME_FIELDS.values()}}
+        return doc
 
 
 class SaveNotStored(ApiError):
@@ -35,87 +179,127 @@ class SaveNotStored(ApiError):
 
 
 def create_indexes(db: Database) -> None:
-    """Make usernames unique, so simultaneous first visits create one participant; index the history."""
-    db[COLLECTION].create_index([("username", ASCENDING)], unique=True, name="username_unique")
-    history.create_indexes(db)
+    """Make usernames unique, so simultaneous first visits create one participant; give each revision one entry."""
+    db[PARTICIPANTS].create_index([("username", ASCENDING)], unique=True, name="username_unique")
+    db[HISTORY].create_index([("username", ASCENDING), ("revision", ASCENDING)],
+                             unique=True, name="username_revision")
 
 
-def _new_participant() -> dict[str, Any]:
-    # The upsert takes `username` from the query.
-    return {
-        "currentStage": NOT_READY,
-        "designTask": "",
-        "schemeRefs": {field: [] for field in SCHEME_FIELDS.values()},
-        "revision": 0,
-        "revisionSeq": 0,
-        "createdAt": datetime.now(timezone.utc),
-    }
+def _participant(db: Database, match: dict[str, Any]) -> Participant | None:
+    doc = db[PARTICIPANTS].find_one(match)
+    return None if doc is None else Participant.model_validate(doc)
 
 
-def is_legacy(doc: dict[str, Any]) -> bool:
-    """Return whether `doc` is in the old format, its schemes inline."""
-    return "schemeRefs" not in doc
+def _create(db: Database, username: str) -> Participant:
+    doc = {"username": username, "currentStage": NOT_READY, "designTask": "",
+           "schemeRefs": {field: [] for field in SCHEME_FIELDS.values()},
+           "revision": 0, "revisionSeq": 0, "createdAt": datetime.now(timezone.utc)}
+    try:
+        db[PARTICIPANTS].insert_one(doc)
+    except DuplicateKeyError:
+        # Two first visits raced and the other one inserted first: its document is the one.
+        found = _participant(db, {"username": username})
+        if found is None:
+            raise
+        return found
+    return Participant.model_validate(doc)
 
 
-def client_state(db: Database, doc: dict[str, Any], participant: dict[str, Any]) -> dict[str, Any]:
-    """Return the seven keys the client spreads into its state, from a participant or history document."""
-    if is_legacy(doc):
-        lists = {field: doc.get(field) or [] for field in SCHEME_FIELDS.values()}
-    else:
-        lists = scheme_store.load(db, {field: doc["schemeRefs"].get(field) or [] for field in SCHEME_FIELDS.values()})
-    return {
-        "_id": str(participant["_id"]),
-        "username": participant["username"],
-        "currentStage": doc.get("currentStage", NOT_READY),
-        "designTask": doc.get("designTask", ""),
-        **lists,
-    }
+def _lists(db: Database, refs: SchemeRefs) -> SchemeLists:
+    return scheme_store.load(db, {field: refs.get(field) or [] for field in SCHEME_FIELDS.values()})
+
+
+def _session(participant: Participant, stage: str, task: str, lists: SchemeLists) -> dict[str, Any]:
+    """Return the seven keys the client spreads into its state."""
+    return {"_id": str(participant.id), "username": participant.username, "currentStage": stage,
+            "designTask": task, **lists}
 
 
 def start(db: Database, username: str) -> dict[str, Any]:
-    """Return the participant `username`, creating it on first visit."""
-    participants = db[COLLECTION]
+    """Return the session of the participant `username`, creating the participant on first visit."""
+    # Found in one round trip on every visit but the first, which alone inserts.
+    participant = _participant(db, {"username": username}) or _create(db, username)
+    lists = participant.inline if participant.inline is not None else _lists(db, participant.scheme_refs or {})
+    return _session(participant, participant.current_stage, participant.design_task, lists)
+
+
+def _next_revision(db: Database, participant_id: ObjectId) -> int:
+    counter = db[PARTICIPANTS].find_one_and_update(
+        {"_id": participant_id},
+        # $max gives old documents a `revision` of 0, so the guard in _set_state can match them.
+        {"$inc": {"revisionSeq": 1}, "$max": {"revision": 0}},
+        projection={"revisionSeq": 1},
+        return_document=ReturnDocument.AFTER,
+    )
+    if counter is None:
+        raise NotFound("the participant was removed while saving; call /paint/start first")
+    return counter["revisionSeq"]
+
+
+def _set_state(db: Database, participant_id: ObjectId, entry: HistoryEntry) -> int | None:
+    """Make `entry` the participant's state unless a later revision already is; return the one replaced."""
+    before = db[PARTICIPANTS].find_one_and_update(
+        {"_id": participant_id, "revision": {"$lt": entry.revision}},
+        {"$set": {**entry.model_dump(by_alias=True, include=STATE_FIELDS), "revision": entry.revision,
+                  "historyId": entry.id, "updatedAt": entry.saved_at},
+         "$unset": {field: "" for field in SCHEME_FIELDS.values()}},  # the old format's inline lists
+        projection={"revision": 1},
+        return_document=ReturnDocument.BEFORE,
+    )
+    return None if before is None else before.get("revision", 0)
+
+
+def _mark_committed(db: Database, username: str, revisions: list[int]) -> None:
+    db[HISTORY].update_many({"username": username, "revision": {"$in": revisions}},
+                            {"$set": {"status": COMMITTED}})
+
+
+def _commit(db: Database, participant: Participant, state: SessionState) -> int:
+    """Record `state` as the participant's next save, current unless a later one is; return its revision."""
+    revision = _next_revision(db, participant.id)
+    entry = HistoryEntry(**state.model_dump(), participant_id=participant.id, username=participant.username,
+                         revision=revision, saved_at=datetime.now(timezone.utc))
+    db[HISTORY].insert_one(entry.model_dump(by_alias=True))
+    replaced = _set_state(db, participant.id, entry)
+    if replaced is None:
+        # A later save is already current: this one still belongs in the history.
+        _mark_committed(db, participant.username, [revision])
+        return revision
     try:
-        # update_one, not find_one_and_update: nx-27017 drops $setOnInsert on the latter.
-        participants.update_one({"username": username}, {"$setOnInsert": _new_participant()}, upsert=True)
-    except DuplicateKeyError:
-        pass  # two first visits raced and the other one inserted: its document is the one
-    doc = participants.find_one({"username": username})
-    return client_state(db, doc, doc)
+        # Also settle the revision this one replaced, in case its own marking failed.
+        _mark_committed(db, participant.username, [revision, replaced])
+    except Exception:  # the state is saved; visibility by revision covers the entry
+        log.warning("saved revision %d of %s but could not mark it committed", revision, participant.id,
+                    exc_info=True)
+    return revision
 
 
-def _keep_legacy_state(db: Database, participant_id: ObjectId) -> None:
-    """Record an old-format document's inline state in the history before it is replaced."""
-    doc = db[COLLECTION].find_one({"_id": participant_id})
-    if doc is None or not is_legacy(doc):
-        return
-    lists = {field: doc.get(field) or [] for field in SCHEME_FIELDS.values()}
-    if not any(lists.values()) and not doc.get("designTask"):
+def _keep_legacy_state(db: Database, participant: Participant, lists: SchemeLists) -> None:
+    """Record an old-format participant's inline state as its revision 0, once, before it is replaced."""
+    if not any(lists.values()) and not participant.design_task:
         return  # nothing was ever saved: no old state to keep
-    state = {
-        "currentStage": doc.get("currentStage", NOT_READY),
-        "designTask": doc.get("designTask", ""),
-        "schemeRefs": scheme_store.store(db, lists),
-    }
-    saved_at = doc.get("updatedAt") or doc.get("createdAt") or datetime.now(timezone.utc)
-    history.keep_legacy(db, doc, state, saved_at)
-    log.info("converting participant %s from the one-document format", participant_id)
+    entry = HistoryEntry(current_stage=participant.current_stage, design_task=participant.design_task,
+                         scheme_refs=scheme_store.store(db, lists), participant_id=participant.id,
+                         username=participant.username, revision=0, kind="legacy", status=COMMITTED,
+                         saved_at=participant.updated_at or participant.created_at or datetime.now(timezone.utc))
+    try:
+        db[HISTORY].insert_one(entry.model_dump(by_alias=True))
+    except DuplicateKeyError:
+        return  # a concurrent save recorded the same old state first
+    log.info("converting participant %s from the one-document format", participant.id)
 
 
 def save(db: Database, username: str, state: SavedState) -> int:
     """Store `state` as the participant's current session, keeping it in the history; return its revision."""
-    participant = db[COLLECTION].find_one({"username": username}, {"username": 1, "schemeRefs": 1})
+    participant = _participant(db, {"username": username})
     if participant is None:
         raise NotFound(f"participant {username!r} does not exist; call /paint/start first")
     try:
-        refs = scheme_store.store(db, state.schemes)
-        if is_legacy(participant):
-            _keep_legacy_state(db, participant["_id"])
-        return history.commit(db, participant, {
-            "currentStage": state.current_stage,
-            "designTask": state.design_task,
-            "schemeRefs": refs,
-        })
+        refs = scheme_store.store(db, state.design_schemes.by_field())
+        if participant.inline is not None:
+            _keep_legacy_state(db, participant, participant.inline)
+        return _commit(db, participant, SessionState(current_stage=state.current_stage,
+                                                     design_task=state.design_task, scheme_refs=refs))
     except (ConnectionFailure, DocumentTooLarge):
         raise  # the envelope already says these clearly
     except PyMongoError as error:
@@ -124,18 +308,35 @@ def save(db: Database, username: str, state: SavedState) -> int:
                             "the previous state is kept, send it again") from error
 
 
-def saves(db: Database, username: str, limit: int) -> dict[str, Any]:
-    """Return the participant's saves, newest first, at most `limit` of them."""
-    participant = db[COLLECTION].find_one({"username": username}, {"username": 1, "revision": 1})
+def visible(participant: Participant) -> dict[str, Any]:
+    """Return the filter of a participant's visible history entries."""
+    # By username, which is unique and never changes: nx-27017 cannot match ObjectId fields but _id.
+    return {"username": participant.username,
+            "$or": [{"status": COMMITTED}, {"revision": participant.revision}]}
+
+
+def _summary(entry: HistoryEntry) -> dict[str, Any]:
+    """Return what the history list shows of one entry."""
+    return {"id": str(entry.id), "revision": entry.revision, "savedAt": entry.saved_at, "kind": entry.kind,
+            "currentStage": entry.current_stage, "designTask": entry.design_task,
+            "counts": {stage: len(entry.scheme_refs.get(field) or []) for stage, field in SCHEME_FIELDS.items()}}
+
+
+def saves(db: Database, query: HistoryQuery) -> dict[str, Any]:
+    """Return the participant's visible saves, newest first, at most `query.limit` of them."""
+    participant = _participant(db, {"username": query.username})
     if participant is None:
-        raise NotFound(f"participant {username!r} does not exist")
-    return {"username": username, "saves": history.list_saves(db, participant, limit)}
+        raise NotFound(f"participant {query.username!r} does not exist")
+    found = db[HISTORY].find(visible(participant)).sort("revision", DESCENDING).limit(query.limit)
+    return {"username": query.username, "saves": [_summary(HistoryEntry.model_validate(doc)) for doc in found]}
 
 
 def saved_state(db: Database, entry_id: ObjectId) -> dict[str, Any]:
-    """Return one past state in the shape of /paint/start."""
-    found = history.find_entry(db, entry_id)
-    if found is None:
-        raise NotFound(f"no saved state has id {entry_id}")
-    participant, entry = found
-    return client_state(db, entry, participant)
+    """Return one past state, if visible, in the shape of /paint/start."""
+    doc = db[HISTORY].find_one({"_id": entry_id})
+    if doc is not None:
+        entry = HistoryEntry.model_validate(doc)
+        participant = _participant(db, {"_id": entry.participant_id})
+        if participant is not None and (entry.status == COMMITTED or entry.revision == participant.revision):
+            return _session(participant, entry.current_stage, entry.design_task, _lists(db, entry.scheme_refs))
+    raise NotFound(f"no saved state has id {entry_id}")

@@ -17,14 +17,15 @@ from typing import Any
 from bson import ObjectId, json_util
 from pymongo.database import Database
 
-from apps.paint import history, offload, study_files
+from apps.paint import scheme_store, study_files
 from apps.paint.scheme_store import SCHEMES
-from apps.paint.stages import SCHEME_FIELDS
+from apps.paint.sessions import HISTORY, PARTICIPANTS, SCHEME_FIELDS, Participant, visible
+from apps.records import COLLECTION as GENERATIONS
 from core.image_store import BUCKET, Image, get_image, is_key
+from core.json_codec import iso_utc
 
 log = logging.getLogger(__name__)
 
-GENERATIONS = "generations"
 BATCH = 500
 Progress = Callable[[Sequence[str]], AbstractContextManager[Iterable[str]]]
 
@@ -37,7 +38,7 @@ def _cell(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).isoformat()
+        return iso_utc(value)
     if isinstance(value, ObjectId):
         return str(value)
     if isinstance(value, (dict, list)):
@@ -77,23 +78,23 @@ def _counts(lists: dict[str, list[Any]]) -> list[int]:
 def _select(db: Database, username: str | None) -> dict[str, list[dict[str, Any]]]:
     """Return the documents to export: participants, their visible saves, schemes, generations."""
     who = {"username": username} if username else {}
-    participants = list(db[history.PARTICIPANTS].find(who).sort("username", 1))
+    participants = list(db[PARTICIPANTS].find(who).sort("username", 1))
     if username and not participants:
         raise StudyExportError(f"no participant is named {username!r}")
-    saves = [entry for p in participants
-             for entry in db[history.HISTORY].find(history.visible(p)).sort("revision", 1)]
+    shown = [visible(Participant.model_validate(p)) for p in participants]
+    saves = [entry for match in shown for entry in db[HISTORY].find(match).sort("revision", 1)]
     scheme_ids = list(dict.fromkeys(
         sid for doc in participants + saves for ids in (doc.get("schemeRefs") or {}).values() for sid in ids))
     return {
-        "participants": participants,
-        "session_history": saves,
-        "session_schemes": list(_find_in(db, SCHEMES, scheme_ids)),
+        PARTICIPANTS: participants,
+        HISTORY: saves,
+        SCHEMES: list(_find_in(db, SCHEMES, scheme_ids)),
         GENERATIONS: list(db[GENERATIONS].find(who).sort("createdAt", 1)),
     }
 
 
 def _blob_keys(db: Database, records: dict[str, list[dict[str, Any]]]) -> list[str]:
-    keys = [ref["sha256"] for doc in records["session_schemes"] for ref in offload.references(doc)]
+    keys = [ref["sha256"] for doc in records[SCHEMES] for ref in scheme_store.references(doc)]
     keys += [key for doc in records[GENERATIONS] for key in _hashes_in(doc)]
     wanted = list(dict.fromkeys(keys))
     # Hash-like strings of a record are blobs only when the image store has them.
@@ -103,11 +104,10 @@ def _blob_keys(db: Database, records: dict[str, list[dict[str, Any]]]) -> list[s
 
 def _inline_blobs(participants: list[dict[str, Any]]) -> Iterator[Image]:
     """Yield the images of participants still in the old format, whose schemes hold them inline."""
-    for participant in participants:
-        if "schemeRefs" not in participant:
-            for field in SCHEME_FIELDS.values():
-                for scheme in participant.get(field) or []:
-                    yield from offload.split(scheme).blobs
+    for doc in participants:
+        for schemes in (Participant.model_validate(doc).inline or {}).values():
+            for scheme in schemes:
+                yield from scheme_store.split(scheme).blobs
 
 
 STAGE_COUNTS = [f"{field.removesuffix('Schemes')}Count" for field in SCHEME_FIELDS.values()]
@@ -117,11 +117,10 @@ SAVE_COLUMNS = ["saveId", "participantId", "username", "revision", "kind", "save
                 "designTask", *STAGE_COUNTS, *SCHEME_FIELDS.values()]
 
 
-def _session_row(p: dict[str, Any]) -> list[Any]:
-    legacy = "schemeRefs" not in p
-    return [p["_id"], p["username"], p.get("createdAt"), p.get("updatedAt"), p.get("currentStage"),
-            p.get("designTask"), p.get("revision", 0), "inline" if legacy else "refs",
-            *_counts(p if legacy else p["schemeRefs"])]
+def _session_row(doc: dict[str, Any]) -> list[Any]:
+    p = Participant.model_validate(doc)
+    return [p.id, p.username, p.created_at, p.updated_at, p.current_stage, p.design_task, p.revision,
+            "refs" if p.inline is None else "inline", *_counts(p.inline or p.scheme_refs or {})]
 
 
 def _save_row(e: dict[str, Any]) -> list[Any]:
@@ -138,10 +137,10 @@ def _scheme_row(s: dict[str, Any], files: dict[str, dict[str, Any]]) -> list[Any
 
 def _tables(out: study_files.ExportWriter, records: dict[str, list[dict[str, Any]]],
             files: dict[str, dict[str, Any]]) -> None:
-    _write_csv(out, "sessions.csv", SESSION_COLUMNS, map(_session_row, records["participants"]))
-    _write_csv(out, "saves.csv", SAVE_COLUMNS, map(_save_row, records["session_history"]))
+    _write_csv(out, "sessions.csv", SESSION_COLUMNS, map(_session_row, records[PARTICIPANTS]))
+    _write_csv(out, "saves.csv", SAVE_COLUMNS, map(_save_row, records[HISTORY]))
     _write_csv(out, "schemes.csv", ["schemeId", "files", "inline"],
-               (_scheme_row(s, files) for s in records["session_schemes"]))
+               (_scheme_row(s, files) for s in records[SCHEMES]))
     generations = records[GENERATIONS]
     columns = list(dict.fromkeys(key for doc in generations for key in doc))
     _write_csv(out, "generations.csv", columns, ([doc.get(c) for c in columns] for doc in generations))
@@ -164,7 +163,7 @@ def export_study(db: Database, target: Path, *, username: str | None = None, as_
         with (progress or nullcontext)(keys) as bar:
             for key in bar:
                 _write_blob(out, files, key, get_image(db, key))
-        for blob in _inline_blobs(records["participants"]):
+        for blob in _inline_blobs(records[PARTICIPANTS]):
             if blob.sha256 not in files:
                 _write_blob(out, files, blob.sha256, blob)
         for collection, docs in records.items():
@@ -173,7 +172,7 @@ def export_study(db: Database, target: Path, *, username: str | None = None, as_
         _tables(out, records, files)
         manifest = {
             "format": study_files.FORMAT, "version": study_files.VERSION,
-            "exportedAt": datetime.now(timezone.utc).isoformat(), "database": db.name, "username": username,
+            "exportedAt": iso_utc(datetime.now(timezone.utc)), "database": db.name, "username": username,
             "counts": {**{name: len(docs) for name, docs in records.items()}, "blobs": len(files)},
             "records": {name: study_files.record_path(name) for name in records}, "blobs": files,
         }

@@ -21,11 +21,15 @@ from typing import IO, Any
 from bson import json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
 
+from apps.paint.scheme_store import SCHEMES
+from apps.paint.sessions import HISTORY, PARTICIPANTS
+from apps.records import COLLECTION as GENERATIONS
+
 FORMAT = "refinity-study-export"
 VERSION = 1
 MANIFEST = "manifest.json"
 # Collections in the order an import writes them: what is pointed at before what points.
-RECORDS = ("session_schemes", "generations", "session_history", "participants")
+RECORDS = (SCHEMES, GENERATIONS, HISTORY, PARTICIPANTS)
 _EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/svg+xml": ".svg",
                "application/json": ".json", "text/plain": ".txt", "application/octet-stream": ".bin"}
 

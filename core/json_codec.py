@@ -1,0 +1,263 @@
+"""JSON in and out of the API: request bodies read with orjson, answers written with it.
+
+`read_body` and `json_object` keep the guarantees the server always gave: a body must be
+sent as application/json, be strict UTF-8 (a leading BOM is allowed) and hold one JSON
+object; NaN, Infinity, lone surrogate escapes and nesting deeper than the parser goes
+are refused with 400 "body: ...". orjson refuses all of those itself, and what it reads
+the standard library reads to the same values, but for one thing: orjson reads an
+integer beyond 64 bits as a float. So a body orjson refuses is read once more by the
+standard library, which refuses it with the same message as ever (or reads what it
+always read, such as 1e400, for the checks to refuse); and a check that meets a float
+large enough to have been such an integer asks for that exact reading too.
+
+`dumps` and `ApiJSON` (the app's `app.json`, behind every envelope) write UTF-8 rather
+than \\u escapes, keep keys in the order given, write an ObjectId as its hex string and
+every datetime in the API's one time format, `iso_utc`. A JSONText (JSON written already,
+such as a stored sketch's data URI straight from its bytes) goes into an answer as it is.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import orjson
+from bson import ObjectId
+from flask import Response, request
+from flask.json.provider import JSONProvider
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+
+from core.envelope import BadInput
+
+T = TypeVar("T")
+
+_BOM = b"\xef\xbb\xbf"
+# Integers of magnitude 2**63 and more do not fit MongoDB's 64 bits, and orjson reads those
+# below -2**63 or from 2**64 on as floats: a float this large may have been sent as one.
+INT64_LIMIT = 2**63
+# JSON may escape lone UTF-16 surrogates ("\ud800"); Python keeps them, but no UTF-8 (so no
+# BSON, log line or HTTP body) can hold them. Strictly decoded UTF-8 cannot carry one, so
+# only a body with such an escape needs the walk over its strings.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class InexactNumber(Exception):
+    """A check met a float so large that orjson may have read it from an integer literal.
+
+    Not a ValueError, so that it passes through pydantic's validators to `read_body`.
+    """
+
+
+def iso_utc(moment: datetime) -> str:
+    """Return `moment` in the API's one time format, `2026-12-01T19:52:58.805Z` (naive times are UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JSONText:
+    """A value already written as JSON, in one or more pieces, which answers carry as they are.
+
+    For orjson only: the standard library, which `dumps` falls back on, cannot write one.
+    """
+
+    __slots__ = ("pieces",)
+
+    def __init__(self, *pieces: bytes) -> None:
+        self.pieces = pieces
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso_utc(value)
+    if isinstance(value, ObjectId):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _write(value: Any, default: Callable[[Any], Any], newline: bool) -> bytes:
+    option = orjson.OPT_PASSTHROUGH_DATETIME | (orjson.OPT_APPEND_NEWLINE if newline else 0)
+    try:
+        return orjson.dumps(value, default=default, option=option)
+    except orjson.JSONEncodeError:
+        # What orjson cannot write (integers beyond 64 bits, keys that are no strings), the
+        # standard library writes as Flask's own provider did; no stored value needs it.
+        text = json.dumps(value, default=default, ensure_ascii=False, separators=(",", ":"))
+        return (text + "\n" if newline else text).encode("utf-8")
+
+
+def dumps(value: Any, *, newline: bool = False) -> bytes:
+    """Return `value` as compact UTF-8 JSON, times and ObjectIds as the API writes them."""
+    return _write(value, _default, newline)
+
+
+# Where a JSONText goes in orjson's output: it writes no NUL byte of its own (\u0000 in strings).
+_SLOT = b"\x00"
+
+
+def dumps_parts(value: Any, *, newline: bool = False) -> list[bytes]:
+    """Return `value` as JSON, as `dumps` writes it, in parts: the pieces of each JSONText are parts of their own."""
+    texts: list[tuple[bytes, ...]] = []
+
+    def default(item: Any) -> Any:
+        if isinstance(item, JSONText):
+            texts.append(item.pieces)
+            return orjson.Fragment(_SLOT)  # orjson calls this in the order it writes
+        return _default(item)
+
+    written = _write(value, default, newline)
+    if not texts:
+        return [written]
+    pieces = written.split(_SLOT)
+    parts = [pieces[0]]
+    for text, piece in zip(texts, pieces[1:], strict=True):
+        parts += (*text, piece)
+    return parts
+
+
+class ApiJSON(JSONProvider):
+    """Flask's `app.json` on orjson, so that `jsonify` and every envelope write JSON as `dumps` does."""
+
+    mimetype = "application/json"
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        """Return `obj` as JSON text."""
+        return dumps(obj).decode("utf-8")
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        """Return the value of the JSON text `s`."""
+        return orjson.loads(s)
+
+    def response(self, *args: Any, **kwargs: Any) -> Response:
+        """Return a JSON response of the arguments, ending in a newline as Flask's own does."""
+        # Parts, not one buffer: a /paint/start answer is a hundred MB of JSONText, sent as it is.
+        parts = dumps_parts(self._prepare_response_obj(args, kwargs), newline=True)
+        return self._app.response_class(parts, mimetype=self.mimetype)
+
+
+def _raw_body() -> bytes:
+    """Return the request body's bytes, read once and not cached by the request."""
+    if not request.is_json:
+        raise BadInput("body", "must be JSON, sent with Content-Type: application/json")
+    size, limit = request.content_length, request.max_content_length
+    if size is None:
+        return request.get_data(cache=False)  # chunked: werkzeug's stream stops at the limit
+    if limit is not None and size > limit:
+        raise RequestEntityTooLarge()
+    # Exactly Content-Length bytes from the server's input, as WSGI allows: werkzeug's own
+    # reads would copy a body of a hundred MB once or twice more on the way.
+    raw = request.environ["wsgi.input"].read(size)
+    if len(raw) < size:
+        raise ClientDisconnected()
+    return raw
+
+
+def _read_fast(raw: bytes) -> dict[str, Any] | None:
+    """Return the body read by orjson, or None when orjson refuses it."""
+    view = memoryview(raw)[len(_BOM):] if raw.startswith(_BOM) else raw
+    try:
+        value = orjson.loads(view)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(value, dict):
+        raise BadInput("body", "must be a JSON object")
+    return value
+
+
+class _NotJSON(ValueError):
+    """The body uses NaN or Infinity, which Python's parser accepts but JSON has not."""
+
+
+def _reject_constant(name: str) -> None:
+    raise _NotJSON(name)
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Return whether any string (or key) in parsed JSON holds a lone surrogate."""
+    stack = [value]  # a loop, not recursion: the parser allows deeper nesting than a walk would
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _read_exactly(raw: bytes) -> dict[str, Any]:
+    """Return the body read by the standard library (integers exact), or raise BadInput."""
+    try:
+        # Strict UTF-8 (RFC 8259), unlike json.loads on bytes, which lets encoded surrogates pass.
+        text = str(raw, "utf-8-sig")
+    except UnicodeDecodeError:
+        raise BadInput("body", "is not valid JSON: it must be UTF-8 text") from None
+    escaped = _SURROGATE_ESCAPE.search(text) is not None  # most bodies have none: skip the walk
+    try:
+        # NaN and Infinity would be stored, then sent back as JSON no browser can parse.
+        body = json.loads(text, parse_constant=_reject_constant)
+    except _NotJSON as e:
+        raise BadInput("body", f"is not valid JSON: {e} is not a JSON number") from None
+    except (ValueError, RecursionError):
+        raise BadInput("body", "is not valid JSON") from None
+    finally:
+        del text
+    if not isinstance(body, dict):
+        raise BadInput("body", "must be a JSON object")
+    if escaped and _has_lone_surrogate(body):
+        raise BadInput("body", "holds a lone surrogate escape (\\udXXX); strings must be valid Unicode")
+    return body
+
+
+def read_body(check: Callable[[dict[str, Any], bool], T]) -> T:
+    """Return `check(body, exact)` of the request's JSON object body, or raise BadInput.
+
+    `exact` is False for orjson's reading, in which integers beyond 64 bits are floats: a
+    check that meets a float of magnitude INT64_LIMIT or more raises InexactNumber and is
+    called once more with the standard library's reading, `exact` True. The raw bytes live
+    only as long as this call, so the caller holds the checked value alone.
+    """
+    raw = _raw_body()
+    fast = _read_fast(raw)
+    if fast is not None:
+        try:
+            return check(fast, False)
+        except InexactNumber:
+            pass
+        del fast  # never hold two readings of a large body
+    return check(_read_exactly(raw), True)
+
+
+def _has_large_float(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if abs(item) >= INT64_LIMIT:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _exact_values(body: dict[str, Any], exact: bool) -> dict[str, Any]:
+    if not exact and _has_large_float(body):
+        raise InexactNumber
+    return body
+
+
+def json_object() -> dict[str, Any]:
+    """Return the request body as a JSON object, its values as the standard library reads them.
+
+    Walks the whole body for large floats: a model read with `validation.body` checks its
+    numbers where it checks its values, and spares large bodies that second walk.
+    """
+    return read_body(_exact_values)
