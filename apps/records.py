@@ -31,7 +31,6 @@ from typing import Annotated, Any, Literal
 from bson import ObjectId
 from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
-from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 from pymongo import ASCENDING, DESCENDING
 from pymongo.database import Database
@@ -39,7 +38,7 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError
 
 from agent.errors import BackendError
 from core import validation as v
-from core.db import get_db
+from core.db import Document, get_db
 from core.envelope import BadInput, NotFound, ok
 from core.image_store import AnswerImage, Image, get_image, is_key, put_image
 
@@ -68,14 +67,8 @@ def _cut(text: Any) -> Any:
 LongText = Annotated[str, BeforeValidator(_cut)]
 
 
-class Stored(BaseModel):
-    """A document the server writes: field names as stored (camelCase), values checked on the way in."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, arbitrary_types_allowed=True)
-
-
 # -- the trace -------------------------------------------------------------------------------
-class LLMStep(Stored):
+class LLMStep(Document):
     """One GPT call of a step (successful or not)."""
 
     kind: Literal["llm"] = "llm"
@@ -92,7 +85,7 @@ class LLMStep(Stored):
     error: LongText | None = None
 
 
-class ImageStep(Stored):
+class ImageStep(Document):
     """One image job of a step (successful or not): the WebUI payload, where it ran and what it gave."""
 
     kind: Literal["image"] = "image"
@@ -138,7 +131,7 @@ class Trace:
 
 
 # -- the record ------------------------------------------------------------------------------
-class RecordError(Stored):
+class RecordError(Document):
     """How a failed generation ended: the step that failed, a message and the exception's class."""
 
     step: str | None
@@ -155,7 +148,7 @@ class RecordError(Stored):
         return cls(step=None, message=f"{type(exc).__name__}: {exc}", kind=type(exc).__name__)
 
 
-class GenerationRecord(Stored):
+class GenerationRecord(Document):
     """One generation as stored in `generations`; images in it are references to the image store."""
 
     id: ObjectId = Field(alias="_id")
@@ -349,13 +342,6 @@ def create_indexes(db: Database) -> None:
 
 
 # -- reading records back --------------------------------------------------------------------
-def object_id(raw: str, field: str = "id") -> ObjectId:
-    """Return the ObjectId written as 24 hex characters in `raw`, or raise BadInput."""
-    if not ObjectId.is_valid(raw) or not isinstance(raw, str):
-        raise BadInput(field, "must be a record id of 24 hex characters")
-    return ObjectId(raw)
-
-
 def _cursor(raw: Any) -> ObjectId | datetime:
     if not isinstance(raw, str):
         raise PydanticCustomError("cursor", "must be a record id or an ISO-8601 time")
@@ -422,7 +408,7 @@ def list_generations():
 @bp.get("/generations/<record_id>")
 def get_generation(record_id: str):
     """Return one whole generation record."""
-    key = object_id(record_id)
+    key = v.object_id(record_id, "a record")
     doc = get_db()[COLLECTION].find_one({"_id": key})
     if doc is None:
         raise NotFound(f"no generation has the id {key}")

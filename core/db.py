@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import pymongo
 from flask import Flask, current_app
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
 from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.uri_parser import parse_uri
@@ -19,6 +21,17 @@ from pymongo.uri_parser import parse_uri
 log = logging.getLogger(__name__)
 
 IndexSetup = Callable[[Database], None]
+
+
+class Document(BaseModel):
+    """A document as the server stores it: fields spelled as stored (camelCase), BSON's own types kept.
+
+    Dumped with `by_alias=True` it is what pymongo writes; validated from what pymongo reads,
+    unknown fields are ignored, so older documents still load.
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, arbitrary_types_allowed=True,
+                              frozen=True)
 
 
 class MongoStore:

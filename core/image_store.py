@@ -198,11 +198,6 @@ class StoredImages:
         return Image(data, _content_type(info)) if len(data) == info["length"] else None
 
 
-def has_image(db: Database, key: str) -> bool:
-    """Return whether an image with SHA-256 `key` is stored."""
-    return db[f"{BUCKET}.files"].find_one({"_id": key}, {"_id": 1}) is not None
-
-
 def stored_keys(db: Database, keys: Iterable[str]) -> set[str]:
     """Return which of `keys` are stored, asking the database once for all of them."""
     wanted = list(dict.fromkeys(keys))

@@ -14,6 +14,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from bson import ObjectId
+
 from core.envelope import BadInput
 from core.json_codec import INT64_LIMIT, InexactNumber, read_body
 
@@ -68,6 +70,13 @@ def _query_int(value: Any) -> Any:
 # Reads an integer parameter of a query string, where every value arrives as text. Put it
 # after the Field of bounds (`Annotated[int, Field(ge=1), FROM_QUERY]`) so the schema keeps them.
 FROM_QUERY = BeforeValidator(_query_int)
+
+
+def object_id(raw: str, what: str, field: str = "id") -> ObjectId:
+    """Return the ObjectId a path or parameter writes as 24 hex characters, or raise BadInput naming `what`."""
+    if not (isinstance(raw, str) and ObjectId.is_valid(raw)):
+        raise BadInput(field, f"must be {what} id of 24 hex characters")
+    return ObjectId(raw)
 
 
 def field_name(loc: Sequence[int | str], prefix: str = "") -> str:

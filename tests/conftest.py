@@ -15,6 +15,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from flask import Flask
@@ -32,6 +33,7 @@ from core.factory import create_app
 from simulators.chat import ChatSimulator
 from simulators.webui import SDWebUISimulator
 from tests.helpers import API_VERSION, SIM_KEY, Sims, backend_settings
+from tests.tcp_gate import TcpGate
 
 
 # -- the database and apps on it ---------------------------------------------------------
@@ -92,6 +94,20 @@ def database_of() -> Iterator[Callable[[Flask], Database]]:
     yield open_
     for direct in opened:
         direct.close()
+
+
+@pytest.fixture
+def wire_gate(mongo_uri: str) -> Iterator[TcpGate]:
+    """A relay in front of the session's database, to break its traffic from outside."""
+    address = urlsplit(mongo_uri)
+    with TcpGate((address.hostname, address.port)) as gate:
+        yield gate
+
+
+@pytest.fixture
+def gated_app(make_app, wire_gate: TcpGate) -> Flask:
+    """An app on a fresh database that it reaches through `wire_gate`."""
+    return make_app(MONGO_URI=wire_gate.uri)
 
 
 @pytest.fixture

@@ -13,6 +13,10 @@ which command each one sends: `command_of(message)` reads, e.g., ("insert",
   command (None: any command) on that collection, before the database sees it;
   `cut_after(...)` once the database has answered it. Going away cuts every connection and
   closes new ones at once, like a dead server (`is_down`), until `mend()`.
+- `refuse(command, collection, skip=n)` lets `n` such commands through, then answers the next
+  one itself with a command error (`ok: 0`, a code and a message), as a database that
+  refuses a write does (a full disk, a failed validation); the database never sees it.
+- `count(command, collection)` says how many such commands clients have sent.
 """
 from __future__ import annotations
 
@@ -58,6 +62,8 @@ class TcpGate:
         self._open.set()
         self._stopping = False
         self._down = False
+        self._refusal: list[Any] | None = None  # [command, collection, still to let through, error]
+        self._seen: dict[tuple[str, str | None], int] = {}
         self._cut: tuple[str, str | None, str] | None = None  # ("before" or "after", command, collection)
         self._lock = threading.Lock()
         self._links: list[_Link] = []
@@ -109,6 +115,17 @@ class TcpGate:
         """Go down once the target has answered the next `command` (None: any) on `collection`."""
         with self._lock:
             self._cut = ("after", command, collection)
+
+    def refuse(self, command: str, collection: str, *, skip: int = 0, code: int = 14031,
+               errmsg: str = "database or disk is full") -> None:
+        """Let `skip` `command`s on `collection` through, then answer the next one with a command error."""
+        with self._lock:
+            self._refusal = [command, collection, skip, {"ok": 0.0, "errmsg": errmsg, "code": code}]
+
+    def count(self, command: str, collection: str) -> int:
+        """Return how many `command`s on `collection` clients have sent through the gate."""
+        with self._lock:
+            return self._seen.get((command, collection), 0)
 
     @property
     def is_down(self) -> bool:
@@ -178,6 +195,19 @@ class TcpGate:
         self._cut = None
         return when
 
+    def _refused(self, message: bytes) -> dict[str, Any] | None:
+        """Return the error to answer `message` with when it is the armed refusal's command, else None."""
+        name, value = command_of(message)
+        value = value if isinstance(value, str) else None  # a collection, or nothing to count by
+        self._seen[(name, value)] = self._seen.get((name, value), 0) + 1
+        if self._refusal is None or self._refusal[:2] != [name, value]:
+            return None
+        if self._refusal[2] > 0:
+            self._refusal[2] -= 1
+            return None
+        error, self._refusal = self._refusal[3], None
+        return error
+
     def _upstream(self, link: _Link) -> None:
         """Relay client to server message by message, keeping them while the gate is held."""
         for message in _messages(link.client):
@@ -185,6 +215,14 @@ class TcpGate:
                 if self._down:
                     break
                 link.markers.update(marker for marker in self._watched if marker in message)
+                refusal = self._refused(message)
+            if refusal is not None:
+                try:  # the driver waits for this answer and sends nothing else on the link meanwhile
+                    link.client.sendall(_reply(message, refusal))
+                except OSError:
+                    break
+                continue
+            with self._lock:
                 cut = self._cut_at(message)
                 if cut == "before":
                     self._go_down()
@@ -225,6 +263,13 @@ class TcpGate:
         self._down = True
         links, self._links = self._links, []
         _close_links(links)
+
+
+def _reply(request: bytes, body: dict[str, Any]) -> bytes:
+    """Return an OP_MSG answering `request` with the document `body`."""
+    payload = (0).to_bytes(4, "little") + b"\x00" + bson.encode(body)  # no flag bits; section kind 0
+    header = [_HEADER + len(payload), 0, int.from_bytes(request[4:8], "little"), OP_MSG]
+    return b"".join(value.to_bytes(4, "little", signed=True) for value in header) + payload
 
 
 def _messages(sock: socket.socket) -> Iterator[bytes]:

@@ -95,12 +95,14 @@ def test_unknown_users_and_ids(client, three_saves, path, status, word):
     assert word in response.get_json()["message"]
 
 
-def test_pending_entry_of_a_failed_save_is_not_shown(client, db, three_saves, monkeypatch):
-    def broken(*args, **kwargs):
-        raise RuntimeError("the server stopped between the history entry and the state")
-
-    monkeypatch.setattr(sessions, "_set_state", broken)
-    assert client.post("/paint/save", json=save_body("alice", task="never")).status_code == 500
+def test_pending_entry_of_a_failed_save_is_not_shown(gated_app, wire_gate, database_of):
+    client, db = gated_app.test_client(), database_of(gated_app)
+    client.post("/paint/start", json={"username": "alice"})
+    for task in ("first", "second", "third"):
+        assert client.post("/paint/save", json=save_body("alice", task=task)).status_code == 200
+    # The database refuses the write that would make the save current (after the one that numbered it).
+    wire_gate.refuse("findAndModify", "participants", skip=1)
+    assert client.post("/paint/save", json=save_body("alice", task="never")).status_code == 503
     pending = db[sessions.HISTORY].find_one({"designTask": "never"})
     assert pending is not None and pending["status"] == sessions.PENDING
     assert client.get(f"/paint/history/{pending['_id']}").status_code == 404

@@ -85,22 +85,22 @@ def test_every_kind_of_large_value_moves_out_and_comes_back_exactly(client, db):
     assert {"image/png", "image/svg+xml", "application/json", "text/plain; charset=utf-8"} <= types
 
 
-def test_unchanged_images_are_stored_once_and_checked_in_one_query(client, db, monkeypatch):
-    checks, puts = [], []
-    real_check, real_put = scheme_store.stored_keys, scheme_store.put_image
-    monkeypatch.setattr(scheme_store, "stored_keys", lambda d, keys: checks.append(set(keys)) or real_check(d, keys))
-    monkeypatch.setattr(scheme_store, "put_image", lambda d, image: puts.append(image.sha256) or real_put(d, image))
+def test_unchanged_images_are_stored_once_and_checked_in_one_query(gated_app, wire_gate, database_of):
+    client, db = gated_app.test_client(), database_of(gated_app)
     start(client, "steady")
-    schemes = []
+    schemes, lookups = [], []
     for i in range(6):
         schemes.append(sketch(f"s{i}", png_uri(2_000)))
+        finds, uploads = wire_gate.count("find", "fs.files"), wire_gate.count("insert", "fs.files")
         save(client, save_body("steady", rapid=schemes, task=f"round {i}"))
-    assert len(checks) == 6 and all(len(keys) == 1 for keys in checks)  # only the new scheme's image
-    assert len(puts) == len(set(puts)) == 6
+        lookups.append(wire_gate.count("find", "fs.files") - finds)
+        assert wire_gate.count("insert", "fs.files") - uploads == 1  # only the new scheme's image
+    assert len(set(lookups)) == 1, f"image lookups grew with the session: {lookups}"
     assert len(list(db["fs.files"].find({}, {"_id": 1}))) == 6
     assert len(list(db[scheme_store.SCHEMES].find({}, {"_id": 1}))) == 6
+    finds, uploads = wire_gate.count("find", "fs.files"), wire_gate.count("insert", "fs.files")
     save(client, save_body("steady", rapid=schemes, task="again, unchanged"))
-    assert len(checks) == 6 and len(puts) == 6  # nothing new: no check, no upload
+    assert (wire_gate.count("find", "fs.files"), wire_gate.count("insert", "fs.files")) == (finds, uploads)
     assert exact(start(client, "steady")["rapidDivergenceSchemes"]) == exact(schemes)
 
 
@@ -132,17 +132,15 @@ def test_concurrent_saves_leave_one_whole_state_and_every_save_in_history(app, c
     assert saves[0]["designTask"] == final["designTask"]  # the latest revision is the current state
 
 
-def test_failed_save_keeps_the_previous_state_and_history(client, db, monkeypatch):
+def test_failed_save_keeps_the_previous_state_and_history(gated_app, wire_gate):
+    client = gated_app.test_client()
     start(client, "fragile")
     first = save_body("fragile", rapid=[sketch("kept", png_uri(4_000))], task="first")
     save(client, first)
     before = start(client, "fragile")
     listed = client.get("/paint/history?username=fragile").get_json()["data"]
-
-    def broken(*args, **kwargs):
-        raise OperationFailure("injected failure between the blob writes and the state write")
-
-    monkeypatch.setattr(sessions, "_set_state", broken)
+    # The database refuses the write that would make the save current (after the one that numbered it).
+    wire_gate.refuse("findAndModify", "participants", skip=1)
     lost = save_body("fragile", rapid=[sketch("lost", png_uri(4_000))], task="lost")
     response = client.post("/paint/save", json=lost)
     assert response.status_code == 503
@@ -150,20 +148,17 @@ def test_failed_save_keeps_the_previous_state_and_history(client, db, monkeypatc
     assert body["success"] is False and body["code"] == 3 and "previous state is kept" in body["message"]
     assert start(client, "fragile") == before
     assert client.get("/paint/history?username=fragile").get_json()["data"] == listed
-    monkeypatch.undo()
     save(client, save_body("fragile", rapid=[sketch("next", png_uri(4_000))], task="next"))
     tasks = [s["designTask"] for s in client.get("/paint/history?username=fragile").get_json()["data"]["saves"]]
     assert tasks == ["next", "first"]
 
 
-def test_state_saved_but_unmarked_entry_stays_visible(client, monkeypatch):
+def test_state_saved_but_unmarked_entry_stays_visible(gated_app, wire_gate):
+    client = gated_app.test_client()
     start(client, "halfway")
-    def broken(*args, **kwargs):
-        raise OperationFailure("the database went away after the state was written")
-
-    monkeypatch.setattr(sessions, "_mark_committed", broken)
+    wire_gate.refuse("update", "session_history")  # the state is written; marking its entry fails
     save(client, save_body("halfway", rapid=[scheme("one")], task="one"))
-    monkeypatch.undo()
+    assert wire_gate.count("update", "session_history") == 1, "the save never marked its entry"
     listed = client.get("/paint/history?username=halfway").get_json()["data"]["saves"]
     assert [s["designTask"] for s in listed] == ["one"]
     save(client, save_body("halfway", rapid=[scheme("two")], task="two"))
@@ -214,10 +209,11 @@ def test_missing_blob_is_a_clear_storage_error(client, db):
     response = client.post("/paint/start", json={"username": "damaged"})
     assert response.status_code == 500 and response.get_json()["code"] == 3
     assert "missing" in response.get_json()["message"]
-    assert image_store.has_image(db, image_key)
+    assert db["fs.files"].find_one({"_id": image_key}) is not None
 
 
-def test_schemes_stored_under_old_ids_still_load_and_keep_their_blobs(client, db, monkeypatch):
+def test_schemes_stored_under_old_ids_still_load_and_keep_their_blobs(gated_app, wire_gate, database_of):
+    client, db = gated_app.test_client(), database_of(gated_app)
     start(client, "elder")
     kept = sketch("kept", png_uri(2_000))
     save(client, save_body("elder", rapid=[kept]))
@@ -228,9 +224,8 @@ def test_schemes_stored_under_old_ids_still_load_and_keep_their_blobs(client, db
     db[scheme_store.SCHEMES].delete_one({"_id": doc["_id"]})
     db.participants.update_one({"username": "elder"}, {"$set": {"schemeRefs.rapidDivergenceSchemes": [old_id]}})
     assert exact(start(client, "elder")["rapidDivergenceSchemes"]) == exact([kept])
-    puts = []
-    monkeypatch.setattr(scheme_store, "put_image", lambda d, image: puts.append(image.sha256))
+    uploads = wire_gate.count("insert", "fs.files")
     save(client, save_body("elder", rapid=[kept], task="again"))
-    assert puts == []  # the scheme's document is stored again under its new id; its blobs are not
+    assert wire_gate.count("insert", "fs.files") == uploads  # the scheme's document is stored again, its blobs not
     assert sorted(d["_id"] for d in db[scheme_store.SCHEMES].find({}, {"_id": 1})) == sorted([old_id, doc["_id"]])
     assert exact(start(client, "elder")["rapidDivergenceSchemes"]) == exact([kept])

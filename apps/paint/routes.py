@@ -39,4 +39,4 @@ def history():
 @bp.get("/history/<entry_id>")
 def saved_state(entry_id: str):
     """Return one past state of a participant, in the shape of /paint/start."""
-    return ok(sessions.saved_state(get_db(), sessions.read_save_id(entry_id)))
+    return ok(sessions.saved_state(get_db(), v.object_id(entry_id, "a save")))

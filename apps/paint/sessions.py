@@ -23,9 +23,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, get_args
 
 from bson import ObjectId
-from bson.errors import InvalidId
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.database import Database
@@ -33,7 +31,8 @@ from pymongo.errors import ConnectionFailure, DocumentTooLarge, DuplicateKeyErro
 
 from apps.paint import scheme_store
 from apps.paint.scheme_store import SchemeLists, SchemeRefs
-from core.envelope import CODE_STORAGE, ApiError, BadInput, NotFound
+from core.db import Document
+from core.envelope import CODE_STORAGE, ApiError, NotFound
 from core.validation import FROM_QUERY, Body, StorableObject, Username
 
 log = logging.getLogger(__name__)
@@ -111,22 +110,7 @@ class HistoryQuery(Body):
     limit: Annotated[int, Field(ge=1, le=MAX_HISTORY_LIMIT), FROM_QUERY] = DEFAULT_HISTORY_LIMIT
 
 
-def read_save_id(raw: str) -> ObjectId:
-    """Return the id of a saved state in a GET /paint/history/<id> path."""
-    try:
-        return ObjectId(raw)
-    except (InvalidId, TypeError):
-        raise BadInput("id", "must be a save id of 24 hex characters") from None
-
-
-class Stored(BaseModel):
-    """A document as the store holds it: fields spelled as stored, unknown ones ignored."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, arbitrary_types_allowed=True,
-                              frozen=True)
-
-
-class SessionState(Stored):
+class SessionState(Document):
     """The state one save sets: the participant holds the current one, each history entry its own."""
 
     current_stage: str
@@ -149,7 +133,7 @@ class HistoryEntry(SessionState):
     status: Status = PENDING
 
 
-class Participant(Stored):
+class Participant(Document):
     """A document of `participants`, either format: `schemeRefs`, or the old one's lists inline."""
 
     id: ObjectId = Field(alias="_id")
