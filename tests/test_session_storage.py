@@ -8,10 +8,8 @@ import os
 import threading
 
 import bson
-from pymongo.errors import OperationFailure
 
-from apps.paint import scheme_store, sessions
-from core import image_store
+from apps.paint import scheme_store
 from tests.helpers import save_body, scheme
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
