@@ -220,7 +220,7 @@ def env(mongo_uri, tmp_path_factory):
 
 CONFIG = {
     "suppress-health-check": ["all"],
-    "generation": {"mode": "all", "deterministic": True, "database": "none", "max-examples": 30},
+    "generation": {"mode": "all", "deterministic": True, "database": "none", "max-examples": 20},
     # Valid data may name nothing (404); a participant is always made and a generation always runs.
     "checks": {"positive_data_acceptance": {"expected-statuses": ["200", "404"]},
                "negative_data_rejection": {"expected-statuses": ["4xx"]}},
@@ -228,7 +228,7 @@ CONFIG = {
         {"include-path": ["/paint/start", "/generate"],
          "checks": {"positive_data_acceptance": {"expected-statuses": ["200"]}}},
         # Each valid /generate runs a whole pipeline and stores images: fewer of those.
-        {"include-path": "/generate", "generation": {"max-examples": 15}},
+        {"include-path": "/generate", "generation": {"max-examples": 10}},
     ],
 }
 
@@ -348,7 +348,7 @@ def test_every_operation_answers_as_the_document_says(case, env):
 
 @pytest.mark.parametrize("path,method", [("/paint/save", "post"), ("/paint/history", "get")])
 def test_valid_requests_of_a_started_participant_succeed(env, path, method):
-    @bounded(30)
+    @bounded(25)
     @given(case=operation(path, method).as_strategy())
     def run(case):
         if refused_in_words(env, case) is not None:
@@ -444,7 +444,7 @@ def test_every_example_damaged_everywhere(env, path):
 
 @pytest.mark.parametrize("path", POSTS)
 def test_hostile_values_anywhere_in_generated_bodies(env, path):
-    @bounded(50 if path != "/generate" else 30)
+    @bounded(40 if path != "/generate" else 25)
     @given(case=operation(path, "post").as_strategy(), data=st.data())
     def run(case, data):
         spot = data.draw(st.sampled_from(spots(case.body)))
