@@ -1,41 +1,207 @@
-"""Property-based fuzzing of every route, driven by the OpenAPI document.
+"""Property-based fuzzing of every route with schemathesis, driven by the document the server serves.
 
-For every answer: no 5xx, JSON in the envelope, a documented status whose schema the body
-matches, and nothing written to any collection when the request is refused (4xx). On top:
-bodies the document accepts are accepted, and bodies it refuses are refused, so the
-document is exactly as strict as the server. Seeded (derandomize) and bounded for CI.
+schemathesis reads /openapi.json and makes the requests of every operation: the documented
+examples, its coverage cases (boundaries, missing and wrong fields, undocumented methods)
+and random data, valid and not. Every answer passes its checks (no 5xx; a documented status,
+media type, body and headers; valid data accepted, invalid data refused) and ours: JSON in
+the envelope, no body where none is documented, unknown query parameters refused, and
+nothing written to the database when refused (4xx). What no schema generates (lone
+surrogates, NaN, huge numbers, deep nesting, `$` and dotted keys, bytes that are not UTF-8,
+wrong content types) is the tables below, sent at every spot of the documented examples and
+at random spots of generated bodies. Deterministic, and bounded for CI.
 """
 from __future__ import annotations
 
+import base64
+import copy
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import pytest
+import schemathesis
+from bson import ObjectId
+from flask import Flask
+from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pymongo import MongoClient
+from pymongo.database import Database
+from schemathesis.checks import (
+    content_type_conformance, missing_required_header, negative_data_rejection, not_a_server_error,
+    positive_data_acceptance, response_headers_conformance, response_schema_conformance, status_code_conformance,
+    unsupported_method,
+)
+from schemathesis.core import NotSet
 
 from apps.openapi.document import operations
+from apps.openapi.generate_schemas import IMAGE_FORMAT
 from apps.paint.pipelines.contract import MAX_COUNT
-from tests.fuzz_support import Call, body_values, fuzz_env, operation, parameter_values
-from tests.fuzz_values import (
-    BROKEN, CONTENT_TYPES, SWEEP_PATH, SWEEP_QUERY, expected_json, hostile_values, mutations, raw_bodies, sweep,
-)
-from tests.generate_fixtures import PROMPTS, body
-from tests.helpers import save_body, scheme
-from tests.openapi_support import DOC, check_spec, component, conforms, request_schema
-from tests.schema_strategies import JSON_VALUES
+from apps.paint.sessions import SCHEME_FIELDS
+from core.backends import close_app_backends
+from core.factory import create_app
+from core.validation import MAX_DEPTH
+from simulators.chat import ChatSimulator
+from simulators.webui import SDWebUISimulator
+from tests.helpers import PNG_1PX, PROMPTS, SIM_KEY, SKETCH, Sims, backend_settings, body, save_body, scheme
+from tests.openapi_support import check_response, conforms, request_schema
+
+# --- What no schema generates: values, keys, bodies, content types and parameters, as data.
+
+OPERATORS = [{"$ne": ""}, {"$gt": ""}, {"$regex": ".*"}, {"$where": "sleep(1000)"}, {"$exists": True},
+             {"$in": ["alice"]}, {"$ne": None}, {"$set": {"username": "x"}}]
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "deep"
+    for _ in range(depth):
+        value = {"k": [value]}
+    return value
+
+
+# Sent by json.dumps: the floats as NaN and Infinity, the lone surrogates as \udXXX escapes.
+HOSTILE = [*OPERATORS, None, True, False, 0, -1, 1.5, 6.0, 2**63, -(2**63) - 1, 10**30, float("nan"),
+           float("inf"), float("-inf"), "", " ", "\t\n\u3000", "\x00", "\ud800", "a\udfffb", "\udc00$.\ud800",
+           "$where", "a.b", [], {}, [[]], "null", "0", "💡" * 200, "x" * 129, "x" * 10_000, "x" * 70_000,
+           "x" * 1_100_000, _nested(30), _nested(60), _nested(200), "data:image/png;base64,AAAA",
+           "data:image/png,iVBORw0K", "data:text/html;base64,PGI+", "not base64!", base64.b64encode(b"GIF89a").decode()]
+HOSTILE_KEYS = ["$where", "$ne", "a.b", "$where.x\x00", "\x00", "\ud800", "", "username", "__proto__", "未知"]
+# The sweep: each of these at every spot of every documented example, and the keys in every object.
+SWEEP_VALUES = [None, 6.0, 2**63, float("nan"), float("inf"), "\ud800", "a\udfffb", {"$ne": ""}, "x" * 70_000]
+SWEEP_KEYS = ["$where.x\x00", "\ud800"]  # refused by opaque storage, ignored elsewhere; refused anywhere
+BROKEN = [
+    b"", b"null", b"[]", b'"alice"', b"{", b"}", b"\xff\xfe\x00", b"[" * 50_000 + b"]" * 50_000,
+    b'{"username": NaN}', b'{"username": "a", "x": Infinity}', b'{"username": -Infinity}',
+    b'{"username": "\\ud800"}', b'{"username": "a\\u0000"}', b'{"username": "\\\\ud800"}',
+    b'{"username": "\xed\xa0\x80"}',  # a surrogate encoded as if UTF-8 could hold one
+    b'\xef\xbb\xbf{"username": "bom"}', '{"username": "utf16"}'.encode("utf-16"),
+    b'{"username": "alice", "username": {"$ne": ""}}', b'{"username": 1' + b"0" * 5000 + b"}",
+]
+CONTENT_TYPES = ["application/json", "application/json; charset=utf-8", "text/plain",
+                 "application/x-www-form-urlencoded", "application/vnd.api+json", "multipart/form-data"]
+SWEEP_QUERY = ["", " ", "\x00", "-1", "0", "+1", "1e3", "٥", "9" * 30, "true", "x" * 5000, "{\"$ne\": \"\"}",
+               "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "2024-02-30", "0" * 24, "f" * 64,
+               "$ne", "a/b", "%2F", ".."]
+SWEEP_PATH = ["", " ", "0" * 23, "0" * 25, "g" * 24, "F" * 64, "..", "a/b", "%00", "\x00", "x" * 5000, "💡", "{}"]
+UNKNOWN_QUERY = ["x", "$ne", "username[$ne]", "a.b", "Username", "limit ", "\x00", "未知"]
+
+# The sketches a client sends (format image-data-uri): data URIs and raw base64 of PNG, JPEG and WebP.
+IMAGES = [SKETCH, PNG_1PX, "data:image/jpeg;base64," + base64.b64encode(b"\xff\xd8\xff\xe0fuzz").decode(),
+          "data:image/webp;base64," + base64.b64encode(b"RIFF\x0c\x00\x00\x00WEBPVP8 fuzz").decode()]
+schemathesis.openapi.format(IMAGE_FORMAT, st.sampled_from(IMAGES))
 
 
 def bounded(examples: int) -> settings:
     """Return reproducible settings of `examples` examples, with no time limit per example."""
     return settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                           HealthCheck.data_too_large])
+                    suppress_health_check=list(HealthCheck))
 
 
-POSTS = [(path, method) for path, method, op in operations(DOC) if "requestBody" in op]
-GETS = [(path, method) for path, method, op in operations(DOC) if op.get("parameters")]
-# Statuses a body the document accepts may get: save answers 404 for a participant never started.
-ACCEPTED = {"/paint/start": {200}, "/paint/save": {200, 404}, "/generate": {200}}
-# Each valid /generate runs a whole pipeline and stores images: fewer of those.
-EXAMPLES = {"/paint/start": 80, "/paint/save": 80, "/generate": 25}
+# --- The app under fuzzing, and the database fingerprint that shows whether a request wrote.
+
+MAX_BODY = 64 * 1024
+MAX_SAVE_BODY = 1024 * 1024
+# nx-27017 lists GridFS as fs_files/fs_chunks, hangs reading those names, and cannot count_documents
+# on fs.files; its estimated count works everywhere (and is exact there: SQLite counts rows).
+GRIDFS_FILES = "fs.files"
+HIDDEN = ("fs_", "system.")
+# Every state change of a participant bumps its revision counters (apps.paint.history).
+REVISIONS = [{"$group": {"_id": None, "seq": {"$sum": "$revisionSeq"}, "rev": {"$sum": "$revision"},
+                         "last": {"$max": "$updatedAt"}}}]
+
+
+def snapshot(db: Database) -> dict[str, Any]:
+    """Return a fingerprint of the database: documents per collection and the participants' revisions."""
+    names = {name for name in db.list_collection_names() if not name.startswith(HIDDEN)} | {GRIDFS_FILES}
+    counts = {name: db[name].estimated_document_count() for name in sorted(names)}
+    state: dict[str, Any] = {name: n for name, n in counts.items() if n}  # index setup makes empty ones
+    state["participant revisions"] = list(db.participants.aggregate(REVISIONS))
+    return state
+
+
+def in_the_envelope(ctx, response: schemathesis.Response, case: schemathesis.Case) -> None:
+    """Check that a JSON answer (but the document itself) is {success, data, code, message}."""
+    media = response.headers.get("content-type", [""])[0]
+    if media.startswith("application/json") and case.operation.path != "/openapi.json":
+        answer = response.json()
+        assert isinstance(answer, dict) and set(answer) == {"success", "data", "code", "message"}, answer
+
+
+def no_undocumented_body(ctx, response: schemathesis.Response, case: schemathesis.Case) -> None:
+    """Check that an answer whose documented response has no content has no body."""
+    documented = case.operation.responses.find_by_status_code(response.status_code)
+    if documented is not None and not documented.definition.get("content"):
+        assert not response.content, f"a {response.status_code} with a body, where none is documented"
+
+
+def unknown_query_refused(ctx, response: schemathesis.Response, case: schemathesis.Case) -> None:
+    """Check that a query naming a parameter the operation lacks is refused (where it takes any)."""
+    unknown = set(case.query or {}) - {parameter.name for parameter in case.operation.query}
+    if unknown and len(case.operation.query):
+        assert response.status_code == 400, f"unknown query parameters {sorted(unknown)} accepted"
+
+
+# What every answer must be; a generated case also knows whether its data is valid.
+DOCUMENTED = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
+              response_headers_conformance, in_the_envelope, no_undocumented_body, unknown_query_refused]
+GENERATED = [*DOCUMENTED, positive_data_acceptance, negative_data_rejection, missing_required_header,
+             unsupported_method]
+
+
+@dataclass
+class FuzzEnv:
+    """The app under fuzzing, its direct database handle, and the database as it was last seen."""
+
+    app: Flask
+    client: FlaskClient
+    db: Database
+    # The database after the last refused call; None when something may have written since.
+    known_state: dict[str, Any] | None = None
+
+    def forget(self) -> None:
+        """Say that the database may have changed outside `check` (a test's own setup call)."""
+        self.known_state = None
+
+    def check(self, case: schemathesis.Case, checks: list = DOCUMENTED, **sent: Any) -> schemathesis.Response:
+        """Send `case` to the app (`sent` may replace its body or add headers), run `checks`, return the answer.
+
+        A refused request (4xx) must leave the database as it was.
+        """
+        before = self.known_state if self.known_state is not None else snapshot(self.db)
+        self.known_state = None
+        # Buffered: the test client then closes what the app streams (a file), as a server would.
+        response = case.call(app=self.app, buffered=True, **sent)
+        case.validate_response(response, checks=checks, transport_kwargs={"app": self.app, **sent})
+        if 400 <= response.status_code < 500:
+            after = snapshot(self.db)
+            assert after == before, f"{case.method} {case.formatted_path}: a refused request wrote to the database"
+            self.known_state = after  # so the next call need not read it again
+        return response
+
+
+@contextmanager
+def fuzz_env(mongo_uri: str, data_dir: Path) -> Iterator[FuzzEnv]:
+    """Run an app wired to simulators with instant answers and small body limits, then stop it all."""
+    with ExitStack() as stack:  # unwinds in reverse, whatever failed to start
+        chat = ChatSimulator(api_key=SIM_KEY, hang_timeout=5.0).start()
+        stack.callback(chat.stop)
+        sds = []
+        for _ in range(2):
+            sds.append(SDWebUISimulator().start())
+            stack.callback(sds[-1].stop)
+        config = {"TESTING": True, "MONGO_URI": mongo_uri, "MONGO_DB": f"fuzz_{uuid.uuid4().hex[:12]}",
+                  "MONGO_TIMEOUT_MS": 2000, "DATA_DIR": str(data_dir), "MAX_CONTENT_LENGTH": MAX_BODY,
+                  "SAVE_MAX_CONTENT_LENGTH": MAX_SAVE_BODY, **backend_settings(Sims(chat, sds))}
+        app = create_app(config, env={})
+        stack.callback(app.extensions["mongo"].close)
+        stack.callback(close_app_backends, app)
+        direct = MongoClient(mongo_uri, serverSelectionTimeoutMS=2000)
+        stack.callback(direct.close)
+        yield FuzzEnv(app, app.test_client(), direct[config["MONGO_DB"]])
 
 
 @pytest.fixture(scope="module")
@@ -49,181 +215,304 @@ def env(mongo_uri, tmp_path_factory):
         yield made
 
 
-def known(env, path: str) -> dict[str, list[str]]:
-    """Return real values of the path parameters of `path`, so lookups also hit."""
-    sources = {"/paint/history/{entry_id}": ("entry_id", "session_history"),
-               "/generations/{record_id}": ("record_id", "generations"), "/images/{key}": ("key", "fs.files")}
-    if path not in sources:
-        return {}
-    name, collection = sources[path]
-    return {name: [str(doc["_id"]) for doc in env.db[collection].find({}, {"_id": 1})]}
+# --- The document, as the server serves it, loaded into schemathesis.
+
+CONFIG = {
+    "suppress-health-check": ["all"],
+    "generation": {"mode": "all", "deterministic": True, "database": "none", "max-examples": 20},
+    # Valid data may name nothing (404); a participant is always made and a generation always runs.
+    "checks": {"positive_data_acceptance": {"expected-statuses": ["200", "404"]},
+               "negative_data_rejection": {"expected-statuses": ["4xx"]}},
+    "operations": [
+        {"include-path": ["/paint/start", "/generate"],
+         "checks": {"positive_data_acceptance": {"expected-statuses": ["200"]}}},
+        # Each valid /generate runs a whole pipeline and stores images: fewer of those.
+        {"include-path": "/generate", "generation": {"max-examples": 10}},
+    ],
+}
 
 
-def start(env, username: str) -> None:
-    """Create the participant outside the checked call."""
-    assert env.client.post("/paint/start", json={"username": username}).status_code == 200
-    env.forget()
+def served_schema() -> schemathesis.BaseSchema:
+    """Load what GET /openapi.json answers (an app without a database serves it alike), then close the app.
+
+    Loaded at collection, so that each operation is a test of its own; requests go to `env`'s app.
+    As a dict rather than from the URL, which would make schemathesis skip the route serving it.
+    """
+    app = create_app({"TESTING": True, "MONGO_URI": "mongodb://127.0.0.1:9", "MONGO_DB": "unused"}, env={})
+    try:
+        document = app.test_client().get("/openapi.json").get_json()
+    finally:
+        close_app_backends(app)
+        app.extensions["mongo"].close()
+    return schemathesis.openapi.from_dict(document, config=schemathesis.Config.from_dict(CONFIG))
 
 
-def _too_many_stimuli(call: Call) -> bool:
-    """Return whether a type 3 body asks for more stimuli in all than the server makes.
+SCHEMA = served_schema()
+POSTS = [path for path, method, op in operations(SCHEMA.raw_schema) if "requestBody" in op]
+GETS = [path for path, method, op in operations(SCHEMA.raw_schema) if method == "get" and op.get("parameters")]
+
+
+def operation(path: str, method: str = "GET") -> schemathesis.APIOperation:
+    """Return the document's operation."""
+    return SCHEMA[path][method.upper()]
+
+
+# --- What the document says in words rather than in schemas.
+
+def _too_many_stimuli(value: Any) -> bool:
+    """Return whether a /generate body of type 3 asks for more stimuli in all than the server makes.
 
     A rule across two fields (len(selectedSchemes) x num), which the document states in its
     description rather than as JSON Schema branches; the model checks it.
     """
-    body = call.body if isinstance(call.body, dict) else {}
-    prompts = body.get("prompts") if body.get("type") == 3 else None
+    prompts = value.get("prompts") if isinstance(value, dict) and value.get("type") == 3 else None
     if not isinstance(prompts, dict) or not isinstance(prompts.get("selectedSchemes"), list):
         return False
     num = prompts.get("num")
     return isinstance(num, int) and len(prompts["selectedSchemes"]) * num > MAX_COUNT
 
 
-def expect(call: Call, response, accepted: bool) -> None:
-    """Assert that an accepted body got an accepting status and a refused one a 4xx."""
+def _unknown_cursor(env: FuzzEnv, case: schemathesis.Case) -> bool:
+    """Return whether a /generations query pages `before` an id that names no generation."""
+    before = (case.query or {}).get("before") if case.operation.path == "/generations" else None
+    if not isinstance(before, str) or not ObjectId.is_valid(before):  # else a date-time
+        return False
+    return env.db.generations.find_one({"_id": ObjectId(before)}) is None
+
+
+def _height(value: Any) -> int:
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return 1 + max(map(_height, children), default=-1)
+
+
+def document_accepts(path: str, value: Any) -> bool:
+    """Return whether the document accepts `value` as the body of POST `path`, its rules in words included.
+
+    On top of the schema (and conforms()'s integers and Unicode): a saved scheme nests at most
+    MAX_DEPTH levels, which StorableValue's description says and JSON Schema cannot.
+    """
+    if not conforms(value, request_schema(path, "post")):
+        return False
+    saved = value["data"]["designSchemes"] if path == "/paint/save" else {}
+    schemes = [scheme for stage in SCHEME_FIELDS for scheme in saved.get(stage) or ()]  # the others are ignored
+    return all(_height(scheme) <= MAX_DEPTH for scheme in schemes)
+
+
+def _too_large(path: str, value: Any) -> bool:
+    """Return whether `value` sent as JSON is over the fuzzed app's body limit for `path` (413)."""
+    return len(json.dumps(value).encode()) > (MAX_SAVE_BODY if path == "/paint/save" else MAX_BODY)
+
+
+def refused_in_words(env: FuzzEnv, case: schemathesis.Case) -> tuple[int, str] | None:
+    """Return the status and message start refusing schema-valid `case` where a rule in words forbids it."""
+    path = case.operation.path
+    if request_schema(path, case.operation.method) is not None and not isinstance(case.body, (bytes, NotSet)):
+        if _too_large(path, case.body):  # read before anything else
+            return 413, ""
+        if not document_accepts(path, case.body):
+            return 400, ""
+        if path == "/generate" and _too_many_stimuli(case.body):
+            return 400, "prompts.num: "
+    if _unknown_cursor(env, case):
+        return 400, "before: "
+    return None
+
+
+def expect(path: str, value: Any, response: schemathesis.Response, accepted: bool) -> None:
+    """Assert that a body the document accepts got an accepting status, and one it refuses a 4xx."""
     status = response.status_code
-    if accepted and call.path == "/generate" and _too_many_stimuli(call):
-        assert status == 400 and response.get_json()["message"].startswith("prompts.num: "), response.get_json()
+    if accepted and _too_large(path, value):
+        assert status == 413, f"{path} took a body over its limit: {status}"
+    elif accepted and path == "/generate" and _too_many_stimuli(value):
+        assert status == 400 and response.json()["message"].startswith("prompts.num: "), response.json()
     elif accepted:
-        assert status in ACCEPTED[call.path], f"{call.path} refused a body the document accepts: {response.get_json()}"
+        assert status in ({200, 404} if path == "/paint/save" else {200}), f"{path} refused {value!r:.300}"
     else:
-        assert 400 <= status < 500, f"{call.path} accepted a body the document refuses: {call.body!r:.300}"
+        assert 400 <= status < 500, f"{path} accepted a body the document refuses: {value!r:.300}"
 
 
-@pytest.mark.parametrize("path,method", POSTS)
-def test_bodies_the_document_accepts_are_accepted(env, path, method):
-    @bounded(EXAMPLES[path])
-    @given(value=body_values(path, method), started=st.booleans())
-    def run(value, started):
-        if path == "/paint/save" and started:
-            start(env, value["username"])
-        call = Call(path, method, body=value)
-        response = env.check(call)
-        expect(call, response, accepted=True)
-        if path == "/paint/save" and started:
-            assert response.status_code == 200
+# --- Every operation, as schemathesis makes the requests.
 
-    run()
+@SCHEMA.parametrize()
+def test_every_operation_answers_as_the_document_says(case, env):
+    """Examples, coverage cases and random data, valid and not, of every documented operation."""
+    rule = refused_in_words(env, case) if case.meta is not None and case.meta.generation.mode.is_positive else None
+    if rule is None:
+        env.check(case, GENERATED)
+    else:
+        response = env.check(case, [check for check in GENERATED if check is not positive_data_acceptance])
+        status, message = rule
+        assert response.status_code == status and response.json()["message"].startswith(message), response.json()
 
 
-@pytest.mark.parametrize("path,method", POSTS)
-def test_damaged_bodies_are_refused_unless_still_valid(env, path, method):
-    schema = request_schema(path, method)
-
-    @bounded(80 if path != "/generate" else 50)
-    @given(value=mutations(body_values(path, method)) | hostile_values() | JSON_VALUES)
-    def run(value):
-        call = Call(path, method, body=value)
-        expect(call, env.check(call), accepted=conforms(value, schema))
-
-    run()
-
-
-@pytest.mark.parametrize("path,method", POSTS)
-def test_broken_json_is_refused(env, path, method):
-    schema = request_schema(path, method)
-
-    @bounded(50)
-    @given(raw=raw_bodies(body_values(path, method)), content_type=st.sampled_from(CONTENT_TYPES))
-    def run(raw, content_type):
-        call = Call(path, method, body=raw, content_type=content_type)
-        parsed, value = expected_json(raw, content_type)
-        expect(call, env.check(call), accepted=parsed and conforms(value, schema))
+@pytest.mark.parametrize("path,method", [("/paint/save", "post"), ("/paint/history", "get")])
+def test_valid_requests_of_a_started_participant_succeed(env, path, method):
+    @bounded(25)
+    @given(case=operation(path, method).as_strategy())
+    def run(case):
+        if refused_in_words(env, case) is not None:
+            return  # the test above checks those
+        username = case.body["username"] if method == "post" else case.query["username"]
+        assert env.client.post("/paint/start", json={"username": username}).status_code == 200
+        env.forget()
+        assert env.check(case, GENERATED).status_code == 200
 
     run()
 
 
-def examples(path: str, method: str) -> list:
-    """Return the request body examples the document gives for the operation."""
-    media = operation(path, method)["requestBody"]["content"]["application/json"]
+LOOKUPS = {"/paint/history/{entry_id}": ("entry_id", "session_history"),
+           "/generations/{record_id}": ("record_id", "generations"), "/images/{key}": ("key", "fs.files")}
+
+
+@pytest.mark.parametrize("path", sorted(LOOKUPS))
+def test_what_exists_is_found(env, path):
+    name, collection = LOOKUPS[path]
+    values = [str(doc["_id"]) for doc in env.db[collection].find({}, {"_id": 1}).limit(4)]
+    assert values, f"the seed made nothing that {path} finds"
+    for value in values + [value.upper() for value in values if path == "/images/{key}"]:
+        found = env.check(operation(path).Case(path_parameters={name: value}))
+        assert found.status_code == 200
+    if path == "/images/{key}":
+        tag = found.headers["etag"][0]
+        cached = env.check(operation(path).Case(path_parameters={name: value}, headers={"If-None-Match": tag}))
+        assert cached.status_code == 304
+
+
+# --- The tables: hostile values at every spot of the examples and of generated bodies.
+
+def spots(value: Any, at: tuple = ()) -> list[tuple]:
+    """Return the path of every value inside `value` (dict keys and list indices), `value` itself first."""
+    found = [at]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += spots(item, (*at, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += spots(item, (*at, index))
+    return found
+
+
+def _at(value: Any, spot: tuple) -> Any:
+    for step in spot:
+        value = value[step]
+    return value
+
+
+def mutate(body: Any, spot: tuple, action: str, value: Any = None, key: str = "") -> Any:
+    """Return a copy of `body` with the value at `spot` replaced or dropped, or (an object) given `key`."""
+    changed = copy.deepcopy(body)
+    if action == "add" and isinstance(_at(changed, spot), dict):
+        _at(changed, spot)[key] = value
+    elif not spot:
+        return value if action == "replace" else changed
+    elif action == "drop":
+        del _at(changed, spot[:-1])[spot[-1]]
+    else:
+        _at(changed, spot[:-1])[spot[-1]] = value
+    return changed
+
+
+def sweep(example: Any) -> list[Any]:
+    """Return `example` with each sweep value at each spot, and with each sweep key in each object."""
+    damaged = [mutate(example, spot, "replace", value) for spot in spots(example)[1:] for value in SWEEP_VALUES]
+    return damaged + [mutate(example, spot, "add", 1, key) for spot in spots(example) for key in SWEEP_KEYS
+                      if isinstance(_at(example, spot), dict)]
+
+
+def examples(path: str) -> list[Any]:
+    """Return the request body examples the document gives for POST `path`."""
+    media = SCHEMA.raw_schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]
     return [example["value"] for example in media["examples"].values()]
 
 
-@pytest.mark.parametrize("path,method", POSTS)
-def test_every_example_damaged_everywhere(env, path, method):
-    """Sweep: each hostile value at every spot of every documented example, and hostile keys in every object."""
-    schema = request_schema(path, method)
-    for example in examples(path, method):
-        for value in sweep(example):
-            call = Call(path, method, body=value)
-            expect(call, env.check(call), accepted=conforms(value, schema))
+def send_json(env: FuzzEnv, path: str, value: Any) -> schemathesis.Response:
+    """Send `value` as the JSON body of POST `path`, as json.dumps writes it (NaN, \\udXXX escapes)."""
+    return send_raw(env, path, json.dumps(value).encode())
 
 
-@pytest.mark.parametrize("path,method", POSTS)
-def test_known_broken_bodies_are_refused(env, path, method):
-    for raw in BROKEN:
-        call = Call(path, method, body=raw)
-        parsed, value = expected_json(raw, call.content_type)
-        expect(call, env.check(call), accepted=parsed and conforms(value, request_schema(path, method)))
+def send_raw(env: FuzzEnv, path: str, raw: bytes, content_type: str = "application/json") -> schemathesis.Response:
+    """Send the bytes `raw` as the body of POST `path`."""
+    return env.check(operation(path, "post").Case(), data=raw, headers={"Content-Type": content_type})
 
 
-@pytest.mark.parametrize("path,method", GETS)
-def test_every_parameter_given_every_hostile_value(env, path, method):
-    op = operation(path, method)
-    where = {p["name"]: p["in"] for p in op["parameters"]}
-    valid = {p["name"]: "0" * 24 if p["in"] == "path" else "alice" for p in op["parameters"] if p.get("required")}
-    for param in op["parameters"]:
-        for value in SWEEP_PATH if param["in"] == "path" else SWEEP_QUERY:
-            sent = {**valid, param["name"]: value}
-            env.check(Call(path, method, params={k: v for k, v in sent.items() if where[k] == "path"},
-                           query={k: v for k, v in sent.items() if where[k] == "query"}))
+@pytest.mark.parametrize("path", POSTS)
+def test_every_example_damaged_everywhere(env, path):
+    for value in (value for example in examples(path) for value in sweep(example)):
+        expect(path, value, send_json(env, path, value), accepted=document_accepts(path, value))
 
 
-@pytest.mark.parametrize("path,method", GETS)
-def test_parameters_the_document_accepts_are_accepted(env, path, method):
-    real = known(env, path)
-
-    @bounded(50)
-    @given(query=parameter_values(path, method, "query"), params=parameter_values(path, method, "path"),
-           data=st.data())
-    def run(query, params, data):
-        for name, values in real.items():
-            if values and data.draw(st.booleans()):
-                params[name] = data.draw(st.sampled_from(values))
-        if path == "/paint/history" and data.draw(st.booleans()):
-            start(env, query["username"])
-        response = env.check(Call(path, method, params=params, query=query))
-        if path != "/generations":  # there a `before` id must also exist, which no schema can say
-            assert response.status_code != 400, response.get_json()
+@pytest.mark.parametrize("path", POSTS)
+def test_hostile_values_anywhere_in_generated_bodies(env, path):
+    @bounded(40 if path != "/generate" else 25)
+    @given(case=operation(path, "post").as_strategy(), data=st.data())
+    def run(case, data):
+        spot = data.draw(st.sampled_from(spots(case.body)))
+        action = data.draw(st.sampled_from(["replace", "drop", "add"]))
+        value = mutate(case.body, spot, action, data.draw(st.sampled_from(HOSTILE)),
+                       data.draw(st.sampled_from(HOSTILE_KEYS)))
+        expect(path, value, send_json(env, path, value), accepted=document_accepts(path, value))
 
     run()
 
 
-HOSTILE_TEXT = st.text(max_size=30) | st.sampled_from(["/", "..", "%2F", "a/b", "\x00", " ", "0" * 25, "{}",
-                                                       "$ne", "1e3", "-1", "٥", "true", "x" * 5000])
+def parsed_json(raw: bytes, content_type: str) -> tuple[bool, Any]:
+    """Return (parsed, value): whether a strict server reads `raw` sent as `content_type` as JSON."""
+    mimetype = content_type.split(";")[0].strip().lower()
+    if not (mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json"))):
+        return False, None
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")  # Python reads NaN and Infinity; JSON has neither
+
+    try:
+        return True, json.loads(raw.decode("utf-8-sig"), parse_constant=refuse)
+    except (ValueError, RecursionError):  # UnicodeDecodeError included
+        return False, None
 
 
-@pytest.mark.parametrize("path,method", GETS)
-def test_hostile_parameters_are_refused_cleanly(env, path, method):
-    op = operation(path, method)
-    names = [p["name"] for p in op["parameters"]]
-    query_names = {p["name"] for p in op["parameters"] if p["in"] == "query"}
-
-    @bounded(50)
-    @given(values=st.dictionaries(st.sampled_from(names) | st.text(min_size=1, max_size=8), HOSTILE_TEXT, max_size=4))
-    def run(values):
-        params = {p["name"]: values.get(p["name"], "x") for p in op["parameters"] if p["in"] == "path"}
-        query = {k: v for k, v in values.items() if k not in params}
-        response = env.check(Call(path, method, params=params, query=query))
-        if query_names and set(query) - query_names:
-            assert response.status_code == 400, "an unknown query parameter must be refused"
-
-    run()
+@pytest.mark.parametrize("path", POSTS)
+def test_broken_bytes_and_other_content_types_are_refused(env, path):
+    """Each broken body and each example cut short as JSON; each example whole as each content type."""
+    whole = [json.dumps(example).encode() for example in examples(path)]
+    cut = [text[:end] for text in whole for end in (1, len(text) // 2, len(text) - 1)]
+    sent = [(raw, "application/json") for raw in BROKEN + cut]
+    for raw, content_type in sent + [(raw, content_type) for raw in whole for content_type in CONTENT_TYPES]:
+        parsed, value = parsed_json(raw, content_type)
+        accepted = parsed and document_accepts(path, value)
+        expect(path, value, send_raw(env, path, raw, content_type), accepted=accepted)
 
 
-@pytest.mark.parametrize("path", sorted(DOC["paths"]))
-def test_undocumented_methods_answer_405_in_the_envelope(env, path):
-    documented = set(DOC["paths"][path])
-    for method in {"get", "post", "put", "delete", "patch"} - documented:
-        response = env.client.open(path.replace("{", "x").replace("}", ""), method=method.upper())
-        assert response.status_code == 405 and response.headers["Allow"]
-        check_spec(response, component("responses", "MethodNotAllowed"), f"{method} {path}")
+@pytest.mark.parametrize("path", GETS)
+def test_every_parameter_given_every_hostile_value(env, path):
+    """Each hostile value in each parameter, the others valid; then each unknown query parameter."""
+    op = operation(path)
+    where = {p.name: p.location for p in op.iter_parameters()}
+    valid = {p.name: "0" * 24 if p.location == "path" else "alice" for p in op.iter_parameters() if p.is_required}
+
+    def case(values: dict[str, str]) -> schemathesis.Case:
+        return op.Case(path_parameters={k: v for k, v in values.items() if where.get(k) == "path"},
+                       query={k: v for k, v in values.items() if where.get(k) != "path"})
+
+    for name, location in where.items():
+        for value in SWEEP_PATH if location == "path" else SWEEP_QUERY:
+            env.check(case({**valid, name: value}))
+    for name in UNKNOWN_QUERY:  # refused wherever the operation takes a query (unknown_query_refused)
+        env.check(case({**valid, name: "1"}))
+
+
+@pytest.mark.parametrize("path", sorted(SCHEMA.raw_schema["paths"]))
+def test_undocumented_methods_answer_405(env, path):
+    documented = set(SCHEMA.raw_schema["paths"][path])
+    op = operation(path, sorted(documented)[0])
+    names = [p.name for p in op.iter_parameters() if p.location == "path"]
+    for method in sorted({"get", "post", "put", "delete", "patch"} - documented):
+        response = env.check(op.Case(method=method.upper(), path_parameters={name: "x" for name in names}))
+        assert response.status_code == 405 and response.headers["allow"]
 
 
 def test_authorization_headers_other_than_the_token_are_refused(make_app):
     client = make_app(API_TOKEN="fuzz-token").test_client()
     latin = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=40)
-
     near = st.sampled_from(["Bearer", "Bearer  fuzz-token ", "bearer fuzz-token", "Bearer fuzz-token\t"])
 
     @bounded(60)
@@ -232,13 +521,12 @@ def test_authorization_headers_other_than_the_token_are_refused(make_app):
         response = client.post("/paint/start", json={"username": "alice"}, headers={"Authorization": value})
         right = value.partition(" ")[0].lower() == "bearer" and value.partition(" ")[2].strip() == "fuzz-token"
         assert response.status_code == (200 if right else 401)
-        check_spec(response, component("responses", "Unauthorized") if not right else
-                   DOC["paths"]["/paint/start"]["post"]["responses"]["200"], value)
+        check_response("/paint/start", "post", response)  # schemathesis cannot record such header values
 
     run()
 
 
-# Regressions: what the fuzzing found, each pinned with the smallest request that showed it.
+# --- Regressions: what the fuzzing found, each pinned with the smallest request that showed it.
 
 SURROGATE_BODIES = [
     ("/paint/start", b'{"username": "\\ud800"}'),  # was 500: BSON cannot encode it
@@ -251,9 +539,9 @@ SURROGATE_BODIES = [
 
 @pytest.mark.parametrize("path,raw", SURROGATE_BODIES)
 def test_lone_surrogates_are_refused_before_anything_runs(env, path, raw):
-    response = env.check(Call(path, "post", body=raw))
+    response = send_raw(env, path, raw)
     assert response.status_code == 400
-    assert "surrogate" in response.get_json()["message"] or "UTF-8" in response.get_json()["message"]
+    assert "surrogate" in response.json()["message"] or "UTF-8" in response.json()["message"]
 
 
 @pytest.mark.parametrize("raw", [b'{"username": "seed", "data": {"designSchemes": {}, "designTask": "", '
@@ -261,17 +549,16 @@ def test_lone_surrogates_are_refused_before_anything_runs(env, path, raw):
                                  b'{"username": NaN}'])
 def test_nan_and_infinity_are_not_json(env, raw):
     # Infinity in a scheme was stored (503 on nx-27017), then sent back as invalid JSON.
-    path = "/paint/save" if b"data" in raw else "/paint/start"
-    response = env.check(Call(path, "post", body=raw))
-    assert response.status_code == 400 and "not a JSON number" in response.get_json()["message"]
+    response = send_raw(env, "/paint/save" if b"data" in raw else "/paint/start", raw)
+    assert response.status_code == 400 and "not a JSON number" in response.json()["message"]
 
 
 @pytest.mark.parametrize("before", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
 def test_before_times_beyond_the_utc_range_are_refused(env, before):
-    response = env.check(Call("/generations", "get", query={"before": before}))  # was 500: OverflowError
-    assert response.status_code == 400 and response.get_json()["message"].startswith("before:")
+    response = env.check(operation("/generations").Case(query={"before": before}))  # was 500: OverflowError
+    assert response.status_code == 400 and response.json()["message"].startswith("before:")
 
 
 def test_an_escaped_backslash_u_is_plain_text(env):
-    response = env.check(Call("/paint/start", "post", body=b'{"username": "\\\\ud800"}'))
-    assert response.status_code == 200 and response.get_json()["data"]["username"] == "\\ud800"
+    response = send_raw(env, "/paint/start", b'{"username": "\\\\ud800"}')
+    assert response.status_code == 200 and response.json()["data"]["username"] == "\\ud800"

@@ -134,11 +134,11 @@ PATHS = {
             "200": {"description": "The bytes. Generation images are PNG, JPEG or WebP; a blob moved out of a "
                                    "saved scheme keeps the media type its data URI declared, or is "
                                    "image/svg+xml, text/plain or application/json. Served sandboxed.",
-                    "headers": {"ETag": {"schema": {"type": "string"}},
-                                "Cache-Control": {"schema": {"type": "string"},
+                    "headers": {"ETag": {"schema": {"type": "string"}, "required": True},
+                                "Cache-Control": {"schema": {"type": "string"}, "required": True,
                                                   "description": "public, max-age=31536000, immutable"},
-                                "X-Content-Type-Options": {"schema": {"const": "nosniff"}},
-                                "Content-Security-Policy": {"schema": {"type": "string"},
+                                "X-Content-Type-Options": {"schema": {"const": "nosniff"}, "required": True},
+                                "Content-Security-Policy": {"schema": {"type": "string"}, "required": True,
                                                             "description": "sandbox; default-src 'none'"}},
                     "content": {**{kind: {"schema": {"type": "string", "contentMediaType": kind}}
                                    for kind in IMAGE_TYPES},

@@ -46,7 +46,7 @@ def ok(description: str, data: dict[str, Any], example_data: Any) -> dict[str, A
 
 
 def _header(description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"description": description, "schema": schema}
+    return {"description": description, "schema": schema, "required": True}  # always sent with the status
 
 
 RESPONSES = {
