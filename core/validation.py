@@ -33,11 +33,12 @@ class Body(BaseModel):
     """A request body or query: strict JSON types, fields spelled as the client spells them.
 
     Strict, so `"6"`, `6.0` and `true` are no integers; frozen, so a checked request stays
-    checked; unknown keys are ignored, as the client may send more than a route reads.
+    checked; unknown keys are ignored, as the client may send more than a route reads. Only
+    the client's spelling is read (`designTask`, never `design_task`).
     """
 
-    model_config = ConfigDict(strict=True, frozen=True, alias_generator=to_camel, populate_by_name=True,
-                              extra="ignore")
+    model_config = ConfigDict(strict=True, frozen=True, alias_generator=to_camel, validate_by_alias=True,
+                              validate_by_name=False, extra="ignore")
 
 
 def _username(value: str) -> str:
