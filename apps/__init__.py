@@ -7,7 +7,7 @@ from flask import Flask
 def register_apps(app: Flask) -> None:
     """Register every blueprint and its storage indexes on `app`."""
     from apps import generate, records, system
-    from apps.openapi import routes as openapi_routes
+    from apps import openapi
     from apps.paint import routes as paint_routes
     from apps.paint import sessions
     from core import image_store
@@ -18,4 +18,4 @@ def register_apps(app: Flask) -> None:
     app.extensions["mongo"].add_indexes(sessions.create_indexes)
     generate.init_app(app)  # builds each app's handler now, so a template error stops startup
     records.init_app(app)
-    app.register_blueprint(openapi_routes.bp)
+    app.register_blueprint(openapi.bp)

@@ -30,7 +30,7 @@ from typing import Annotated, Any, Literal
 
 from bson import ObjectId
 from flask import Blueprint, Flask, Response, current_app, request
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, StringConstraints
 from pydantic_core import PydanticCustomError
 from pymongo import ASCENDING, DESCENDING
 from pymongo.database import Database
@@ -359,15 +359,18 @@ def _cursor(raw: Any) -> ObjectId | datetime:
                                   "9999 UTC") from None
 
 
+RecordId = Annotated[str, StringConstraints(pattern="^[0-9a-fA-F]{24}$")]
+
+
 class PageQuery(v.Body):
     """The query of GET /generations."""
 
     username: v.Username | None = None
     type: Annotated[int, Field(ge=0, le=MAX_TYPE), v.FROM_QUERY] | None = None
     limit: Annotated[int, Field(ge=1, le=MAX_LIMIT), v.FROM_QUERY] = DEFAULT_LIMIT
-    before: Annotated[ObjectId | datetime, PlainValidator(_cursor, json_schema_input_type=str),
+    before: Annotated[ObjectId | datetime, PlainValidator(_cursor, json_schema_input_type=RecordId | datetime),
                       Field(description="A record id (the page starts after it) or an ISO-8601 time "
-                                        "(records created strictly before it)")] | None = None
+                                        "(records created strictly before it; UTC when no offset is given)")] | None = None
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 

@@ -14,11 +14,17 @@ from typing import Any
 from jsonschema import Draft202012Validator, FormatChecker, validators
 from werkzeug.test import TestResponse
 
-from apps.openapi.document import build_document
-from apps.openapi.generate_schemas import IMAGE_FORMAT
+from apps.openapi import IMAGE_FORMAT, build_document
 from core.image_store import ImageDecodeError, decode_image
 
 DOC = build_document()
+METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+def operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """Return (path, method, operation) for every operation of `document`, in document order."""
+    return [(path, method, item[method]) for path, item in document["paths"].items()
+            for method in METHODS if method in item]
 JSON = "application/json"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _RULE_ARGUMENT = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")

@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 import pytest
 from werkzeug.serving import make_server
 
-from apps.openapi.document import build_document, operations
+from apps.openapi import build_document
+from tests.openapi_support import operations
 
 pytestmark = pytest.mark.browser
 

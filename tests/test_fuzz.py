@@ -38,8 +38,7 @@ from schemathesis.checks import (
 )
 from schemathesis.core import NotSet
 
-from apps.openapi.document import operations
-from apps.openapi.generate_schemas import IMAGE_FORMAT
+from apps.openapi import IMAGE_FORMAT
 from apps.paint.pipelines.contract import MAX_COUNT
 from apps.paint.sessions import SCHEME_FIELDS
 from core.backends import close_app_backends
@@ -48,7 +47,7 @@ from core.validation import MAX_DEPTH
 from simulators.chat import ChatSimulator
 from simulators.webui import SDWebUISimulator
 from tests.helpers import PNG_1PX, PROMPTS, SIM_KEY, SKETCH, Sims, backend_settings, body, save_body, scheme
-from tests.openapi_support import check_response, conforms, request_schema
+from tests.openapi_support import check_response, conforms, operations, request_schema
 
 # --- What no schema generates: values, keys, bodies, content types and parameters, as data.
 

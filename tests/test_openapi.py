@@ -8,9 +8,10 @@ import re
 import pytest
 from openapi_spec_validator import validate
 
-from apps.openapi.document import build_document, operations
+from apps.openapi import build_document
 from tests.helpers import PROMPTS, body, save_body, scheme
 from tests.openapi_support import (
+    operations,
     DOC, JSON, assert_valid, check_response, check_spec, component, is_envelope, request_schema, template,
 )
 
