@@ -18,8 +18,9 @@ MongoDB gets standard documents written the standard way:
   piled up. `write_gridfs_file` writes the same spec-conformant files directly. nx-27017
   also handles GridFS only in the default bucket `fs`.
 - A datetime written by `$set` comes back as text, and a boolean written by `$set` as an
-  integer; `as_datetime` reads such a value back. (Code that must filter on a flag stores
-  a string status instead, which both stores keep as written.)
+  integer. Stored documents are read through `core.db.Document` models, which parse such
+  text back into a datetime; code that must filter on a flag stores a string status
+  instead, which both stores keep as written.
 - `find_one_and_update` drops `$setOnInsert` when it upserts; ObjectId-valued fields other
   than `_id` cannot be matched. Callers upsert with `update_one` and match by other keys.
 """
@@ -162,11 +163,3 @@ def write_gridfs_file(db: Database, bucket: str, key: str, data: bytes, content_
         "uploadDate": datetime.now(timezone.utc), "metadata": {"contentType": content_type},
     })
 
-
-def as_datetime(value: datetime | str | None) -> datetime | None:
-    """Return a stored time as an aware UTC datetime, also when the embedded store kept it as text."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
