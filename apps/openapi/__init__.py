@@ -385,7 +385,6 @@ SYSTEM_PATHS = {
 # -- participant sessions ---------------------------------------------------------------------
 EXAMPLE_ID = "6650c0ffee0000000000abcd"
 EXAMPLE_TASK = "设计一款运动辅助产品"
-UNUSED_STAGES = [stage for stage in STAGES if stage not in SCHEME_FIELDS]
 
 SESSION = {
     "type": "object",
@@ -404,37 +403,6 @@ SESSION = {
 
 SESSION_EXAMPLE = {"_id": EXAMPLE_ID, "username": "alice", "currentStage": "准备", "designTask": "",
                    "rapidDivergenceSchemes": [], "deepDivergenceSchemes": [], "convergenceSchemes": []}
-
-DESIGN_SCHEMES = {
-    "type": "object",
-    "description": "The schemes of each stage. Unknown stage names are rejected; "
-                   f"{', '.join(UNUSED_STAGES)} are read as nothing (the client sends null).",
-    "additionalProperties": False,
-    "properties": {
-        **{stage: {"anyOf": [{"type": "array", "maxItems": sessions.MAX_SCHEMES_PER_STAGE, "items": ref("Scheme")},
-                             {"type": "null"}],
-                   "description": f"Becomes {field}; null or absent means none."}
-           for stage, field in SCHEME_FIELDS.items()},
-        **{stage: {"description": "Ignored."} for stage in UNUSED_STAGES},
-    },
-}
-
-SAVE_REQUEST = {
-    "type": "object",
-    "required": ["username", "data"],
-    "properties": {
-        "username": ref("Username"),
-        "data": {
-            "type": "object",
-            "required": ["designSchemes", "designTask", "currentStage"],
-            "properties": {
-                "designSchemes": DESIGN_SCHEMES,
-                "designTask": {"type": "string", "maxLength": sessions.MAX_TASK},
-                "currentStage": ref("Stage"),
-            },
-        },
-    },
-}
 
 SAVE_EXAMPLE = {"username": "alice", "data": {
     "designSchemes": {"准备": None, "快速发散": [{"name": "", "canvasImage": "data:image/png;base64,iVBORw0KGgo..."}],
@@ -466,7 +434,7 @@ HISTORY = {
     "properties": {"username": {"type": "string"}, "saves": {"type": "array", "items": ref("SaveSummary")}},
 }
 
-PAINT_SCHEMAS = {"Session": SESSION, "SaveRequest": SAVE_REQUEST, "SaveSummary": SAVE_SUMMARY, "History": HISTORY}
+PAINT_SCHEMAS = {"Session": SESSION, "SaveSummary": SAVE_SUMMARY, "History": HISTORY}
 
 
 def _body(schema: dict[str, Any], example: Any) -> dict[str, Any]:
@@ -486,7 +454,7 @@ PAINT_PATHS = {
         "summary": "Make the state sent the participant's current one, keeping the previous ones",
         "description": "The body carries the whole session, every sketch as a data URI, so its limit is "
                        "SAVE_MAX_CONTENT_LENGTH. Schemes are stored as opaque JSON and returned unchanged.",
-        "requestBody": _body(ref("SaveRequest"), SAVE_EXAMPLE),
+        "requestBody": _body(ref("SaveBody"), SAVE_EXAMPLE),
         "responses": {"200": ok("Saved.", {"type": "null"}, None), **errors(400, 401, 404, 405, 413, 503)},
     }},
     "/paint/history": {"get": {
@@ -520,7 +488,7 @@ TYPES = {0: "rapid divergence", 1: "deep divergence", 2: "convergence, naming an
 
 
 def _model_schemas() -> dict[str, Any]:
-    models = [(sessions.StartBody, "validation")]
+    models = [(sessions.StartBody, "validation"), (sessions.SaveBody, "validation")]
     models += [(p.prompts, "validation") for p in PIPELINES.values()]
     models += [(p.answer, "serialization") for p in PIPELINES.values()]
     _, top = models_json_schema(models, by_alias=True, ref_template="#/components/schemas/{model}")

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, get_args
 
 from bson import ObjectId
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.database import Database
@@ -62,11 +62,22 @@ class StartBody(Body):
     username: Username
 
 
-SchemeList = Annotated[list[StorableObject], Field(max_length=MAX_SCHEMES_PER_STAGE)]
+# A scheme is the client's opaque JSON; the document describes it once, as its Scheme schema.
+Scheme = Annotated[StorableObject, WithJsonSchema({"$ref": "#/components/schemas/Scheme"})]
+SchemeList = Annotated[list[Scheme], Field(max_length=MAX_SCHEMES_PER_STAGE)]
+
+
+def _only_stages(schema: dict[str, Any]) -> None:
+    """Say in the JSON schema what `_known_stages` checks: stage names only, the unsketched ones ignored."""
+    schema["additionalProperties"] = False
+    for stage in STAGES:
+        schema["properties"].setdefault(stage, {"description": "Ignored (the client sends null)."})
 
 
 class DesignSchemes(Body):
     """The schemes of each stage, under the client's stage names; null or absent means none."""
+
+    model_config = ConfigDict(json_schema_extra=_only_stages)
 
     rapid: SchemeList | None = Field(None, alias=RAPID)
     deep: SchemeList | None = Field(None, alias=DEEP)
