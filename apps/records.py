@@ -38,7 +38,7 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError
 
 from agent.errors import BackendError
 from core import validation as v
-from core.db import Document, get_db
+from core.db import Document, Id, get_db
 from core.envelope import BadInput, NotFound, ok
 from core.image_store import AnswerImage, Image, get_image, is_key, put_image
 
@@ -148,24 +148,37 @@ class RecordError(Document):
         return cls(step=None, message=f"{type(exc).__name__}: {exc}", kind=type(exc).__name__)
 
 
-class GenerationRecord(Document):
-    """One generation as stored in `generations`; images in it are references to the image store."""
+class GenerationSummary(Document):
+    """What GET /generations lists of one generation: when, which app and type, for whom, how it ended."""
 
-    id: ObjectId = Field(alias="_id")
+    id: Id = Field(alias="_id")
     created_at: datetime
     finished_at: datetime
-    duration_ms: int
+    duration_ms: int = Field(ge=0)
     appid: int
     type: int
     username: str | None
-    input: dict[str, Any] | None = Field(description="The checked prompts, in the client's field names")
-    steps: list[TraceEntry]
-    result: dict[str, Any] | None = Field(description="The answer's data exactly as the client received it")
     status: Literal["ok", "failed"]
     error: RecordError | None
 
 
-SUMMARY_FIELDS = ("createdAt", "finishedAt", "durationMs", "appid", "type", "username", "status", "error")
+class GenerationRecord(GenerationSummary):
+    """One generation as stored in `generations`; images in it are references to the image store."""
+
+    input: dict[str, Any] | None = Field(description="The checked prompts, in the client's field names")
+    steps: list[TraceEntry]
+    result: dict[str, Any] | None = Field(description="The answer's data exactly as the client received it")
+
+
+class GenerationPage(Document):
+    """A page of GET /generations: summaries newest first, and the `before` of the next page."""
+
+    items: list[GenerationSummary]
+    next: Id | None = Field(description="`before` of the next page; null at the end")
+
+
+# The fields a summary reads from a stored record.
+SUMMARY_FIELDS = tuple(info.alias for info in GenerationSummary.model_fields.values())
 
 
 @dataclass(frozen=True)
@@ -398,7 +411,7 @@ def list_page(db: Database, query: PageQuery) -> dict[str, Any]:
                  .sort(NEWEST_FIRST).limit(query.limit + 1))  # one more tells whether a next page exists
     items = found[:query.limit]
     more = len(found) > query.limit
-    summaries = [{"_id": doc["_id"], **{key: doc.get(key) for key in SUMMARY_FIELDS}} for doc in items]
+    summaries = [{key: doc.get(key) for key in SUMMARY_FIELDS} for doc in items]
     return {"items": summaries, "next": str(items[-1]["_id"]) if more else None}
 
 

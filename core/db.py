@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Annotated
 
 import pymongo
 from flask import Flask, current_app
-from pydantic import BaseModel, ConfigDict
+from bson import ObjectId
+from pydantic import BaseModel, ConfigDict, WithJsonSchema
 from pydantic.alias_generators import to_camel
 from pymongo import MongoClient
 from pymongo.database import Database
@@ -21,6 +23,11 @@ from pymongo.uri_parser import parse_uri
 log = logging.getLogger(__name__)
 
 IndexSetup = Callable[[Database], None]
+
+
+# An ObjectId as stored, answered by the API's JSON as its 24 hex characters.
+Id = Annotated[ObjectId, WithJsonSchema({"type": "string", "pattern": "^[0-9a-fA-F]{24}$",
+                                         "description": "A MongoDB ObjectId as 24 hex characters."})]
 
 
 class Document(BaseModel):

@@ -409,32 +409,7 @@ SAVE_EXAMPLE = {"username": "alice", "data": {
                       "深入发散": [], "收敛": [], "完成": None, "禁止": None},
     "designTask": EXAMPLE_TASK, "currentStage": "快速发散"}}
 
-SAVE_SUMMARY = {
-    "type": "object",
-    "required": ["id", "revision", "savedAt", "kind", "currentStage", "designTask", "counts"],
-    "additionalProperties": False,
-    "properties": {
-        "id": ref("ObjectId"),
-        "revision": {"type": "integer", "minimum": 0},
-        "savedAt": {"type": "string", "format": "date-time"},
-        "kind": {"type": "string", "enum": ["save", "legacy"],
-                 "description": "legacy: the state of a participant stored in the old one-document format."},
-        "currentStage": ref("Stage"),
-        "designTask": {"type": "string"},
-        "counts": {"type": "object", "description": "How many schemes each stage held.",
-                   "required": list(SCHEME_FIELDS), "additionalProperties": False,
-                   "properties": {stage: {"type": "integer", "minimum": 0} for stage in SCHEME_FIELDS}},
-    },
-}
-
-HISTORY = {
-    "type": "object",
-    "required": ["username", "saves"],
-    "additionalProperties": False,
-    "properties": {"username": {"type": "string"}, "saves": {"type": "array", "items": ref("SaveSummary")}},
-}
-
-PAINT_SCHEMAS = {"Session": SESSION, "SaveSummary": SAVE_SUMMARY, "History": HISTORY}
+PAINT_SCHEMAS = {"Session": SESSION}
 
 
 def _body(schema: dict[str, Any], example: Any) -> dict[str, Any]:
@@ -491,6 +466,7 @@ def _model_schemas() -> dict[str, Any]:
     models = [(sessions.StartBody, "validation"), (sessions.SaveBody, "validation")]
     models += [(p.prompts, "validation") for p in PIPELINES.values()]
     models += [(p.answer, "serialization") for p in PIPELINES.values()]
+    models += [(limits.GenerationPage, "serialization"), (sessions.History, "serialization")]
     _, top = models_json_schema(models, by_alias=True, ref_template="#/components/schemas/{model}")
     return top["$defs"]
 
@@ -550,27 +526,8 @@ RESPONSE_EXAMPLES = {
         _item("concreteText", "可折叠收纳，内置计数屏，握把防滑")]))]},
 }
 
-SUMMARY = {
-    "type": "object",
-    "required": ["_id", *limits.SUMMARY_FIELDS],
-    "additionalProperties": False,
-    "properties": {
-        "_id": ref("ObjectId"),
-        "createdAt": {"type": "string", "format": "date-time"},
-        "finishedAt": {"type": "string", "format": "date-time"},
-        "durationMs": {"type": "integer", "minimum": 0},
-        "appid": {"type": "integer"},
-        "type": {"type": "integer"},
-        "username": nullable({"type": "string"}),
-        "status": {"type": "string", "enum": ["ok", "failed"]},
-        "error": nullable({"type": "object", "required": ["step", "message", "kind"],
-                           "properties": {"step": nullable({"type": "string"}), "message": {"type": "string"},
-                                          "kind": {"type": "string", "description": "The exception's class."}}}),
-    },
-}
-
 RECORD = {
-    "allOf": [{**SUMMARY, "additionalProperties": True}],
+    "allOf": [ref("GenerationSummary")],
     "required": ["input", "steps", "result"],
     "description": "Everything one POST /generate did; images are ImageRef objects.",
     "properties": {
@@ -582,15 +539,7 @@ RECORD = {
     },
 }
 
-PAGE = {
-    "type": "object",
-    "required": ["items", "next"],
-    "additionalProperties": False,
-    "properties": {"items": {"type": "array", "items": ref("GenerationSummary")},
-                   "next": {**nullable(ref("ObjectId")), "description": "`before` of the next page; null at the end."}},
-}
-
-GENERATE_SCHEMAS = {**GENERATE_MODEL_SCHEMAS, "GenerationSummary": SUMMARY, "GenerationRecord": RECORD, "GenerationPage": PAGE}
+GENERATE_SCHEMAS = {**GENERATE_MODEL_SCHEMAS, "GenerationRecord": RECORD}
 
 _SUMMARY_EXAMPLE = {"_id": RECORD_ID, "createdAt": "2024-05-24T09:30:00.123Z",
                     "finishedAt": "2024-05-24T09:31:10.456Z", "durationMs": 70333, "appid": 0, "type": 0,

@@ -31,7 +31,7 @@ from pymongo.errors import ConnectionFailure, DocumentTooLarge, DuplicateKeyErro
 
 from apps.paint import scheme_store
 from apps.paint.scheme_store import SchemeLists, SchemeRefs
-from core.db import Document
+from core.db import Document, Id
 from core.envelope import CODE_STORAGE, ApiError, NotFound
 from core.validation import FROM_QUERY, Body, StorableObject, Username
 
@@ -310,11 +310,40 @@ def visible(participant: Participant) -> dict[str, Any]:
             "$or": [{"status": COMMITTED}, {"revision": participant.revision}]}
 
 
-def _summary(entry: HistoryEntry) -> dict[str, Any]:
-    """Return what the history list shows of one entry."""
-    return {"id": str(entry.id), "revision": entry.revision, "savedAt": entry.saved_at, "kind": entry.kind,
-            "currentStage": entry.current_stage, "designTask": entry.design_task,
-            "counts": {stage: len(entry.scheme_refs.get(field) or []) for stage, field in SCHEME_FIELDS.items()}}
+class StageCounts(Document):
+    """How many schemes each sketched stage held."""
+
+    rapid: int = Field(ge=0, alias=RAPID)
+    deep: int = Field(ge=0, alias=DEEP)
+    convergence: int = Field(ge=0, alias=CONVERGENCE)
+
+
+class SaveSummary(Document):
+    """What the history list shows of one save."""
+
+    id: Id
+    revision: int = Field(ge=0)
+    saved_at: datetime
+    kind: Literal["save", "legacy"] = Field(description="legacy: the state of a participant stored in the old "
+                                                        "one-document format")
+    current_stage: Stage
+    design_task: str
+    counts: StageCounts
+
+    @classmethod
+    def of(cls, entry: HistoryEntry) -> SaveSummary:
+        """Return the summary of one history entry."""
+        held = {stage: len(entry.scheme_refs.get(field) or []) for stage, field in SCHEME_FIELDS.items()}
+        return cls(id=entry.id, revision=entry.revision, saved_at=entry.saved_at, kind=entry.kind,
+                   current_stage=entry.current_stage, design_task=entry.design_task,
+                   counts=StageCounts.model_validate(held))
+
+
+class History(Document):
+    """GET /paint/history: a participant's visible saves, newest first."""
+
+    username: str
+    saves: list[SaveSummary]
 
 
 def saves(db: Database, query: HistoryQuery) -> dict[str, Any]:
@@ -323,7 +352,8 @@ def saves(db: Database, query: HistoryQuery) -> dict[str, Any]:
     if participant is None:
         raise NotFound(f"participant {query.username!r} does not exist")
     found = db[HISTORY].find(visible(participant)).sort("revision", DESCENDING).limit(query.limit)
-    return {"username": query.username, "saves": [_summary(HistoryEntry.model_validate(doc)) for doc in found]}
+    history = History(username=query.username, saves=[SaveSummary.of(HistoryEntry.model_validate(doc)) for doc in found])
+    return history.model_dump(by_alias=True)
 
 
 def saved_state(db: Database, entry_id: ObjectId) -> dict[str, Any]:
