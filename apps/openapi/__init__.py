@@ -21,15 +21,16 @@ from typing import Any
 
 import flask_swagger_ui
 from flask import Blueprint, Response, jsonify, render_template, send_from_directory
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 import config
 from apps import records as limits
 from apps.paint import sessions
 from apps.paint.pipelines import PIPELINES
-from apps.paint.sessions import SCHEME_FIELDS, STAGES
+from apps.paint.sessions import SCHEME_FIELDS
 from core import validation as v
+from core.db import Id
 from core.envelope import CODE_BACKEND, CODE_BUSINESS, CODE_OK, CODE_STORAGE, NotFound
 
 JSON = "application/json"
@@ -65,24 +66,14 @@ ENVELOPE = {
     },
 }
 
-USERNAME = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": v.MAX_USERNAME,
-    # Not blank (Python's notion of whitespace, as str.strip() uses) and no NUL anywhere.
-    "pattern": "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$",
-    "description": f"The participant's name: 1-{v.MAX_USERNAME} characters, not only whitespace, no NUL.",
-    "examples": ["alice"],
-}
+def _type_schema(annotation: Any, **extra: Any) -> dict[str, Any]:
+    """Return the JSON schema pydantic writes for one annotated type (a name, an id), for a component."""
+    written = TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True)).json_schema()
+    return {**written, **extra}
 
-OBJECT_ID = {
-    "type": "string",
-    "minLength": 24,
-    "maxLength": 24,
-    "pattern": "^[0-9a-fA-F]{24}$",
-    "description": "A MongoDB ObjectId as 24 hex characters.",
-    "examples": ["6650c0ffee0000000000abcd"],
-}
+
+USERNAME = _type_schema(v.Username)
+OBJECT_ID = _type_schema(Id, examples=["6650c0ffee0000000000abcd"])
 
 SHA256 = {
     "type": "string",
@@ -92,12 +83,9 @@ SHA256 = {
     "description": "The SHA-256 of an image's bytes, 64 hex characters.",
 }
 
-STAGE = {
-    "type": "string",
-    "enum": list(STAGES),
-    "description": "A study stage, as the client spells it: 准备 (not ready), 快速发散 (rapid divergence), "
-                   "深入发散 (deep divergence), 收敛 (convergence), 完成 (finished), 禁止 (disabled).",
-}
+STAGE = _type_schema(sessions.Stage, description="A study stage, as the client spells it: 准备 (not ready), "
+                     "快速发散 (rapid divergence), 深入发散 (deep divergence), 收敛 (convergence), 完成 (finished), "
+                     "禁止 (disabled).")
 
 # Any JSON MongoDB stores as given. Depth (at most core.validation.MAX_DEPTH levels) is not
 # expressible in JSON Schema; the description says it.
