@@ -450,35 +450,21 @@ TYPES = {0: "rapid divergence", 1: "deep divergence", 2: "convergence, naming an
          3: "convergence, group two"}
 
 
-def _model_schemas() -> dict[str, Any]:
-    models = [(sessions.StartBody, "validation"), (sessions.SaveBody, "validation")]
-    models += [(p.prompts, "validation") for p in PIPELINES.values()]
-    models += [(p.answer, "serialization") for p in PIPELINES.values()]
-    models += [(limits.GenerationPage, "serialization"), (sessions.History, "serialization")]
-    _, top = models_json_schema(models, by_alias=True, ref_template="#/components/schemas/{model}")
-    return top["$defs"]
-
-
-def _name(model: type) -> str:
-    return model.__name__
-
-
 REQUESTS = {
-    f"Generate{_name(p.prompts).removesuffix('Prompts')}": {
+    f"Generate{p.prompts.__name__.removesuffix('Prompts')}": {
         "type": "object", "required": ["appid", "type", "prompts"], "title": f"type {type_}: {TYPES[type_]}",
         "properties": {
             "appid": {"type": "integer", "const": config.APP_PAINT, "description": "The sketching app."},
             "type": {"type": "integer", "const": type_, "description": TYPES[type_]},
             "username": {**nullable(ref("Username")), "description": "Who asks, for the record; optional."},
-            "prompts": ref(_name(p.prompts))}}
+            "prompts": ref(p.prompts.__name__)}}
     for type_, p in PIPELINES.items()
 }
 REQUESTS["GenerateRequest"] = {"oneOf": [ref(name) for name in REQUESTS],
                                "description": "Unknown appid or type, or prompts of the wrong shape, answer 400."}
-RESULTS = {"GenerateData": {"oneOf": [ref(_name(p.answer)) for p in PIPELINES.values()],
+RESULTS = {"GenerateData": {"oneOf": [ref(p.answer.__name__) for p in PIPELINES.values()],
                             "description": "The data of the type asked for."}}
 
-GENERATE_MODEL_SCHEMAS = {**_model_schemas(), **REQUESTS, **RESULTS}
 
 
 SKETCH = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
@@ -527,7 +513,7 @@ RECORD = {
     },
 }
 
-GENERATE_SCHEMAS = {**GENERATE_MODEL_SCHEMAS, "GenerationRecord": RECORD}
+GENERATE_SCHEMAS = {**REQUESTS, **RESULTS, "GenerationRecord": RECORD}
 
 _SUMMARY_EXAMPLE = {"_id": RECORD_ID, "createdAt": "2024-05-24T09:30:00.123Z",
                     "finishedAt": "2024-05-24T09:31:10.456Z", "durationMs": 70333, "appid": 0, "type": 0,
@@ -622,6 +608,16 @@ TAGS = [
 ]
 
 
+def _model_schemas() -> dict[str, Any]:
+    """Return the schemas pydantic writes for the models the document names, each a component."""
+    models = [(sessions.StartBody, "validation"), (sessions.SaveBody, "validation")]
+    models += [(p.prompts, "validation") for p in PIPELINES.values()]
+    models += [(p.answer, "serialization") for p in PIPELINES.values()]
+    models += [(limits.GenerationPage, "serialization"), (sessions.History, "serialization")]
+    _, top = models_json_schema(models, by_alias=True, ref_template="#/components/schemas/{model}")
+    return top["$defs"]
+
+
 @lru_cache(maxsize=1)
 def _build() -> dict[str, Any]:
     return {
@@ -635,7 +631,7 @@ def _build() -> dict[str, Any]:
             "securitySchemes": {"bearerAuth": {
                 "type": "http", "scheme": "bearer",
                 "description": "The server's API_TOKEN; required only when the server sets one."}},
-            "schemas": {**COMMON, **PAINT_SCHEMAS, **GENERATE_SCHEMAS, **SYSTEM_SCHEMAS},
+            "schemas": {**COMMON, **_model_schemas(), **PAINT_SCHEMAS, **GENERATE_SCHEMAS, **SYSTEM_SCHEMAS},
             "responses": RESPONSES,
         },
     }
