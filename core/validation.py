@@ -1,8 +1,9 @@
 """Checks at the boundary: every value a client sends is checked here before it is used.
 
-Each helper returns the value when it is right and raises `BadInput` naming the field
-when it is not, so views read as a list of rules. Request bodies are read by
-core.json_codec; `body(model)` reads one and checks it as a pydantic model.
+Requests are pydantic models on `Body`; `body(model)` reads the request's JSON (through
+core.json_codec) and checks it, `parse_query` checks a query string, and either raises
+`BadInput` naming the first wrong field the way every message of the API does. The types
+several models share (a username, a not-blank text, opaque storable JSON) live here.
 """
 from __future__ import annotations
 
@@ -10,11 +11,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, TypeVar
 
+from bson import ObjectId
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails, PydanticCustomError
-
-from bson import ObjectId
 
 from core.envelope import BadInput
 from core.json_codec import INT64_LIMIT, InexactNumber, read_body
@@ -41,9 +41,17 @@ class Body(BaseModel):
                               validate_by_name=False, extra="ignore")
 
 
-def _username(value: str) -> str:
+def _not_blank(value: str) -> str:
     if not value.strip():
         raise PydanticCustomError("blank", "must not be empty")
+    return value
+
+
+# Refuses a text that is empty or only whitespace.
+NOT_BLANK = AfterValidator(_not_blank)
+
+
+def _no_nul(value: str) -> str:
     if "\x00" in value:
         raise PydanticCustomError("nul", "must not contain NUL characters")
     return value
@@ -56,7 +64,7 @@ Username = Annotated[str, Field(max_length=MAX_USERNAME, json_schema_extra={
     "pattern": "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$",
     "description": f"The participant's name: 1-{MAX_USERNAME} characters, not only whitespace, no NUL.",
     "examples": ["alice"],
-}), AfterValidator(_username)]
+}), NOT_BLANK, AfterValidator(_no_nul)]
 
 
 def _query_int(value: Any) -> Any:
@@ -158,55 +166,6 @@ def parse_query(model: type[M], args: Mapping[str, str]) -> M:
 def body(model: type[M]) -> M:
     """Return the request's JSON body checked as `model`, or raise BadInput."""
     return read_body(lambda value, exact: parse(model, value, exact=exact))
-
-
-def username(value: Any, field: str = "username") -> str:
-    """Return a valid participant name: a non-blank string of 1-128 characters."""
-    if not isinstance(value, str):
-        raise BadInput(field, "must be a string")
-    if not value.strip():
-        raise BadInput(field, "must not be empty")
-    if len(value) > MAX_USERNAME:
-        raise BadInput(field, f"must be at most {MAX_USERNAME} characters")
-    if "\x00" in value:
-        raise BadInput(field, "must not contain NUL characters")
-    return value
-
-
-def string(value: Any, field: str, *, max_length: int, allow_empty: bool = True) -> str:
-    """Return `value` if it is a string of bounded length."""
-    if not isinstance(value, str):
-        raise BadInput(field, "must be a string")
-    if not allow_empty and not value.strip():
-        raise BadInput(field, "must not be empty")
-    if len(value) > max_length:
-        raise BadInput(field, f"must be at most {max_length} characters")
-    return value
-
-
-def integer(value: Any, field: str, *, low: int, high: int) -> int:
-    """Return `value` if it is an integer (not a bool) in [low, high]."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadInput(field, "must be an integer")
-    if not low <= value <= high:
-        raise BadInput(field, f"must be between {low} and {high}")
-    return value
-
-
-def obj(value: Any, field: str) -> dict[str, Any]:
-    """Return `value` if it is a JSON object."""
-    if not isinstance(value, dict):
-        raise BadInput(field, "must be an object")
-    return value
-
-
-def array(value: Any, field: str, *, max_items: int | None = None) -> list[Any]:
-    """Return `value` if it is a JSON array of at most `max_items` items."""
-    if not isinstance(value, list):
-        raise BadInput(field, "must be an array")
-    if max_items is not None and len(value) > max_items:
-        raise BadInput(field, f"must have at most {max_items} items")
-    return value
 
 
 _TOO_DEEP = f"is nested deeper than {MAX_DEPTH} levels"

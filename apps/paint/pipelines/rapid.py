@@ -9,27 +9,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
-from pydantic_core import PydanticCustomError
+from pydantic import Field
 
 from apps.paint.pipelines.contract import Answer, Count, Creative, Task, abstract_image, abstract_text
 from apps.paint.pipelines.steps import Steps
-from core.validation import Body
+from core.validation import NOT_BLANK, Body
 
 CARD_TYPE = 0  # rapid abstract
-
-
-def _not_blank(task: str) -> str:
-    if not task.strip():
-        raise PydanticCustomError("blank", "must not be empty")
-    return task
 
 
 class RapidPrompts(Body):
     """Type 0 prompts: a design task and how many ideas."""
 
     task: Annotated[Task, Field(description="The design task; not blank.", json_schema_extra={"pattern": "\\S"}),
-                    AfterValidator(_not_blank)]
+                    NOT_BLANK]
     num: Annotated[Count, Field(description="How many product ideas (the client asks for 6).")]
 
 
