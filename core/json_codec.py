@@ -1,6 +1,6 @@
 """JSON in and out of the API: request bodies read with orjson, answers written with it.
 
-`read_body` and `json_object` keep the guarantees the server always gave: a body must be
+`read_body` keeps the guarantees the server always gave: a body must be
 sent as application/json, be strict UTF-8 (a leading BOM is allowed) and hold one JSON
 object; NaN, Infinity, lone surrogate escapes and nesting deeper than the parser goes
 are refused with 400 "body: ...". orjson refuses all of those itself, and what it reads
@@ -232,32 +232,3 @@ def read_body(check: Callable[[dict[str, Any], bool], T]) -> T:
             pass
         del fast  # never hold two readings of a large body
     return check(_read_exactly(raw), True)
-
-
-def _has_large_float(value: Any) -> bool:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, float):
-            if abs(item) >= INT64_LIMIT:
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
-
-
-def _exact_values(body: dict[str, Any], exact: bool) -> dict[str, Any]:
-    if not exact and _has_large_float(body):
-        raise InexactNumber
-    return body
-
-
-def json_object() -> dict[str, Any]:
-    """Return the request body as a JSON object, its values as the standard library reads them.
-
-    Walks the whole body for large floats: a model read with `validation.body` checks its
-    numbers where it checks its values, and spares large bodies that second walk.
-    """
-    return read_body(_exact_values)

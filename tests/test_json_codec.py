@@ -8,7 +8,7 @@ import pytest
 from bson import ObjectId
 
 from core.envelope import BadInput
-from core.json_codec import JSONText, dumps, dumps_parts, iso_utc, json_object
+from core.json_codec import InexactNumber, JSONText, dumps, dumps_parts, iso_utc, read_body
 from tests.helpers import save_body, scheme
 
 JSON = "application/json"
@@ -57,9 +57,14 @@ def test_history_times_are_in_the_one_format(client):
     b'\xef\xbb\xbf{"n": 18446744073709551616}',  # a BOM, as the server always allowed
     b'{"x": 1e400}',  # orjson refuses it; the standard library reads infinity, as it always did
 ])
-def test_json_object_reads_what_the_standard_library_reads(app, raw):
+def test_a_check_that_asks_for_exact_numbers_gets_the_standard_librarys_reading(app, raw):
+    def exactly(body, exact):
+        if not exact:
+            raise InexactNumber
+        return body
+
     with app.test_request_context(data=raw, content_type=JSON):
-        assert repr(json_object()) == repr(json.loads(raw.decode("utf-8-sig")))
+        assert repr(read_body(exactly)) == repr(json.loads(raw.decode("utf-8-sig")))
 
 
 @pytest.mark.parametrize("raw,message", [
@@ -69,9 +74,9 @@ def test_json_object_reads_what_the_standard_library_reads(app, raw):
     (b"[" * 2000 + b"]" * 2000, "body: is not valid JSON"),
     (b"[1]", "body: must be a JSON object"),
 ])
-def test_json_object_refuses_as_it_always_did(app, raw, message):
+def test_bodies_are_refused_as_they_always_were(app, raw, message):
     with app.test_request_context(data=raw, content_type=JSON), pytest.raises(BadInput) as refused:
-        json_object()
+        read_body(lambda body, exact: body)
     assert refused.value.message.startswith(message)
 
 
