@@ -11,7 +11,7 @@ import binascii
 import hashlib
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated, Any
@@ -100,9 +100,6 @@ def decode_image(value: str) -> Image:
 # How an Image leaves a model: raw base64 in an answer (the form the client shows), or, when
 # the dump's context holds an `image_sink` (a record being written), whatever the sink makes
 # of it: the image is stored and the record keeps its reference.
-ImageSink = Callable[["Image"], Any]
-
-
 def _dump_image(image: Image, info: SerializationInfo) -> Any:
     sink = (info.context or {}).get("image_sink")
     return sink(image) if sink is not None else image.b64()
@@ -172,11 +169,7 @@ def _content_type(info: dict) -> str:
 
 def get_image(db: Database, key: str) -> Image | None:
     """Return the stored image with SHA-256 `key`, or None."""
-    info = db[f"{BUCKET}.files"].find_one({"_id": key})
-    if info is None:
-        return None
-    data = _bucket(db).open_download_stream(key).read()
-    return Image(data, _content_type(info))
+    return StoredImages(db, [key]).get(key)
 
 
 class StoredImages:

@@ -21,7 +21,7 @@ from apps.paint import scheme_store, study_files
 from apps.paint.scheme_store import SCHEMES
 from apps.paint.sessions import HISTORY, PARTICIPANTS, SCHEME_FIELDS, Participant, visible
 from apps.records import COLLECTION as GENERATIONS
-from core.image_store import BUCKET, Image, get_image, is_key
+from core.image_store import BUCKET, Image, StoredImages, is_key
 from core.json_codec import iso_utc
 
 log = logging.getLogger(__name__)
@@ -160,9 +160,10 @@ def export_study(db: Database, target: Path, *, username: str | None = None, as_
     out = study_files.ExportWriter(target, as_zip)
     files: dict[str, dict[str, Any]] = {}
     try:
+        stored = StoredImages(db, keys)  # every files document in one query, each file's chunks in turn
         with (progress or nullcontext)(keys) as bar:
             for key in bar:
-                _write_blob(out, files, key, get_image(db, key))
+                _write_blob(out, files, key, stored.get(key))
         for blob in _inline_blobs(records[PARTICIPANTS]):
             if blob.sha256 not in files:
                 _write_blob(out, files, blob.sha256, blob)
