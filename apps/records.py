@@ -38,7 +38,7 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError
 
 from agent.errors import BackendError
 from core import validation as v
-from core.db import Document, Id, get_db
+from core.db import OBJECT_ID_PATTERN, Document, Id, get_db
 from core.envelope import BadInput, NotFound, ok
 from core.image_store import AnswerImage, Image, get_image, is_key, put_image
 
@@ -372,7 +372,7 @@ def _cursor(raw: Any) -> ObjectId | datetime:
                                   "9999 UTC") from None
 
 
-RecordId = Annotated[str, StringConstraints(pattern="^[0-9a-fA-F]{24}$")]
+RecordId = Annotated[str, StringConstraints(pattern=OBJECT_ID_PATTERN)]
 
 
 class PageQuery(v.Body):

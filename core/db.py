@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Annotated
 
 import pymongo
-from flask import Flask, current_app
 from bson import ObjectId
+from flask import Flask, current_app
 from pydantic import BaseModel, ConfigDict, WithJsonSchema
 from pydantic.alias_generators import to_camel
 from pymongo import MongoClient
@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 IndexSetup = Callable[[Database], None]
 
 
+OBJECT_ID_PATTERN = "^[0-9a-fA-F]{24}$"  # how an ObjectId is written in paths, queries and answers
 # An ObjectId as stored, answered by the API's JSON as its 24 hex characters.
-Id = Annotated[ObjectId, WithJsonSchema({"type": "string", "pattern": "^[0-9a-fA-F]{24}$",
+Id = Annotated[ObjectId, WithJsonSchema({"type": "string", "pattern": OBJECT_ID_PATTERN,
                                          "description": "A MongoDB ObjectId as 24 hex characters."})]
 
 

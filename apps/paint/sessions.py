@@ -135,8 +135,8 @@ STATE_FIELDS = set(SessionState.model_fields)
 class HistoryEntry(SessionState):
     """A document of `session_history`: one save of a participant, visible once committed."""
 
-    id: ObjectId = Field(default_factory=ObjectId, alias="_id")
-    participant_id: ObjectId
+    id: Id = Field(default_factory=ObjectId, alias="_id")
+    participant_id: Id
     username: str
     revision: int
     kind: Literal["save", "legacy"] = "save"  # legacy: the state of an old-format participant
@@ -147,7 +147,7 @@ class HistoryEntry(SessionState):
 class Participant(Document):
     """A document of `participants`, either format: `schemeRefs`, or the old one's lists inline."""
 
-    id: ObjectId = Field(alias="_id")
+    id: Id = Field(alias="_id")
     username: str
     current_stage: str = NOT_READY
     design_task: str = ""
