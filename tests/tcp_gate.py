@@ -184,22 +184,18 @@ class TcpGate:
             self._spawn(self._upstream, link)
             self._spawn(self._downstream, link)
 
-    def _cut_at(self, message: bytes) -> str | None:
-        """Return "before" or "after" when `message` is the armed cut's command (disarming it), else None."""
+    def _cut_at(self, name: str, value: Any) -> str | None:
+        """Return "before" or "after" when command `name` on `value` is the armed cut's (disarming it), else None."""
         if self._cut is None:
             return None
         when, command, collection = self._cut
-        name, value = command_of(message)
         if value != collection or command not in (None, name):
             return None
         self._cut = None
         return when
 
-    def _refused(self, message: bytes) -> dict[str, Any] | None:
-        """Return the error to answer `message` with when it is the armed refusal's command, else None."""
-        name, value = command_of(message)
-        value = value if isinstance(value, str) else None  # a collection, or nothing to count by
-        self._seen[(name, value)] = self._seen.get((name, value), 0) + 1
+    def _refused(self, name: str, value: Any) -> dict[str, Any] | None:
+        """Return the error to answer command `name` on `value` with when it is the armed refusal's, else None."""
         if self._refusal is None or self._refusal[:2] != [name, value]:
             return None
         if self._refusal[2] > 0:
@@ -215,7 +211,10 @@ class TcpGate:
                 if self._down:
                     break
                 link.markers.update(marker for marker in self._watched if marker in message)
-                refusal = self._refused(message)
+                name, value = command_of(message)
+                counted = (name, value if isinstance(value, str) else None)  # a collection, or nothing to count by
+                self._seen[counted] = self._seen.get(counted, 0) + 1
+                refusal = self._refused(name, value)
             if refusal is not None:
                 try:  # the driver waits for this answer and sends nothing else on the link meanwhile
                     link.client.sendall(_reply(message, refusal))
@@ -223,7 +222,7 @@ class TcpGate:
                     break
                 continue
             with self._lock:
-                cut = self._cut_at(message)
+                cut = self._cut_at(name, value)
                 if cut == "before":
                     self._go_down()
                     break
