@@ -1,14 +1,14 @@
-"""JSON in and out of the API: request bodies read with orjson, answers written with it.
+"""JSON in and out of the API: request bodies read with jiter, answers written with orjson.
 
-`read_body` keeps the guarantees the server always gave: a body must be
-sent as application/json, be strict UTF-8 (a leading BOM is allowed) and hold one JSON
-object; NaN, Infinity, lone surrogate escapes and nesting deeper than the parser goes
-are refused with 400 "body: ...". orjson refuses all of those itself, and what it reads
-the standard library reads to the same values, but for one thing: orjson reads an
-integer beyond 64 bits as a float. So a body orjson refuses is read once more by the
-standard library, which refuses it with the same message as ever (or reads what it
-always read, such as 1e400, for the checks to refuse); and a check that meets a float
-large enough to have been such an integer asks for that exact reading too.
+`read_body` keeps the guarantees the server always gave: a body must be sent as
+application/json, be strict UTF-8 (a leading BOM is allowed) and hold one JSON object;
+NaN, Infinity, lone surrogate escapes and nesting deeper than the parser goes are refused
+with 400 "body: ...". It reads with jiter (pydantic-core's parser, `from_json`), which
+builds Python values straight from the bytes: integers exact at any size, and no copy of
+the body's strings on the way, so a body of a hundred MB costs about its size once more,
+where orjson holds twice that. jiter refuses all of the above itself; what it refuses
+(and a BOM, or nesting deeper than its 200 levels) is read by the standard library,
+which refuses it with the same message as ever, or reads what it always read.
 
 `dumps` and `ApiJSON` (the app's `app.json`, behind every envelope) write UTF-8 rather
 than \\u escapes, keep keys in the order given, write an ObjectId as its hex string and
@@ -21,34 +21,23 @@ import json
 import re
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from bson import ObjectId
 from flask import Response, request
 from flask.json.provider import JSONProvider
+from pydantic_core import from_json
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from core.envelope import BadInput
 
-T = TypeVar("T")
-
 _BOM = b"\xef\xbb\xbf"
-# Integers of magnitude 2**63 and more do not fit MongoDB's 64 bits, and orjson reads those
-# below -2**63 or from 2**64 on as floats: a float this large may have been sent as one.
-INT64_LIMIT = 2**63
 # JSON may escape lone UTF-16 surrogates ("\ud800"); Python keeps them, but no UTF-8 (so no
 # BSON, log line or HTTP body) can hold them. Strictly decoded UTF-8 cannot carry one, so
 # only a body with such an escape needs the walk over its strings.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-class InexactNumber(Exception):
-    """A check met a float so large that orjson may have read it from an integer literal.
-
-    Not a ValueError, so that it passes through pydantic's validators to `read_body`.
-    """
 
 
 def iso_utc(moment: datetime) -> str:
@@ -155,16 +144,15 @@ def _raw_body() -> bytes:
     return raw
 
 
-def _read_fast(raw: bytes) -> dict[str, Any] | None:
-    """Return the body read by orjson, or None when orjson refuses it."""
-    view = memoryview(raw)[len(_BOM):] if raw.startswith(_BOM) else raw
+def _read_fast(raw: bytes) -> Any:
+    """Return the body read by jiter, or None when jiter refuses it (or it starts with a BOM)."""
+    if raw.startswith(_BOM):
+        return None  # jiter reads no BOM, and slicing it off would copy the body
     try:
-        value = orjson.loads(view)
-    except orjson.JSONDecodeError:
+        # Keys are few and repeat in every scheme, so jiter keeps one string of each.
+        return from_json(raw, allow_inf_nan=False, cache_strings="keys")
+    except ValueError:
         return None
-    if not isinstance(value, dict):
-        raise BadInput("body", "must be a JSON object")
-    return value
 
 
 class _NotJSON(ValueError):
@@ -191,8 +179,8 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
-def _read_exactly(raw: bytes) -> dict[str, Any]:
-    """Return the body read by the standard library (integers exact), or raise BadInput."""
+def _read_by_stdlib(raw: bytes) -> dict[str, Any]:
+    """Return the body read by the standard library, or raise BadInput with its reason."""
     try:
         # Strict UTF-8 (RFC 8259), unlike json.loads on bytes, which lets encoded surrogates pass.
         text = str(raw, "utf-8-sig")
@@ -215,20 +203,15 @@ def _read_exactly(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def read_body(check: Callable[[dict[str, Any], bool], T]) -> T:
-    """Return `check(body, exact)` of the request's JSON object body, or raise BadInput.
+def read_body() -> dict[str, Any]:
+    """Return the request's JSON object body, or raise BadInput.
 
-    `exact` is False for orjson's reading, in which integers beyond 64 bits are floats: a
-    check that meets a float of magnitude INT64_LIMIT or more raises InexactNumber and is
-    called once more with the standard library's reading, `exact` True. The raw bytes live
-    only as long as this call, so the caller holds the checked value alone.
+    The raw bytes live only as long as this call, so the caller holds the reading alone.
     """
     raw = _raw_body()
-    fast = _read_fast(raw)
-    if fast is not None:
-        try:
-            return check(fast, False)
-        except InexactNumber:
-            pass
-        del fast  # never hold two readings of a large body
-    return check(_read_exactly(raw), True)
+    value = _read_fast(raw)
+    if value is None:
+        return _read_by_stdlib(raw)
+    if not isinstance(value, dict):
+        raise BadInput("body", "must be a JSON object")
+    return value

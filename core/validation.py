@@ -12,18 +12,16 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, TypeVar
 
 from bson import ObjectId
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from core.envelope import BadInput
-from core.json_codec import INT64_LIMIT, InexactNumber, read_body
+from core.json_codec import read_body
 
 MAX_USERNAME = 128
 MAX_DEPTH = 40  # BSON nesting stops at 100; the client's schemes need about 5
-# The validation context key that says whether large floats are as the client sent them
-# (json_codec.read_body's `exact`); values not read from a body are.
-EXACT_NUMBERS = "exact_numbers"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the integers MongoDB stores (64 bits)
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -136,14 +134,10 @@ def _bad_input(error: ValidationError, prefix: str = "") -> BadInput:
     return BadInput(field_name(first["loc"], prefix) + inside, _problem(first))
 
 
-def parse(model: type[M], value: Any, prefix: str = "", *, exact: bool = True) -> M:
-    """Return `value` checked as `model`, or raise BadInput naming the first wrong field.
-
-    `exact` False: `value` was read by orjson, and a number that may have lost its exact
-    value raises json_codec.InexactNumber.
-    """
+def parse(model: type[M], value: Any, prefix: str = "") -> M:
+    """Return `value` checked as `model`, or raise BadInput naming the first wrong field."""
     try:
-        return model.model_validate(value, context={EXACT_NUMBERS: exact})
+        return model.model_validate(value)
     except ValidationError as error:
         raise _bad_input(error, prefix) from None
 
@@ -165,14 +159,14 @@ def parse_query(model: type[M], args: Mapping[str, str]) -> M:
 
 def body(model: type[M]) -> M:
     """Return the request's JSON body checked as `model`, or raise BadInput."""
-    return read_body(lambda value, exact: parse(model, value, exact=exact))
+    return parse(model, read_body())
 
 
 _TOO_DEEP = f"is nested deeper than {MAX_DEPTH} levels"
 _BAD_KEY = "keys may not start with '$' or contain '.' or NUL"
 
 
-def _unstorable(value: Any, depth: int, exact: bool) -> tuple[str, str] | None:
+def _unstorable(value: Any, depth: int) -> tuple[str, str] | None:
     """Return where inside `value` (`.key[2]`) MongoDB could not store it as given, and why; None if it can."""
     # Recursion stays shallow: a container at MAX_DEPTH with anything in it is refused.
     if isinstance(value, dict):
@@ -182,7 +176,7 @@ def _unstorable(value: Any, depth: int, exact: bool) -> tuple[str, str] | None:
             if depth == MAX_DEPTH:
                 return f".{key}", _TOO_DEEP
             if item is not None and not isinstance(item, str):  # most values: nothing to check
-                found = _unstorable(item, depth + 1, exact)
+                found = _unstorable(item, depth + 1)
                 if found is not None:
                     return f".{key}{found[0]}", found[1]
     elif isinstance(value, list):
@@ -190,21 +184,19 @@ def _unstorable(value: Any, depth: int, exact: bool) -> tuple[str, str] | None:
             if depth == MAX_DEPTH:
                 return f"[{index}]", _TOO_DEEP
             if item is not None and not isinstance(item, str):
-                found = _unstorable(item, depth + 1, exact)
+                found = _unstorable(item, depth + 1)
                 if found is not None:
                     return f"[{index}]{found[0]}", found[1]
     elif isinstance(value, float):
         if not math.isfinite(value):
             return "", "must be a finite number"
-        if not exact and abs(value) >= INT64_LIMIT:
-            raise InexactNumber  # perhaps an integer too large to store: json_codec reads it again exactly
-    elif isinstance(value, int) and not -INT64_LIMIT <= value < INT64_LIMIT:
+    elif isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
         return "", "is an integer too large to store (64-bit limit)"
     return None
 
 
-def _storable(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-    found = _unstorable(value, 0, (info.context or {}).get(EXACT_NUMBERS, True))
+def _storable(value: dict[str, Any]) -> dict[str, Any]:
+    found = _unstorable(value, 0)
     if found is not None:
         where, problem = found
         raise PydanticCustomError("unstorable", problem, {"inside": where})

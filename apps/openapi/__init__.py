@@ -37,7 +37,6 @@ JSON = "application/json"
 
 
 # -- shared schemas ---------------------------------------------------------------------------
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def ref(name: str) -> dict[str, str]:
@@ -95,7 +94,7 @@ STORABLE_VALUE = {
                    f"{v.MAX_DEPTH} levels deep.",
     "anyOf": [
         {"type": ["null", "boolean", "string"]},
-        {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX},
+        {"type": "integer", "minimum": v.INT64_MIN, "maximum": v.INT64_MAX},
         {"type": "number", "not": {"type": "integer"}},
         {"type": "array", "items": ref("StorableValue")},
         ref("StorableObject"),

@@ -15,14 +15,13 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from core.image_store import AnswerImage, SketchImage
-from core.validation import Body
+from core.validation import INT64_MAX, INT64_MIN, Body
 
 MAX_TASK = 500
 MAX_TEXT = 200
 MAX_TEXTS = 20
 MAX_COUNT = 12  # num, selectNum, schemes, and group-two stimuli in all
 MAX_SCHEME_ID = 100
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 Task = Annotated[str, Field(max_length=MAX_TASK, description="The design task; may be empty.")]
 Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
