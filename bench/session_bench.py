@@ -16,10 +16,9 @@ Times are medians. Peak memory is resident memory (RSS): the kernel's high-water
 this process during one more request (reset through /proc/self/clear_refs), above its RSS
 just before (after malloc_trim has handed freed memory back), as a multiple of the save
 body's size; the save's body is made inside that request, as a server holds a body it
-received. "Allocated" is Python's own peak of allocations (tracemalloc) for comparison:
-orjson reserves about 12 times a body it reads and touches little of it. Bytes written:
-new GridFS bytes + the BSON size of every document the save wrote (schemes, history, the
-participant). The session loaded is checked against the one sent. Prints a Markdown
+received. "Allocated" is Python's own peak of allocations (tracemalloc), for comparison.
+Bytes written: new GridFS bytes + the BSON size of every document the save wrote (schemes,
+history, the participant). The session loaded is checked against the one sent. Prints a Markdown
 table and whether its largest size meets the goals. Not a test:
 
     python -m bench.session_bench [--sizes 10,50,200] [--image-kb 500] [--repeats 5]
