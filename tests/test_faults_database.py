@@ -11,6 +11,7 @@ everything saved before the outage is intact.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +19,7 @@ from pymongo import MongoClient
 from pymongo.errors import AutoReconnect
 
 from apps.records import RecordBacklog
+from core.image_store import Image, put_image
 from core.embedded_store import EmbeddedStore, free_port
 from tests.helpers import (
     PROMPTS, Worker, all_records, check_rapid, image_steps, post_generate, save_body, scheme, wait_until,
@@ -170,3 +172,26 @@ def test_record_backlog_is_bounded_and_keeps_order_while_the_database_is_away(ca
     backlog.keep(broken)
     assert backlog.flush() == 0 and len(backlog) == 0  # a record that can never be written is dropped
     assert "generation record 4 could not be written" in caplog.text
+
+
+def test_an_image_write_waiting_on_the_database_holds_back_no_other_image(own_store, gate):
+    # With the database gone, a write waits out MONGO_TIMEOUT_MS; writes of other images must not
+    # queue behind it (39 saves once did, one timeout after another, for 138 s).
+    gated, direct = MongoClient(gate.uri), MongoClient(own_store.uri)
+    try:
+        waiting, other = (Image(b"\x89PNG\r\n\x1a\n" + os.urandom(64), "image/png") for _ in range(2))
+        gated["images"].command("ping")  # connected: what is held next is the write itself
+        gate.hold()
+        stuck = Worker(lambda: put_image(gated["images"], waiting))
+        stuck.start()
+        wait_until(lambda: gate.held_with(b"fs.files"), what="the first write waiting on the database")
+        free = Worker(lambda: put_image(direct["images"], other))
+        free.start()
+        try:
+            assert free.outcome(5) == other.sha256 and stuck.is_alive()
+        finally:
+            gate.open()
+        assert stuck.outcome(10) == waiting.sha256
+    finally:
+        gated.close()
+        direct.close()
