@@ -113,23 +113,42 @@ class EmbeddedStore:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._stopping.clear()
         fd = os.open(self._path("supervisor.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        if not _try_lock(fd):
-            os.close(fd)  # a live process supervises the store: use it, never stop it
-            self._join()
-            return self
-        self._supervisor_fd, self.supervising = fd, True
-        try:
-            if _store_alive(self._path("store.lock")):
-                self._adopt()
-            else:
-                self._spawn()
-        except BaseException:
-            self._release_supervision()
-            raise
-        self._watcher = threading.Thread(target=self._watch, name=f"store-watch-{self.port}", daemon=True)
+        if _try_lock(fd):
+            try:
+                self._take_over(fd)
+            except BaseException:
+                self._release_supervision()
+                raise
+            target = self._watch
+        else:
+            self._join()  # a live process supervises the store: use it; take over if that process ends
+            target = lambda: self._succeed(fd)  # noqa: E731
+        self._watcher = threading.Thread(target=target, name=f"store-watch-{self.port}", daemon=True)
         self._watcher.start()
         atexit.register(self.stop)
         return self
+
+    def _take_over(self, supervisor_fd: int) -> None:
+        """Become the supervisor (holding `supervisor_fd` locked): adopt the running store, or start one."""
+        self._supervisor_fd, self.supervising = supervisor_fd, True
+        if _store_alive(self._path("store.lock")):
+            self._adopt()
+        else:
+            self._spawn()
+
+    def _succeed(self, supervisor_fd: int) -> None:
+        """Wait for the supervisor to end, then supervise the store in its place, until stopped."""
+        fcntl.flock(supervisor_fd, fcntl.LOCK_EX)  # blocks while another process supervises
+        with self._lifecycle:
+            if self._stopping.is_set():
+                os.close(supervisor_fd)
+                return
+            log.warning("the supervisor of the store on %s ended: supervising it here", self.data_dir)
+            try:
+                self._take_over(supervisor_fd)
+            except (OSError, EmbeddedStoreError):
+                log.exception("taking over the store failed")  # the next _watch turn starts it again
+        self._watch()
 
     def _join(self) -> None:
         deadline = time.monotonic() + self.timeout
@@ -258,9 +277,9 @@ class EmbeddedStore:
 
     def stop(self) -> None:
         """Stop the store if this process supervises it (a joined store is left running)."""
-        if not self.supervising:
-            return
         self._stopping.set()
+        if not self.supervising:
+            return  # a successor still waiting for the supervisor's lock gives up once it gets it
         with self._lifecycle:
             self._end_store()
         if self._watcher is not None and self._watcher is not threading.current_thread():

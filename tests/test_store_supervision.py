@@ -99,16 +99,20 @@ def test_a_store_left_by_a_killed_supervisor_is_adopted_and_stopped_at_the_next_
     assert not _alive(pid) and not _answers(store)
 
 
-def test_a_process_joining_a_supervised_store_leaves_it_running(tmp_path):
+def test_a_process_joining_a_supervised_store_leaves_it_running_and_succeeds_its_supervisor(tmp_path):
     owner = EmbeddedStore(tmp_path / "shared").start()
+    first, second = EmbeddedStore(tmp_path / "shared").start(), EmbeddedStore(tmp_path / "shared").start()
     try:
-        joiner = EmbeddedStore(tmp_path / "shared").start()
-        assert joiner.joined and joiner.port == owner.port
-        joiner.stop()
+        assert first.joined and second.joined and first.port == owner.port
+        second.stop()  # a joiner's stop leaves the store to its supervisor
         assert _answers(owner) and _alive(owner.pid)
+        owner.stop()  # a clean stop of the supervisor, while `first` still uses the store
+        wait_until(lambda: first.supervising and _answers(first), what="the joiner supervising a store")
+        assert not second.supervising and first.port == owner.port
     finally:
+        first.stop()
         owner.stop()
-    assert not _answers(owner)
+    assert not _answers(first)
 
 
 @pytest.fixture
