@@ -1,10 +1,10 @@
 """The API described: its OpenAPI 3.1 document, served at /openapi.json for tools and at /docs for people.
 
-The document is built once from what the server itself declares wherever it can: the
-pydantic models of /generate's prompts and answers (`apps.paint.pipelines.PIPELINES`) and
-of the query strings (`HistoryQuery`, `PageQuery`), and the limits the session and record
-modules name. The rest (routes, the envelope, the failure answers, the stored shapes) is
-written here once.
+The document is built once from what the server itself declares wherever it can: where it
+needs the schema of a body, an answer's data or a parameter it says `Schema(the type)`, and
+`_build` has pydantic write every such schema in one pass, the models among them (and
+what they name) as components. The rest (routes, the envelope, the failure answers, the
+stored shapes) is written here once.
 
 /docs is Swagger UI, whose assets the flask-swagger-ui package installs from PyPI and this
 server serves itself (no CDN: a study network may be offline), started on /openapi.json.
@@ -14,6 +14,8 @@ deployment that asks for a token should not advertise its researcher routes to a
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Any
 import flask_swagger_ui
 from flask import Blueprint, Response, jsonify, render_template, send_from_directory
 from pydantic import BaseModel, ConfigDict, TypeAdapter
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode
 
 import config
 from apps import records as limits
@@ -34,6 +36,48 @@ from core.db import Id
 from core.envelope import CODE_BACKEND, CODE_BUSINESS, CODE_OK, CODE_STORAGE, NotFound
 
 JSON = "application/json"
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+
+# -- schemas ----------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Schema:
+    """A spot in the document for the JSON schema pydantic writes of `type`, a model or an annotated type."""
+
+    type: Any
+    mode: JsonSchemaMode = "serialization"  # "validation" for what a client sends
+
+
+def _adapter(type_: Any) -> TypeAdapter:
+    if isinstance(type_, type) and issubclass(type_, BaseModel):
+        return TypeAdapter(type_)
+    return TypeAdapter(type_, config=ConfigDict(arbitrary_types_allowed=True))  # an Id holds an ObjectId
+
+
+def _spots(node: Any) -> Iterator[Schema]:
+    if isinstance(node, Schema):
+        yield node
+    elif isinstance(node, (dict, list)):
+        for item in node.values() if isinstance(node, dict) else node:
+            yield from _spots(item)
+
+
+def _filled(node: Any, written: dict[Schema, Any]) -> Any:
+    if isinstance(node, Schema):
+        return written[node]
+    if isinstance(node, dict):
+        return {key: _filled(item, written) for key, item in node.items()}
+    if isinstance(node, list):
+        return [_filled(item, written) for item in node]
+    return node
+
+
+def written_schemas(document: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return `document` with every Schema spot filled in, and the component schemas they refer to."""
+    spots = list(_spots(document))
+    found, top = TypeAdapter.json_schemas([(spot, spot.mode, _adapter(spot.type)) for spot in spots],
+                                          by_alias=True, ref_template=REF_TEMPLATE)
+    return _filled(document, {spot: found[spot, spot.mode] for spot in spots}), top.get("$defs", {})
 
 
 # -- shared schemas ---------------------------------------------------------------------------
@@ -407,7 +451,7 @@ PAINT_PATHS = {
     "/paint/start": {"post": {
         "tags": ["sessions"], "operationId": "startSession",
         "summary": "Create the participant on first visit and return the stored session",
-        "requestBody": _body(ref("StartBody"), {"username": "alice"}),
+        "requestBody": _body(Schema(sessions.StartBody, "validation"), {"username": "alice"}),
         "responses": {"200": ok("The participant's session.", ref("Session"), SESSION_EXAMPLE),
                       **errors(400, 401, 405, 413, 503)},
     }},
@@ -416,7 +460,7 @@ PAINT_PATHS = {
         "summary": "Make the state sent the participant's current one, keeping the previous ones",
         "description": "The body carries the whole session, every sketch as a data URI, so its limit is "
                        "SAVE_MAX_CONTENT_LENGTH. Schemes are stored as opaque JSON and returned unchanged.",
-        "requestBody": _body(ref("SaveBody"), SAVE_EXAMPLE),
+        "requestBody": _body(Schema(sessions.SaveBody, "validation"), SAVE_EXAMPLE),
         "responses": {"200": ok("Saved.", {"type": "null"}, None), **errors(400, 401, 404, 405, 413, 503)},
     }},
     "/paint/history": {"get": {
@@ -424,7 +468,7 @@ PAINT_PATHS = {
         "summary": "List the participant's saves, newest first",
         "description": "Parameters other than username and limit are rejected (400).",
         "parameters": query_parameters(sessions.HistoryQuery),
-        "responses": {"200": ok("The saves, newest first.", ref("History"), {"username": "alice", "saves": [{
+        "responses": {"200": ok("The saves, newest first.", Schema(sessions.History), {"username": "alice", "saves": [{
             "id": EXAMPLE_ID, "revision": 3, "savedAt": "2024-05-24T09:30:00.123Z", "kind": "save",
             "currentStage": "快速发散", "designTask": EXAMPLE_TASK, "counts": {"快速发散": 2, "深入发散": 0, "收敛": 0}}]}),
             **errors(400, 401, 404, 405, 503)},
@@ -456,12 +500,12 @@ REQUESTS = {
             "appid": {"type": "integer", "const": config.APP_PAINT, "description": "The sketching app."},
             "type": {"type": "integer", "const": type_, "description": TYPES[type_]},
             "username": {**nullable(ref("Username")), "description": "Who asks, for the record; optional."},
-            "prompts": ref(p.prompts.__name__)}}
+            "prompts": Schema(p.prompts, "validation")}}
     for type_, p in PIPELINES.items()
 }
 REQUESTS["GenerateRequest"] = {"oneOf": [ref(name) for name in REQUESTS],
                                "description": "Unknown appid or type, or prompts of the wrong shape, answer 400."}
-RESULTS = {"GenerateData": {"oneOf": [ref(p.answer.__name__) for p in PIPELINES.values()],
+RESULTS = {"GenerateData": {"oneOf": [Schema(p.answer) for p in PIPELINES.values()],
                             "description": "The data of the type asked for."}}
 
 
@@ -500,7 +544,7 @@ RESPONSE_EXAMPLES = {
 }
 
 RECORD = {
-    "allOf": [ref("GenerationSummary")],
+    "allOf": [Schema(limits.GenerationSummary)],
     "required": ["input", "steps", "result"],
     "description": "Everything one POST /generate did; images are ImageRef objects.",
     "properties": {
@@ -537,7 +581,7 @@ GENERATE_PATHS = {
         "description": "Parameters other than these four are rejected (400), and so is a `before` id that "
                        "no record has.",
         "parameters": query_parameters(limits.PageQuery),
-        "responses": {"200": ok("A page of summaries.", ref("GenerationPage"),
+        "responses": {"200": ok("A page of summaries.", Schema(limits.GenerationPage),
                                 {"items": [_SUMMARY_EXAMPLE], "next": None}),
                       **errors(400, 401, 405, 503)},
     }},
@@ -607,19 +651,9 @@ TAGS = [
 ]
 
 
-def _model_schemas() -> dict[str, Any]:
-    """Return the schemas pydantic writes for the models the document names, each a component."""
-    models = [(sessions.StartBody, "validation"), (sessions.SaveBody, "validation")]
-    models += [(p.prompts, "validation") for p in PIPELINES.values()]
-    models += [(p.answer, "serialization") for p in PIPELINES.values()]
-    models += [(limits.GenerationPage, "serialization"), (sessions.History, "serialization")]
-    _, top = models_json_schema(models, by_alias=True, ref_template="#/components/schemas/{model}")
-    return top["$defs"]
-
-
 @lru_cache(maxsize=1)
 def _build() -> dict[str, Any]:
-    return {
+    document, models = written_schemas({
         "openapi": "3.1.0",
         "info": {"title": "Refinity API", "version": VERSION, "description": DESCRIPTION},
         "tags": TAGS,
@@ -630,10 +664,12 @@ def _build() -> dict[str, Any]:
             "securitySchemes": {"bearerAuth": {
                 "type": "http", "scheme": "bearer",
                 "description": "The server's API_TOKEN; required only when the server sets one."}},
-            "schemas": {**COMMON, **_model_schemas(), **PAINT_SCHEMAS, **GENERATE_SCHEMAS, **SYSTEM_SCHEMAS},
+            "schemas": {**COMMON, **PAINT_SCHEMAS, **GENERATE_SCHEMAS, **SYSTEM_SCHEMAS},
             "responses": RESPONSES,
         },
-    }
+    })
+    document["components"]["schemas"].update(models)
+    return document
 
 
 def build_document() -> dict[str, Any]:
