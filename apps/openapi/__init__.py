@@ -30,7 +30,6 @@ import config
 from apps import records as limits
 from apps.paint import sessions
 from apps.paint.pipelines import PIPELINES
-from apps.paint.sessions import SCHEME_FIELDS
 from core import validation as v
 from core.db import Id
 from core.envelope import CODE_BACKEND, CODE_BUSINESS, CODE_OK, CODE_STORAGE, NotFound
@@ -116,7 +115,6 @@ def _type_schema(annotation: Any, **extra: Any) -> dict[str, Any]:
 
 
 USERNAME = _type_schema(v.Username)
-OBJECT_ID = _type_schema(Id, examples=["6650c0ffee0000000000abcd"])
 
 SHA256 = {
     "type": "string",
@@ -125,45 +123,6 @@ SHA256 = {
     "pattern": "^[0-9a-fA-F]{64}$",
     "description": "The SHA-256 of an image's bytes, 64 hex characters.",
 }
-
-STAGE = _type_schema(sessions.Stage, description="A study stage, as the client spells it: 准备 (not ready), "
-                     "快速发散 (rapid divergence), 深入发散 (deep divergence), 收敛 (convergence), 完成 (finished), "
-                     "禁止 (disabled).")
-
-# Any JSON MongoDB stores as given. Depth (at most core.validation.MAX_DEPTH levels) is not
-# expressible in JSON Schema; the description says it.
-STORABLE_VALUE = {
-    "description": f"Any JSON value that MongoDB can store unchanged: object keys do not start with '$' "
-                   f"and contain no '.' or NUL, integers fit in 64 bits, nesting is at most "
-                   f"{v.MAX_DEPTH} levels deep.",
-    "anyOf": [
-        {"type": ["null", "boolean", "string"]},
-        {"type": "integer", "minimum": v.INT64_MIN, "maximum": v.INT64_MAX},
-        {"type": "number", "not": {"type": "integer"}},
-        {"type": "array", "items": ref("StorableValue")},
-        ref("StorableObject"),
-    ],
-}
-
-STORABLE_OBJECT = {
-    "type": "object",
-    "propertyNames": {"pattern": "^([^$.\\u0000][^.\\u0000]*)?$"},
-    "additionalProperties": ref("StorableValue"),
-}
-
-SCHEME = {
-    "allOf": [ref("StorableObject")],
-    "description": "One sketch as the client's canvas produced it. The server stores it as opaque JSON "
-                   "and hands it back unchanged.",
-    "examples": [{
-        "name": "", "canvasSvg": "<svg xmlns=\"http://www.w3.org/2000/svg\"></svg>",
-        "canvasImage": "data:image/png;base64,iVBORw0KGgo...",
-        "paths": [{"drawMode": True, "strokeColor": "#000", "strokeWidth": 5, "paths": [{"x": 1.5, "y": 2}]}],
-        "texts": [{"text": "可折叠", "position": {"x": 10, "y": 20}}],
-    }],
-}
-
-STORED_SCHEME = {"type": "object", "description": "A scheme exactly as it was saved."}
 
 IMAGE_REF = {
     "type": "object",
@@ -177,13 +136,7 @@ IMAGE_REF = {
 COMMON = {
     "Envelope": ENVELOPE,
     "Username": USERNAME,
-    "ObjectId": OBJECT_ID,
     "Sha256": SHA256,
-    "Stage": STAGE,
-    "StorableValue": STORABLE_VALUE,
-    "StorableObject": STORABLE_OBJECT,
-    "Scheme": SCHEME,
-    "StoredScheme": STORED_SCHEME,
     "ImageRef": IMAGE_REF,
 }
 
@@ -417,21 +370,6 @@ SYSTEM_PATHS = {
 EXAMPLE_ID = "6650c0ffee0000000000abcd"
 EXAMPLE_TASK = "设计一款运动辅助产品"
 
-SESSION = {
-    "type": "object",
-    "description": "The participant's stored session; the client spreads it into its state.",
-    "required": ["_id", "username", "currentStage", "designTask", *SCHEME_FIELDS.values()],
-    "additionalProperties": False,
-    "properties": {
-        "_id": ref("ObjectId"),
-        "username": {"type": "string"},
-        "currentStage": ref("Stage"),
-        "designTask": {"type": "string"},
-        **{field: {"type": "array", "items": ref("StoredScheme"),
-                   "description": f"The schemes saved under {stage}."} for stage, field in SCHEME_FIELDS.items()},
-    },
-}
-
 SESSION_EXAMPLE = {"_id": EXAMPLE_ID, "username": "alice", "currentStage": "准备", "designTask": "",
                    "rapidDivergenceSchemes": [], "deepDivergenceSchemes": [], "convergenceSchemes": []}
 
@@ -440,10 +378,12 @@ SAVE_EXAMPLE = {"username": "alice", "data": {
                       "深入发散": [], "收敛": [], "完成": None, "禁止": None},
     "designTask": EXAMPLE_TASK, "currentStage": "快速发散"}}
 
-PAINT_SCHEMAS = {"Session": SESSION}
+
+# A session is answered as it was saved: its schemes are described as the save checked them.
+SESSION = Schema(sessions.Session, "validation")
 
 
-def _body(schema: dict[str, Any], example: Any) -> dict[str, Any]:
+def _body(schema: Schema, example: Any) -> dict[str, Any]:
     return {"required": True, "content": {JSON: {"schema": schema, "examples": {"client": {"value": example}}}}}
 
 
@@ -452,7 +392,7 @@ PAINT_PATHS = {
         "tags": ["sessions"], "operationId": "startSession",
         "summary": "Create the participant on first visit and return the stored session",
         "requestBody": _body(Schema(sessions.StartBody, "validation"), {"username": "alice"}),
-        "responses": {"200": ok("The participant's session.", ref("Session"), SESSION_EXAMPLE),
+        "responses": {"200": ok("The participant's session.", SESSION, SESSION_EXAMPLE),
                       **errors(400, 401, 405, 413, 503)},
     }},
     "/paint/save": {"post": {
@@ -476,9 +416,9 @@ PAINT_PATHS = {
     "/paint/history/{entry_id}": {"get": {
         "tags": ["sessions"], "operationId": "getSavedState",
         "summary": "Return one past state of a participant, in the shape of /paint/start",
-        "parameters": [{"name": "entry_id", "in": "path", "required": True, "schema": ref("ObjectId"),
+        "parameters": [{"name": "entry_id", "in": "path", "required": True, "schema": Schema(Id, "validation"),
                         "description": "The `id` of a save in GET /paint/history."}],
-        "responses": {"200": ok("The saved state.", ref("Session"), SESSION_EXAMPLE),
+        "responses": {"200": ok("The saved state.", SESSION, SESSION_EXAMPLE),
                       **errors(400, 401, 404, 405, 503)},
     }},
 }
@@ -587,7 +527,7 @@ GENERATE_PATHS = {
     }},
     "/generations/{record_id}": {"get": {
         "tags": ["records"], "operationId": "getGeneration", "summary": "Return one whole generation record",
-        "parameters": [{"name": "record_id", "in": "path", "required": True, "schema": ref("ObjectId")}],
+        "parameters": [{"name": "record_id", "in": "path", "required": True, "schema": Schema(Id, "validation")}],
         "responses": {"200": ok("The record.", ref("GenerationRecord"), {
             **_SUMMARY_EXAMPLE, "input": {"task": TASK, "num": 1}, "steps": [],
             "result": RESPONSE_EXAMPLES["type 0"]}), **errors(400, 401, 404, 405, 503)},
@@ -664,7 +604,7 @@ def _build() -> dict[str, Any]:
             "securitySchemes": {"bearerAuth": {
                 "type": "http", "scheme": "bearer",
                 "description": "The server's API_TOKEN; required only when the server sets one."}},
-            "schemas": {**COMMON, **PAINT_SCHEMAS, **GENERATE_SCHEMAS, **SYSTEM_SCHEMAS},
+            "schemas": {**COMMON, **GENERATE_SCHEMAS, **SYSTEM_SCHEMAS},
             "responses": RESPONSES,
         },
     })
