@@ -30,9 +30,11 @@ import config
 from apps import records as limits
 from apps.paint import sessions
 from apps.paint.pipelines import PIPELINES
+from apps.system import Alive
 from core import validation as v
 from core.db import Id
 from core.envelope import CODE_BACKEND, CODE_BUSINESS, CODE_OK, CODE_STORAGE, NotFound
+from core.monitoring import Readiness
 
 JSON = "application/json"
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -265,43 +267,16 @@ def _text(description: str, example: str, media: str = TEXT) -> dict:
     return {"description": description, "content": {media: {"schema": {"type": "string"}, "example": example}}}
 
 
-INSTANCE = {
-    "type": "object",
-    "required": ["name", "state", "healthy", "cooldown_remaining", "last_error"],
-    "properties": {"name": {"type": "string", "description": "The instance's URL without credentials."},
-                   "state": {"type": "string", "description": "idle, busy, cooldown or probing."},
-                   "healthy": {"type": "boolean"},
-                   "cooldown_remaining": {"type": "number", "minimum": 0},
-                   "last_error": nullable({"type": "string"})},
-}
-
-READINESS = {
-    "type": "object",
-    "required": ["database", "sd", "gpt"],
-    "properties": {
-        "database": {"type": "object", "required": ["reachable"], "properties": {"reachable": {"type": "boolean"}}},
-        "sd": {"type": "object", "required": ["total", "healthy", "busy", "waiting", "closed", "instances"],
-               "properties": {"total": {"type": "integer"}, "healthy": {"type": "integer"},
-                              "busy": {"type": "integer"}, "waiting": {"type": "integer"},
-                              "closed": {"type": "boolean"}, "instances": {"type": "array", "items": INSTANCE}}},
-        "gpt": {"type": "object", "required": ["configured", "provider", "deployments", "recent_failures"],
-                "properties": {"configured": {"type": "boolean"}, "provider": nullable({"type": "string"}),
-                               "deployments": {"type": "object"},
-                               "recent_failures": {"type": "object",
-                                                   "additionalProperties": {"type": "integer"}}}},
-    },
-}
-
 READY_EXAMPLE = {"database": {"reachable": True},
                  "sd": {"total": 1, "healthy": 1, "busy": 0, "waiting": 0, "closed": False, "instances": [
                      {"name": "http://sd-1:7860", "state": "idle", "healthy": True,
                       "cooldown_remaining": 0, "last_error": ""}]},
-                 "gpt": {"configured": True, "provider": "azure", "deployments": {}, "recent_failures": {}}}
+                 "gpt": {"configured": True, "provider": "azure", "chat_deployment": "gpt-4o",
+                         "vision_deployment": "gpt-4o", "deployments": {}, "recent_failures": {},
+                         "recent_seconds": 300, "failures_total": {}}}
 
 NOT_READY_EXAMPLE = {**READY_EXAMPLE, "sd": {"total": 0, "healthy": 0, "busy": 0, "waiting": 0, "closed": False,
                                              "instances": []}}
-
-SYSTEM_SCHEMAS = {"Readiness": READINESS}
 
 SYSTEM_PATHS = {
     "/ping": {
@@ -314,8 +289,7 @@ SYSTEM_PATHS = {
     "/healthz": {"get": {
         "tags": ["system"], "operationId": "healthz", "security": OPEN,
         "summary": "Answer that the process is alive, without any I/O",
-        "responses": {"200": ok("Alive.", {"type": "object", "required": ["status"],
-                                           "properties": {"status": {"const": "alive"}}}, {"status": "alive"}),
+        "responses": {"200": ok("Alive.", Schema(Alive), {"status": "alive"}),
                       "405": {"$ref": "#/components/responses/MethodNotAllowed"}},
     }},
     "/readyz": {"get": {
@@ -325,10 +299,10 @@ SYSTEM_PATHS = {
                        "`message` says what is missing or degraded.",
         "responses": {
             "200": json_response("Ready (possibly degraded; see message).",
-                                 {**success({"$ref": "#/components/schemas/Readiness"}), "required": ["message"]},
+                                 success(Schema(Readiness)),
                                  {"ready": {"success": True, "data": READY_EXAMPLE, "code": 0, "message": "ready"}}),
             "503": json_response("Not ready: code 3 when the database is unreachable, else 2.",
-                                 failure(CODE_BACKEND, CODE_STORAGE, data={"$ref": "#/components/schemas/Readiness"}),
+                                 failure(CODE_BACKEND, CODE_STORAGE, data=Schema(Readiness)),
                                  {"no SD": {"success": False, "data": NOT_READY_EXAMPLE, "code": CODE_BACKEND,
                                             "message": "not ready: no SD instances configured (set SD_ENDPOINTS)"}}),
             "405": {"$ref": "#/components/responses/MethodNotAllowed"}},
@@ -604,7 +578,7 @@ def _build() -> dict[str, Any]:
             "securitySchemes": {"bearerAuth": {
                 "type": "http", "scheme": "bearer",
                 "description": "The server's API_TOKEN; required only when the server sets one."}},
-            "schemas": {**COMMON, **GENERATE_SCHEMAS, **SYSTEM_SCHEMAS},
+            "schemas": {**COMMON, **GENERATE_SCHEMAS},
             "responses": RESPONSES,
         },
     })
