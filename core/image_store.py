@@ -1,8 +1,9 @@
 """Images in GridFS, stored once each under the SHA-256 of their bytes.
 
-Generation records and saved sessions keep only the hash; the bytes live here, so no
-document nears MongoDB's 16 MB limit and an image mentioned a thousand times is stored
-once. Images arrive as data URIs or raw base64; only PNG, JPEG and WebP are accepted.
+Generation records and saved sessions keep only the hash (a record: an `ImageRef`); the
+bytes live here, so no document nears MongoDB's 16 MB limit and an image mentioned a
+thousand times is stored once. Images arrive as data URIs or raw base64; only PNG, JPEG
+and WebP are accepted.
 """
 from __future__ import annotations
 
@@ -14,23 +15,30 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
 import gridfs
-from pydantic import PlainSerializer, PlainValidator, SerializationInfo, WithJsonSchema
+from pydantic import ConfigDict, Field, PlainSerializer, PlainValidator, SerializationInfo, WithJsonSchema
 from pydantic_core import PydanticCustomError
 from pymongo import ASCENDING
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from core import embedded_store
+from core.db import Document
 
 BUCKET = "fs"  # GridFS's default bucket (the only one the embedded store handles)
 _KEY = re.compile(r"[0-9a-f]{64}")  # a SHA-256 in lower-case hex
+# The key of a stored image as the API takes it (either case).
+Sha256 = Annotated[str, Field(pattern="^[0-9a-fA-F]{64}$",
+                              description="The SHA-256 of an image's bytes, 64 hex characters.")]
 
+# The kinds of image accepted, as their bytes tell them apart.
+ImageType = Literal["image/png", "image/jpeg", "image/webp"]
+PNG, JPEG, WEBP = get_args(ImageType)
 _SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", PNG),
+    (b"\xff\xd8\xff", JPEG),
 )
 
 # Writers of one hash must take turns (a half-written image's chunks are cleared before a
@@ -74,7 +82,7 @@ def sniff_content_type(data: bytes) -> str | None:
         if data.startswith(signature):
             return content_type
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
+        return WEBP
     return None
 
 
@@ -97,9 +105,18 @@ def decode_image(value: str) -> Image:
     return Image(data, content_type)
 
 
+class ImageRef(Document):
+    """An image moved to the image store; fetch it with GET /images/{sha256}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sha256: Sha256
+    content_type: ImageType
+
+
 # How an Image leaves a model: raw base64 in an answer (the form the client shows), or, when
-# the dump's context holds an `image_sink` (a record being written), whatever the sink makes
-# of it: the image is stored and the record keeps its reference.
+# the dump's context holds an `image_sink` (a record being written), the ImageRef the sink
+# hands back for it: the image is stored and the record keeps its reference.
 def _dump_image(image: Image, info: SerializationInfo) -> Any:
     sink = (info.context or {}).get("image_sink")
     return sink(image) if sink is not None else image.b64()
@@ -135,6 +152,14 @@ SketchImage = Annotated[Image, PlainValidator(_load_sketch), _OUT, WithJsonSchem
     mode="validation")]
 # An image the server made (or was sent) and answers as raw base64.
 AnswerImage = Annotated[Image, PlainValidator(_only_images), _OUT, WithJsonSchema(_B64_SCHEMA)]
+
+
+def _sink_image(image: Image, info: SerializationInfo) -> ImageRef:
+    return info.context["image_sink"](image)
+
+
+# An image that only a record keeps: dumped (with an `image_sink`, always) as its ImageRef.
+RecordImage = Annotated[Image, PlainValidator(_only_images), PlainSerializer(_sink_image, return_type=ImageRef)]
 
 
 def _bucket(db: Database) -> gridfs.GridFSBucket:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import flask_swagger_ui
 from flask import Blueprint, Response, jsonify, render_template, send_from_directory
@@ -34,6 +34,7 @@ from apps.system import Alive
 from core import validation as v
 from core.db import Id
 from core.envelope import CODE_BACKEND, CODE_BUSINESS, CODE_OK, CODE_STORAGE, NotFound
+from core.image_store import ImageType, Sha256
 from core.monitoring import Readiness
 
 JSON = "application/json"
@@ -118,28 +119,9 @@ def _type_schema(annotation: Any, **extra: Any) -> dict[str, Any]:
 
 USERNAME = _type_schema(v.Username)
 
-SHA256 = {
-    "type": "string",
-    "minLength": 64,
-    "maxLength": 64,
-    "pattern": "^[0-9a-fA-F]{64}$",
-    "description": "The SHA-256 of an image's bytes, 64 hex characters.",
-}
-
-IMAGE_REF = {
-    "type": "object",
-    "description": "An image moved to the image store; fetch it with GET /images/{sha256}.",
-    "required": ["sha256", "contentType"],
-    "additionalProperties": False,
-    "properties": {"sha256": ref("Sha256"),
-                   "contentType": {"type": "string", "enum": ["image/png", "image/jpeg", "image/webp"]}},
-}
-
 COMMON = {
     "Envelope": ENVELOPE,
     "Username": USERNAME,
-    "Sha256": SHA256,
-    "ImageRef": IMAGE_REF,
 }
 
 
@@ -457,25 +439,11 @@ RESPONSE_EXAMPLES = {
         _item("concreteText", "可折叠收纳，内置计数屏，握把防滑")]))]},
 }
 
-RECORD = {
-    "allOf": [Schema(limits.GenerationSummary)],
-    "required": ["input", "steps", "result"],
-    "description": "Everything one POST /generate did; images are ImageRef objects.",
-    "properties": {
-        "input": nullable({"type": "object", "description": "The prompts as checked, in the client's names."}),
-        "steps": {"type": "array", "items": {"type": "object", "required": ["kind"],
-                                             "properties": {"kind": {"enum": ["llm", "image"]}}},
-                  "description": "One entry per GPT call and per image job, in the order they finished."},
-        "result": nullable({"type": "object", "description": "The data the client received."}),
-    },
-}
-
-GENERATE_SCHEMAS = {**REQUESTS, **RESULTS, "GenerationRecord": RECORD}
+GENERATE_SCHEMAS = {**REQUESTS, **RESULTS}
 
 _SUMMARY_EXAMPLE = {"_id": RECORD_ID, "createdAt": "2024-05-24T09:30:00.123Z",
                     "finishedAt": "2024-05-24T09:31:10.456Z", "durationMs": 70333, "appid": 0, "type": 0,
                     "username": "alice", "status": "ok", "error": None}
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
 
 GENERATE_PATHS = {
     "/generate": {"post": {
@@ -502,7 +470,7 @@ GENERATE_PATHS = {
     "/generations/{record_id}": {"get": {
         "tags": ["records"], "operationId": "getGeneration", "summary": "Return one whole generation record",
         "parameters": [{"name": "record_id", "in": "path", "required": True, "schema": Schema(Id, "validation")}],
-        "responses": {"200": ok("The record.", ref("GenerationRecord"), {
+        "responses": {"200": ok("The record.", Schema(limits.GenerationRecord), {
             **_SUMMARY_EXAMPLE, "input": {"task": TASK, "num": 1}, "steps": [],
             "result": RESPONSE_EXAMPLES["type 0"]}), **errors(400, 401, 404, 405, 503)},
     }},
@@ -511,7 +479,7 @@ GENERATE_PATHS = {
         "summary": "Serve a stored image by its SHA-256 (case-insensitive)",
         "description": "Images never change under their hash: the answer is cacheable for good and "
                        "honours If-None-Match.",
-        "parameters": [{"name": "key", "in": "path", "required": True, "schema": ref("Sha256"),
+        "parameters": [{"name": "key", "in": "path", "required": True, "schema": Schema(Sha256, "validation"),
                         "description": "The image's SHA-256, as in an ImageRef."}],
         "responses": {
             "200": {"description": "The bytes. Generation images are PNG, JPEG or WebP; a blob moved out of a "
@@ -524,7 +492,7 @@ GENERATE_PATHS = {
                                 "Content-Security-Policy": {"schema": {"type": "string"}, "required": True,
                                                             "description": "sandbox; default-src 'none'"}},
                     "content": {**{kind: {"schema": {"type": "string", "contentMediaType": kind}}
-                                   for kind in IMAGE_TYPES},
+                                   for kind in get_args(ImageType)},
                                 "*/*": {"schema": {"type": "string"}}}},
             "304": {"description": "Not modified (If-None-Match named this image)."},
             **errors(400, 401, 404, 405, 503)},
