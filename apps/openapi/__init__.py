@@ -26,12 +26,10 @@ from flask import Blueprint, Response, jsonify, render_template, send_from_direc
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
-import config
 from apps import records as limits
 from apps.paint import sessions
-from apps.paint.pipelines import PIPELINES
+from apps.generate import exchanges
 from apps.system import Alive
-from core import validation as v
 from core.db import Id
 from core.envelope import CODE_BACKEND, CODE_BUSINESS, CODE_OK, CODE_STORAGE, NotFound
 from core.image_store import ImageType, Sha256
@@ -90,11 +88,6 @@ def ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    """Return a schema accepting `schema` or null."""
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
 ENVELOPE = {
     "type": "object",
     "description": "The shape of every JSON answer. `code`: 0 success, 1 business failure (bad input, "
@@ -111,17 +104,8 @@ ENVELOPE = {
     },
 }
 
-def _type_schema(annotation: Any, **extra: Any) -> dict[str, Any]:
-    """Return the JSON schema pydantic writes for one annotated type (a name, an id), for a component."""
-    written = TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True)).json_schema()
-    return {**written, **extra}
-
-
-USERNAME = _type_schema(v.Username)
-
 COMMON = {
     "Envelope": ENVELOPE,
-    "Username": USERNAME,
 }
 
 
@@ -385,27 +369,6 @@ PAINT_PATHS = {
 # which JSON Schema cannot express.
 IMAGE_FORMAT = "image-data-uri"
 
-TYPES = {0: "rapid divergence", 1: "deep divergence", 2: "convergence, naming and selection",
-         3: "convergence, group two"}
-
-
-REQUESTS = {
-    f"Generate{p.prompts.__name__.removesuffix('Prompts')}": {
-        "type": "object", "required": ["appid", "type", "prompts"], "title": f"type {type_}: {TYPES[type_]}",
-        "properties": {
-            "appid": {"type": "integer", "const": config.APP_PAINT, "description": "The sketching app."},
-            "type": {"type": "integer", "const": type_, "description": TYPES[type_]},
-            "username": {**nullable(ref("Username")), "description": "Who asks, for the record; optional."},
-            "prompts": Schema(p.prompts, "validation")}}
-    for type_, p in PIPELINES.items()
-}
-REQUESTS["GenerateRequest"] = {"oneOf": [ref(name) for name in REQUESTS],
-                               "description": "Unknown appid or type, or prompts of the wrong shape, answer 400."}
-RESULTS = {"GenerateData": {"oneOf": [Schema(p.answer) for p in PIPELINES.values()],
-                            "description": "The data of the type asked for."}}
-
-
-
 SKETCH = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
           "AAAABJRU5ErkJggg==")  # a 1x1 PNG
 TASK = "设计一款运动辅助产品"
@@ -439,7 +402,7 @@ RESPONSE_EXAMPLES = {
         _item("concreteText", "可折叠收纳，内置计数屏，握把防滑")]))]},
 }
 
-GENERATE_SCHEMAS = {**REQUESTS, **RESULTS}
+GENERATE_REQUEST, GENERATE_DATA = exchanges()
 
 _SUMMARY_EXAMPLE = {"_id": RECORD_ID, "createdAt": "2024-05-24T09:30:00.123Z",
                     "finishedAt": "2024-05-24T09:31:10.456Z", "durationMs": 70333, "appid": 0, "type": 0,
@@ -452,9 +415,9 @@ GENERATE_PATHS = {
         "description": "Every request that passes validation leaves a record (GET /generations), whether it "
                        "succeeds or fails; rejected ones leave none. A generation takes up to minutes.",
         "requestBody": {"required": True, "content": {"application/json": {
-            "schema": ref("GenerateRequest"),
+            "schema": Schema(GENERATE_REQUEST, "validation"),
             "examples": {name: {"value": value} for name, value in REQUEST_EXAMPLES.items()}}}},
-        "responses": {"200": {**ok("The creatives.", ref("GenerateData"), RESPONSE_EXAMPLES["type 0"])},
+        "responses": {"200": {**ok("The creatives.", Schema(GENERATE_DATA), RESPONSE_EXAMPLES["type 0"])},
                       **errors(400, 401, 405, 413, 429, 504, _503="BackendUnavailable")},
     }},
     "/generations": {"get": {
@@ -546,7 +509,7 @@ def _build() -> dict[str, Any]:
             "securitySchemes": {"bearerAuth": {
                 "type": "http", "scheme": "bearer",
                 "description": "The server's API_TOKEN; required only when the server sets one."}},
-            "schemas": {**COMMON, **GENERATE_SCHEMAS},
+            "schemas": COMMON,
             "responses": RESPONSES,
         },
     })
