@@ -1,10 +1,11 @@
 """The API described: its OpenAPI 3.1 document, served at /openapi.json for tools and at /docs for people.
 
-The document is built once from what the server itself declares wherever it can: where it
-needs the schema of a body, an answer's data or a parameter it says `Schema(the type)`, and
-`_build` has pydantic write every such schema in one pass, the models among them (and
-what they name) as components. The rest (routes, the envelope, the failure answers, the
-stored shapes) is written here once.
+Every schema in it is one that pydantic writes for a type the server declares where the
+fact lives: request bodies and queries, each answer's data, the envelope around it
+(core.envelope.Envelope, parametrised per answer), stored shapes. Where the document needs
+one it says `Schema(the type)`, and `_build` has pydantic write them all in one pass, the
+models among them as components. Written here is the rest: routes, statuses, headers,
+descriptions and examples.
 
 /docs is Swagger UI, whose assets the flask-swagger-ui package installs from PyPI and this
 server serves itself (no CDN: a study network may be offline), started on /openapi.json.
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import flask_swagger_ui
 from flask import Blueprint, Response, jsonify, render_template, send_from_directory
@@ -31,7 +32,7 @@ from apps.paint import sessions
 from apps.generate import exchanges
 from apps.system import Alive
 from core.db import Id
-from core.envelope import CODE_BACKEND, CODE_BUSINESS, CODE_OK, CODE_STORAGE, NotFound
+from core.envelope import CODE_BACKEND, CODE_BUSINESS, CODE_OK, CODE_STORAGE, Envelope, NotFound
 from core.image_store import ImageType, Sha256
 from core.monitoring import Readiness
 
@@ -72,41 +73,22 @@ def _filled(node: Any, written: dict[Schema, Any]) -> Any:
     return node
 
 
+def _is_envelope(type_: Any) -> bool:
+    return isinstance(type_, type) and issubclass(type_, Envelope)
+
+
 def written_schemas(document: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return `document` with every Schema spot filled in, and the component schemas they refer to."""
     spots = list(_spots(document))
     found, top = TypeAdapter.json_schemas([(spot, spot.mode, _adapter(spot.type)) for spot in spots],
                                           by_alias=True, ref_template=REF_TEMPLATE)
-    return _filled(document, {spot: found[spot, spot.mode] for spot in spots}), top.get("$defs", {})
-
-
-# -- shared schemas ---------------------------------------------------------------------------
-
-
-def ref(name: str) -> dict[str, str]:
-    """Return a reference to the component schema `name`."""
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-ENVELOPE = {
-    "type": "object",
-    "description": "The shape of every JSON answer. `code`: 0 success, 1 business failure (bad input, "
-                   "unknown participant, token, limits), 2 a generative backend (GPT or Stable Diffusion) "
-                   "failed, 3 the database is unreachable or refused a write.",
-    "required": ["success", "data", "code", "message"],
-    "additionalProperties": False,
-    "properties": {
-        "success": {"type": "boolean"},
-        "data": {"description": "The route's payload on success; null on failure (except GET /readyz)."},
-        "code": {"type": "integer", "enum": [CODE_OK, CODE_BUSINESS, CODE_BACKEND, CODE_STORAGE]},
-        "message": {"type": "string", "description": "Empty on success; on failure, why, in words a person "
-                                                     "can act on (a bad field is named first)."},
-    },
-}
-
-COMMON = {
-    "Envelope": ENVELOPE,
-}
+    components = top.get("$defs", {})
+    written = {spot: found[spot, spot.mode] for spot in spots}
+    # An envelope is the shape of one answer, not a concept to name: written out where it stands.
+    envelopes = {spot: written[spot]["$ref"].rsplit("/", 1)[-1] for spot in spots if _is_envelope(spot.type)}
+    written.update({spot: components[name] for spot, name in envelopes.items()})
+    named = {name: schema for name, schema in components.items() if name not in envelopes.values()}
+    return _filled(document, written), named
 
 
 def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
@@ -128,25 +110,28 @@ def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
 
 
 # -- answers ----------------------------------------------------------------------------------
-def success(data: dict[str, Any]) -> dict[str, Any]:
-    """Return the schema of a success envelope whose `data` is `data`."""
-    return {"allOf": [ref("Envelope")],
-            "properties": {"success": {"const": True}, "code": {"const": 0}, "data": data}}
+def success(data: Any) -> Schema:
+    """Return the schema of a success envelope whose `data` is of type `data` (or a Schema, in its mode)."""
+    spot = data if isinstance(data, Schema) else Schema(data)
+    return Schema(Envelope[Literal[True], Literal[CODE_OK], spot.type], spot.mode)
 
 
-def failure(*codes: int, data: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Return the schema of a failure envelope with one of `codes` (and null data unless given)."""
-    return {"allOf": [ref("Envelope")],
-            "properties": {"success": {"const": False}, "code": {"enum": list(codes)},
-                           "data": data if data is not None else {"type": "null"}}}
+def failure(*codes: int, data: Any = None) -> Schema:
+    """Return the schema of a failure envelope with one of `codes`, its data null unless of type `data`."""
+    return Schema(Envelope[Literal[False], Literal[codes], data])
+
+
+def answer(data: Any = None, code: int = CODE_OK, message: str = "") -> dict[str, Any]:
+    """Return an example answer in the envelope, as core.envelope writes one."""
+    return dict(Envelope.model_construct(success=code == CODE_OK, data=data, code=code, message=message))
 
 
 def example(message: str, code: int = CODE_BUSINESS) -> dict[str, Any]:
-    """Return a failure envelope example."""
-    return {"success": False, "data": None, "code": code, "message": message}
+    """Return an example failure answer."""
+    return answer(code=code, message=message)
 
 
-def json_response(description: str, schema: dict[str, Any], examples: dict[str, Any] | None = None,
+def json_response(description: str, schema: Schema | dict[str, Any], examples: dict[str, Any] | None = None,
                   headers: dict[str, Any] | None = None) -> dict[str, Any]:
     """Return a response object with a JSON body, its named examples and headers."""
     content: dict[str, Any] = {"schema": schema}
@@ -158,10 +143,9 @@ def json_response(description: str, schema: dict[str, Any], examples: dict[str, 
     return response
 
 
-def ok(description: str, data: dict[str, Any], example_data: Any) -> dict[str, Any]:
-    """Return a 200 response whose envelope carries `data`."""
-    return json_response(description, success(data),
-                         {"ok": {"success": True, "data": example_data, "code": 0, "message": ""}})
+def ok(description: str, data: Any, example_data: Any) -> dict[str, Any]:
+    """Return a 200 response whose envelope carries data of type `data`."""
+    return json_response(description, success(data), {"ok": answer(example_data)})
 
 
 def _header(description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -255,7 +239,7 @@ SYSTEM_PATHS = {
     "/healthz": {"get": {
         "tags": ["system"], "operationId": "healthz", "security": OPEN,
         "summary": "Answer that the process is alive, without any I/O",
-        "responses": {"200": ok("Alive.", Schema(Alive), {"status": "alive"}),
+        "responses": {"200": ok("Alive.", Alive, {"status": "alive"}),
                       "405": {"$ref": "#/components/responses/MethodNotAllowed"}},
     }},
     "/readyz": {"get": {
@@ -264,13 +248,12 @@ SYSTEM_PATHS = {
         "description": "Cheap: one database ping and the backends' own counters; no model is called. "
                        "`message` says what is missing or degraded.",
         "responses": {
-            "200": json_response("Ready (possibly degraded; see message).",
-                                 success(Schema(Readiness)),
-                                 {"ready": {"success": True, "data": READY_EXAMPLE, "code": 0, "message": "ready"}}),
+            "200": json_response("Ready (possibly degraded; see message).", success(Readiness),
+                                 {"ready": answer(READY_EXAMPLE, message="ready")}),
             "503": json_response("Not ready: code 3 when the database is unreachable, else 2.",
-                                 failure(CODE_BACKEND, CODE_STORAGE, data=Schema(Readiness)),
-                                 {"no SD": {"success": False, "data": NOT_READY_EXAMPLE, "code": CODE_BACKEND,
-                                            "message": "not ready: no SD instances configured (set SD_ENDPOINTS)"}}),
+                                 failure(CODE_BACKEND, CODE_STORAGE, data=Readiness),
+                                 {"no SD": answer(NOT_READY_EXAMPLE, CODE_BACKEND,
+                                                  "not ready: no SD instances configured (set SD_ENDPOINTS)")}),
             "405": {"$ref": "#/components/responses/MethodNotAllowed"}},
     }},
     "/metrics": {"get": {
@@ -341,14 +324,14 @@ PAINT_PATHS = {
         "description": "The body carries the whole session, every sketch as a data URI, so its limit is "
                        "SAVE_MAX_CONTENT_LENGTH. Schemes are stored as opaque JSON and returned unchanged.",
         "requestBody": _body(Schema(sessions.SaveBody, "validation"), SAVE_EXAMPLE),
-        "responses": {"200": ok("Saved.", {"type": "null"}, None), **errors(400, 401, 404, 405, 413, 503)},
+        "responses": {"200": ok("Saved.", None, None), **errors(400, 401, 404, 405, 413, 503)},
     }},
     "/paint/history": {"get": {
         "tags": ["sessions"], "operationId": "listSaves",
         "summary": "List the participant's saves, newest first",
         "description": "Parameters other than username and limit are rejected (400).",
         "parameters": query_parameters(sessions.HistoryQuery),
-        "responses": {"200": ok("The saves, newest first.", Schema(sessions.History), {"username": "alice", "saves": [{
+        "responses": {"200": ok("The saves, newest first.", sessions.History, {"username": "alice", "saves": [{
             "id": EXAMPLE_ID, "revision": 3, "savedAt": "2024-05-24T09:30:00.123Z", "kind": "save",
             "currentStage": "快速发散", "designTask": EXAMPLE_TASK, "counts": {"快速发散": 2, "深入发散": 0, "收敛": 0}}]}),
             **errors(400, 401, 404, 405, 503)},
@@ -417,7 +400,7 @@ GENERATE_PATHS = {
         "requestBody": {"required": True, "content": {"application/json": {
             "schema": Schema(GENERATE_REQUEST, "validation"),
             "examples": {name: {"value": value} for name, value in REQUEST_EXAMPLES.items()}}}},
-        "responses": {"200": {**ok("The creatives.", Schema(GENERATE_DATA), RESPONSE_EXAMPLES["type 0"])},
+        "responses": {"200": {**ok("The creatives.", GENERATE_DATA, RESPONSE_EXAMPLES["type 0"])},
                       **errors(400, 401, 405, 413, 429, 504, _503="BackendUnavailable")},
     }},
     "/generations": {"get": {
@@ -426,14 +409,14 @@ GENERATE_PATHS = {
         "description": "Parameters other than these four are rejected (400), and so is a `before` id that "
                        "no record has.",
         "parameters": query_parameters(limits.PageQuery),
-        "responses": {"200": ok("A page of summaries.", Schema(limits.GenerationPage),
+        "responses": {"200": ok("A page of summaries.", limits.GenerationPage,
                                 {"items": [_SUMMARY_EXAMPLE], "next": None}),
                       **errors(400, 401, 405, 503)},
     }},
     "/generations/{record_id}": {"get": {
         "tags": ["records"], "operationId": "getGeneration", "summary": "Return one whole generation record",
         "parameters": [{"name": "record_id", "in": "path", "required": True, "schema": Schema(Id, "validation")}],
-        "responses": {"200": ok("The record.", Schema(limits.GenerationRecord), {
+        "responses": {"200": ok("The record.", limits.GenerationRecord, {
             **_SUMMARY_EXAMPLE, "input": {"task": TASK, "num": 1}, "steps": [],
             "result": RESPONSE_EXAMPLES["type 0"]}), **errors(400, 401, 404, 405, 503)},
     }},
@@ -471,9 +454,9 @@ The server behind the Refinity sketching client: participant sessions, creative 
 Stable Diffusion, and the researcher's records of every generation.
 
 **The envelope.** Every JSON answer, success or failure, is `{"success", "data", "code", "message"}`
-(`/openapi.json` excepted: tools read it as plain OpenAPI). `code` 0 is success, 1 a business failure,
-2 a generative backend failure, 3 a database failure. The HTTP status is real (400, 401, 404, 405,
-413, 429, 503, 504) and the client may read the body whatever it is.
+(`/openapi.json` excepted: tools read it as plain OpenAPI); every answer's schema says what its
+`code` means. The HTTP status is real (400, 401, 404, 405, 413, 429, 503, 504) and the client may
+read the body whatever it is.
 
 **Bodies** are UTF-8 JSON sent with `Content-Type: application/json`. Strings are Unicode text:
 a lone surrogate escape (`"\\ud800"`) anywhere in a body is refused with 400, and so are the
@@ -509,7 +492,7 @@ def _build() -> dict[str, Any]:
             "securitySchemes": {"bearerAuth": {
                 "type": "http", "scheme": "bearer",
                 "description": "The server's API_TOKEN; required only when the server sets one."}},
-            "schemas": COMMON,
+            "schemas": {},
             "responses": RESPONSES,
         },
     })
