@@ -383,8 +383,9 @@ class PageQuery(v.Body):
     type: Annotated[int, Field(ge=0, le=MAX_TYPE), v.FROM_QUERY] | None = None
     limit: Annotated[int, Field(ge=1, le=MAX_LIMIT), v.FROM_QUERY] = DEFAULT_LIMIT
     before: Annotated[ObjectId | datetime, PlainValidator(_cursor, json_schema_input_type=RecordId | datetime),
-                      Field(description="A record id (the page starts after it) or an ISO-8601 time "
-                                        "(records created strictly before it; UTC when no offset is given)")] | None = None
+                      Field(description="A record id (the page starts after it; an id that no record has "
+                                        "is refused, 400) or an ISO-8601 time (records created strictly "
+                                        "before it; UTC when no offset is given)")] | None = None
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 

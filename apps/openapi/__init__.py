@@ -406,8 +406,7 @@ GENERATE_PATHS = {
     "/generations": {"get": {
         "tags": ["records"], "operationId": "listGenerations",
         "summary": "List generation record summaries, newest first",
-        "description": "Parameters other than these four are rejected (400), and so is a `before` id that "
-                       "no record has.",
+        "description": "Parameters other than these four are rejected (400).",
         "parameters": query_parameters(limits.PageQuery),
         "responses": {"200": ok("A page of summaries.", limits.GenerationPage,
                                 {"items": [_SUMMARY_EXAMPLE], "next": None}),
