@@ -144,6 +144,8 @@ _B64_SCHEMA = {"type": "string", "contentEncoding": "base64",
                "description": "Raw base64 of an image, without a data: prefix; show it as "
                               "`data:image/jpeg;base64,` + image."}
 
+# The format of a sketch in the OpenAPI document: its bytes are an image, which no pattern says.
+IMAGE_FORMAT = "image-data-uri"
 # What decode_image reads, as far as a pattern can say it: a base64 data URI's header or none,
 # then base64 with padding and white space (which it drops) anywhere, at least 4 digits (the
 # shortest signature, JPEG's, is 3 bytes). That the bytes are such an image, the format says.
@@ -151,7 +153,7 @@ _SKETCH_PATTERN = r"^(?:data:[^,]*;base64,)?[\s=]*(?:[A-Za-z0-9+/][\s=]*){4,}$"
 
 # An image a client sends: a data URI (or raw base64) of a PNG, JPEG or WebP, decoded once here.
 SketchImage = Annotated[Image, PlainValidator(_load_sketch), _OUT, WithJsonSchema(
-    {"type": "string", "format": "image-data-uri", "pattern": _SKETCH_PATTERN,
+    {"type": "string", "format": IMAGE_FORMAT, "pattern": _SKETCH_PATTERN,
      "description": "A data URI of a PNG, JPEG or WebP image (`data:image/png;base64,...`; raw "
                     "base64 is accepted too). The decoded bytes must really be such an image."},
     mode="validation")]

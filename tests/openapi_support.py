@@ -15,8 +15,8 @@ from typing import Any
 from jsonschema import Draft202012Validator, FormatChecker, validators
 from werkzeug.test import TestResponse
 
-from apps.openapi import IMAGE_FORMAT, build_document
-from core.image_store import ImageDecodeError, decode_image
+from apps.openapi import build_document
+from core.image_store import IMAGE_FORMAT, ImageDecodeError, decode_image
 
 DOC = build_document()
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")

@@ -38,11 +38,11 @@ from schemathesis.checks import (
 )
 from schemathesis.core import NotSet
 
-from apps.openapi import IMAGE_FORMAT
 from apps.paint.pipelines.contract import MAX_COUNT
 from apps.paint.sessions import SCHEME_FIELDS
 from core.backends import close_app_backends
 from core.factory import create_app
+from core.image_store import IMAGE_FORMAT
 from core.validation import MAX_DEPTH
 from simulators.chat import ChatSimulator
 from simulators.webui import SDWebUISimulator

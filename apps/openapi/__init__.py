@@ -348,10 +348,6 @@ PAINT_PATHS = {
 
 
 # -- generation and its records ---------------------------------------------------------------
-# The format of a sketch a client sends (core.image_store.SketchImage): its bytes are checked,
-# which JSON Schema cannot express.
-IMAGE_FORMAT = "image-data-uri"
-
 SKETCH = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
           "AAAABJRU5ErkJggg==")  # a 1x1 PNG
 TASK = "设计一款运动辅助产品"
