@@ -18,6 +18,7 @@ is contacted. Ready means a generation can work: the database answers, GPT is co
 and at least one Stable Diffusion instance is configured and healthy (SD_ENDPOINTS empty is
 not ready, since every pipeline draws images). GPT failures never make it not ready (the
 client cannot tell a broken key from a passing 429 storm); they are reported as "degraded".
+The answer's data is a `Readiness`, a model per backend.
 """
 from __future__ import annotations
 

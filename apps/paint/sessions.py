@@ -2,9 +2,9 @@
 
 A participant is one small document in `participants`, unique by username: the current
 stage, the design task and `schemeRefs`, for each stage's list the ids of its schemes in
-apps.paint.scheme_store. POST /paint/start answers it (creating it on first visit) as the
-seven keys the client spreads into its state; POST /paint/save replaces the state and
-keeps every save in `session_history`, which GET /paint/history lists.
+apps.paint.scheme_store. POST /paint/start answers it (creating it on first visit) as a
+`Session`, the seven keys the client spreads into its state; POST /paint/save replaces the
+state and keeps every save in `session_history`, which GET /paint/history lists.
 
 A save takes the next number from the participant's `revisionSeq`, writes its history
 entry (pending), then sets the participant's state in one atomic update that only
