@@ -285,7 +285,8 @@ class Replayer:
         # The selection keeps only the candidates it names (naming.run).
         keep = (lambda items: match_choices(items, variables["names"])) if "names" in variables else None
         with Flow(1, sequential=True) as flow:
-            steps = Steps(self.paint.book, self.paint.sd_options, self.gpt, None, Trace(), flow)  # type: ignore[arg-type]
+            no_pool: Any = None  # ask() draws no images
+            steps = Steps(self.paint.book, self.paint.sd_options, self.gpt, no_pool, Trace(), flow)
             try:
                 items = steps.ask(entry.step, entry.count, images=images, keep=keep, **variables)
             except BackendError as error:
