@@ -1,13 +1,16 @@
 """Configuration read from environment variables, with safe defaults.
 
 Every setting is a key of the Flask config with the same name as its environment
-variable. `.env` in the working directory is loaded for local runs (it never
-overrides a variable that is already set). Nothing secret has a default.
+variable. `.env` in the project directory is loaded for local runs (it never
+overrides a variable that is already set). Nothing secret has a default. Relative paths
+(DATA_DIR) are taken from the project directory, not the working directory, so the
+server finds its data wherever it is started from.
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from dotenv import load_dotenv
@@ -16,6 +19,7 @@ from dotenv import load_dotenv
 APP_PAINT = 0
 
 MB = 1024 * 1024
+PROJECT_DIR = Path(__file__).resolve().parent
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -42,15 +46,21 @@ def _list(env: Mapping[str, str], name: str) -> list[str]:
     return [item.strip() for item in (env.get(name) or "").split(",") if item.strip()]
 
 
+def _path(env: Mapping[str, str], name: str, default: str) -> str:
+    # Joining keeps an absolute path as it is and puts a relative one under the project.
+    return str(PROJECT_DIR / Path(env.get(name) or default).expanduser())
+
+
 def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Return the server's settings from `env` (default: the process environment and `.env`)."""
     if env is None:
-        load_dotenv(override=False)
+        load_dotenv(PROJECT_DIR / ".env", override=False)
         env = os.environ
     chat_deployment = env.get("AZURE_OPENAI_DEPLOYMENT") or "gpt-4o"
     return {
         # HTTP server
-        "HOST": env.get("HOST") or "0.0.0.0",
+        # Loopback only: serving the network is a deliberate HOST=0.0.0.0.
+        "HOST": env.get("HOST") or "127.0.0.1",
         "PORT": _int(env, "PORT", 5000),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 32 * MB),
         # /paint/save carries a participant's whole session, every sketch included.
@@ -64,7 +74,7 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "MONGO_URI": env.get("MONGO_URI") or None,
         "MONGO_DB": env.get("MONGO_DB") or "Refinity",
         "MONGO_TIMEOUT_MS": _int(env, "MONGO_TIMEOUT_MS", 3000),
-        "DATA_DIR": env.get("DATA_DIR") or "./var",
+        "DATA_DIR": _path(env, "DATA_DIR", "var"),
         # GPT: Azure OpenAI when AZURE_OPENAI_ENDPOINT is set, else plain OpenAI when OPENAI_API_KEY is.
         "AZURE_OPENAI_ENDPOINT": env.get("AZURE_OPENAI_ENDPOINT") or None,
         "AZURE_OPENAI_API_KEY": env.get("AZURE_OPENAI_API_KEY") or None,

@@ -1,16 +1,20 @@
 """Settings from environment variables, with safe defaults."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import config
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def test_defaults():
     settings = config.from_env({})
-    assert settings["HOST"] == "0.0.0.0" and settings["PORT"] == 5000
+    assert settings["HOST"] == "127.0.0.1" and settings["PORT"] == 5000  # the network is opt-in
     assert settings["MONGO_URI"] is None and settings["MONGO_DB"] == "Refinity"
-    assert settings["DATA_DIR"] == "./var"
+    assert settings["DATA_DIR"] == str(ROOT / "var")
     assert settings["MAX_CONTENT_LENGTH"] == 32 * 1024 * 1024
     assert settings["CORS_ORIGINS"] == ["*"] and settings["API_TOKEN"] is None
     assert settings["SD_ENDPOINTS"] == []
@@ -37,3 +41,12 @@ def test_bad_number_names_the_variable():
     with pytest.raises(ValueError, match="PORT"):
         config.from_env({"PORT": "eighty"})
 
+
+
+@pytest.mark.parametrize("given, expected", [(None, ROOT / "var"), ("data/study", ROOT / "data" / "study"),
+                                             ("/srv/refinity", Path("/srv/refinity"))])
+def test_a_relative_data_dir_is_under_the_project_wherever_the_server_starts(tmp_path, monkeypatch,
+                                                                             given, expected):
+    monkeypatch.chdir(tmp_path)  # started from elsewhere, it must not open an empty store there
+    env = {} if given is None else {"DATA_DIR": given}
+    assert config.from_env(env)["DATA_DIR"] == str(expected)
