@@ -8,6 +8,7 @@ server finds its data wherever it is started from.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +21,7 @@ APP_PAINT = 0
 
 MB = 1024 * 1024
 PROJECT_DIR = Path(__file__).resolve().parent
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -46,6 +48,27 @@ def _list(env: Mapping[str, str], name: str) -> list[str]:
     return [item.strip() for item in (env.get(name) or "").split(",") if item.strip()]
 
 
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in _TRUE | _FALSE:
+        raise ValueError(f"{name} must be 1 or 0 (or true/false, yes/no, on/off), got {env.get(name)!r}")
+    return raw in _TRUE
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[Network, ...]:
+    try:
+        # strict=False: 192.168.1.7/24 means that host's network, as operators often write it.
+        return tuple(ipaddress.ip_network(item, strict=False) for item in _list(env, name))
+    except ValueError as error:
+        raise ValueError(f"{name} must be comma-separated networks such as 10.0.0.0/8 or 192.168.1.5, "
+                         f"got {env.get(name)!r}: {error}") from None
+
+
 def _path(env: Mapping[str, str], name: str, default: str) -> str:
     # Joining keeps an absolute path as it is and puts a relative one under the project.
     return str(PROJECT_DIR / Path(env.get(name) or default).expanduser())
@@ -66,7 +89,12 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         # /paint/save carries a participant's whole session, every sketch included.
         "SAVE_MAX_CONTENT_LENGTH": _int(env, "SAVE_MAX_CONTENT_LENGTH", 512 * MB),
         "CORS_ORIGINS": _list(env, "CORS_ORIGINS") or ["*"],
+        # The researcher token: researcher routes need it; while it is unset they answer loopback only.
         "API_TOKEN": env.get("API_TOKEN") or None,
+        # Client networks that may use the participant routes; empty means any.
+        "ALLOWED_CLIENTS": _networks(env, "ALLOWED_CLIENTS"),
+        # On: only usernames a researcher registered (flask participants add) may take part.
+        "PARTICIPANT_REGISTER": _bool(env, "PARTICIPANT_REGISTER", False),
         # Reverse proxies in front of the server whose X-Forwarded-For may be believed.
         "TRUSTED_PROXIES": _int(env, "TRUSTED_PROXIES", 0),
         "LOG_LEVEL": env.get("LOG_LEVEL") or "INFO",
