@@ -14,7 +14,7 @@ _settings = from_env()
 
 bind = f"{_settings['HOST']}:{_settings['PORT']}"
 workers = 1  # the SD pool lives in this process; see the docstring before raising it
-worker_class = "gthread"
+worker_class = "core.serving.EnvelopeWorker"  # gthread, answering what it refuses in the envelope
 threads = int(os.environ.get("GUNICORN_THREADS") or 64)
 # Generation requests wait for GPT and several image jobs: minutes, not gunicorn's 30 s.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT") or 900)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify, request
+from gunicorn.http.errors import ParseException
 from pymongo.errors import ConnectionFailure, DocumentTooLarge, PyMongoError
 from werkzeug.exceptions import HTTPException
 
@@ -58,9 +59,14 @@ class StorageUnavailable(ApiError):
     code = CODE_STORAGE
 
 
+def envelope_fields(data=None, *, success: bool = True, code: int = CODE_OK, message: str = "") -> dict:
+    """Return the four fields of the envelope around `data`, as an answer's JSON body holds them."""
+    return {"success": success, "data": data, "code": code, "message": message}
+
+
 def envelope(data=None, *, success: bool = True, code: int = CODE_OK, message: str = "", status: int = 200) -> Response:
     """Return a JSON response in the envelope."""
-    response = jsonify({"success": success, "data": data, "code": code, "message": message})
+    response = jsonify(envelope_fields(data, success=success, code=code, message=message))
     response.status_code = status
     return response
 
@@ -97,6 +103,11 @@ def _api_error(error: ApiError) -> Response:
     return response
 
 
+def _broken_body(error: ParseException) -> Response:
+    # gunicorn parses a chunked body while the app reads it, so its errors surface in the view.
+    return fail("body: is not valid HTTP (its chunked transfer encoding is broken)", status=400)
+
+
 def _backend_error(error: BackendError) -> Response:
     log.warning("backend failure: %s", error.describe())
     return fail(error.describe(), status=error.http_status, code=CODE_BACKEND)
@@ -122,4 +133,5 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(BackendError, _backend_error)
     app.register_error_handler(PyMongoError, _storage_error)
+    app.register_error_handler(ParseException, _broken_body)
     app.register_error_handler(Exception, _unexpected)
