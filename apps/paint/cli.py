@@ -2,12 +2,13 @@
 the study export functions, and `flask participants add|remove|list` for the participant register."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
 from flask import Blueprint, current_app
-from flask.cli import with_appcontext
+from flask.cli import AppGroup, with_appcontext
+from pymongo.database import Database
 
 from apps.paint import register as participant_register
 from apps.paint.sessions import HISTORY, PARTICIPANTS
@@ -55,9 +56,10 @@ def import_study_command(source: Path, force: bool) -> None:
     click.echo("imported " + ", ".join(f"{count} {name}" for name, count in written.items()))
 
 
-@click.group("participants")
-def participants_group() -> None:
-    """Keep the register of who may take part (enforced while PARTICIPANT_REGISTER is on)."""
+# An AppGroup runs each of its commands inside the app's context.
+participants_group = AppGroup("participants", help="Keep the register of who may take part (enforced while "
+                              "PARTICIPANT_REGISTER is on).")
+NAMES = click.argument("names", nargs=-1, required=True)
 
 
 def _unless_enforced() -> None:
@@ -66,34 +68,31 @@ def _unless_enforced() -> None:
                    "PARTICIPANT_REGISTER=1 to admit only these", err=True)
 
 
-def _changed(change, names: tuple[str, ...]) -> list[str]:
+def _change(change: Callable[[Database, tuple[str, ...]], list[str]], names: tuple[str, ...], said: str) -> None:
+    """Apply `change` to the register and say which names it changed (`said` takes their count)."""
     try:
-        return change(get_db(), names)
+        changed = change(get_db(), names)
     except BadInput as error:
         raise click.ClickException(error.message) from None
+    click.echo(said.format(len(changed)) + (f": {', '.join(changed)}" if changed else ""))
 
 
 @participants_group.command("add")
-@click.argument("names", nargs=-1, required=True)
-@with_appcontext
+@NAMES
 def add_participants_command(names: tuple[str, ...]) -> None:
     """Register NAMES, spelt as the API reads them (no surrounding whitespace, NFC)."""
-    added = _changed(participant_register.add, names)
-    click.echo(f"registered {len(added)} new name(s)" + (f": {', '.join(added)}" if added else ""))
+    _change(participant_register.add, names, "registered {} new name(s)")
     _unless_enforced()
 
 
 @participants_group.command("remove")
-@click.argument("names", nargs=-1, required=True)
-@with_appcontext
+@NAMES
 def remove_participants_command(names: tuple[str, ...]) -> None:
     """Take NAMES out of the register; their sessions stay, but they can no longer take part."""
-    removed = _changed(participant_register.remove, names)
-    click.echo(f"removed {len(removed)} name(s)" + (f": {', '.join(removed)}" if removed else ""))
+    _change(participant_register.remove, names, "removed {} name(s)")
 
 
 @participants_group.command("list")
-@with_appcontext
 def list_participants_command() -> None:
     """Print every registered name, one per line."""
     for name in participant_register.names(get_db()):
