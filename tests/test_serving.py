@@ -131,6 +131,7 @@ BROKEN_BODY = ("POST /paint/start HTTP/1.1\r\nHost: x\r\nContent-Type: applicati
                "Transfer-Encoding: chunked\r\n\r\nzz\r\n", 400)
 NO_REDIRECT = {
     "doubled slashes": (f"GET //images//{'a' * 64} HTTP/1.1\r\nHost: x\r\n{CLOSE}\r\n", 404),
+    "trailing slash": (f"GET /generations/ HTTP/1.1\r\nHost: x\r\n{CLOSE}\r\n", 404),
     "wrong method": (f"GET /paint/start HTTP/1.1\r\nHost: x\r\n{CLOSE}\r\n", 405),
 }
 
