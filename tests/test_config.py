@@ -50,3 +50,22 @@ def test_a_relative_data_dir_is_under_the_project_wherever_the_server_starts(tmp
     monkeypatch.chdir(tmp_path)  # started from elsewhere, it must not open an empty store there
     env = {} if given is None else {"DATA_DIR": given}
     assert config.from_env(env)["DATA_DIR"] == str(expected)
+
+
+def test_allowed_clients_are_networks_and_a_bad_one_stops_startup():
+    networks = config.from_env({"ALLOWED_CLIENTS": "10.0.0.0/8, 192.168.1.7/24,fd00::/8, 203.0.113.5"})
+    assert [str(n) for n in networks["ALLOWED_CLIENTS"]] == ["10.0.0.0/8", "192.168.1.0/24", "fd00::/8",
+                                                               "203.0.113.5/32"]
+    assert config.from_env({})["ALLOWED_CLIENTS"] == ()  # any client
+    with pytest.raises(ValueError, match="ALLOWED_CLIENTS"):
+        config.from_env({"ALLOWED_CLIENTS": "10.0.0.300/8"})
+
+
+@pytest.mark.parametrize("raw, expected", [("", False), ("1", True), ("yes", True), ("off", False)])
+def test_participant_register_is_off_unless_switched_on(raw, expected):
+    assert config.from_env({"PARTICIPANT_REGISTER": raw})["PARTICIPANT_REGISTER"] is expected
+
+
+def test_a_word_that_is_no_switch_names_the_variable():
+    with pytest.raises(ValueError, match="PARTICIPANT_REGISTER"):
+        config.from_env({"PARTICIPANT_REGISTER": "maybe"})
