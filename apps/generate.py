@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, create_model
 from typing_extensions import TypeAliasType
 
 import config
+from apps.paint import register
 from apps.paint.pipelines import PaintApp, Pipeline
 from apps.records import GenerationCall, Recorder, get_backlog
 from core import validation as v
@@ -24,7 +25,7 @@ from core.backends import get_gpt, get_pool
 from core.db import get_db
 from core.envelope import BadInput, ok
 from core.monitoring import generation_observed
-from core.security import limit_generate
+from core.security import limit_generate, participant
 
 bp = Blueprint("generate", __name__)
 
@@ -98,10 +99,12 @@ def read_call() -> GenerationCall:
 
 
 @bp.post("/generate")
+@participant
 def generate():
     """Run the requested pipeline and answer its data; backend failures answer code 2."""
     limit_generate()  # before any work: a client over its budget costs nothing and leaves no record
     call = read_call()
+    register.admit(call.username)
     with Recorder(get_db(), call, get_backlog()) as recorder, generation_observed(recorder):
         recorder.result = call.handler.run(call.type, call.prompts, get_gpt(), get_pool(), recorder.trace)
     return ok(recorder.result.model_dump(mode="json", by_alias=True))

@@ -41,6 +41,7 @@ from core import validation as v
 from core.db import OBJECT_ID_PATTERN, Document, Id, get_db
 from core.envelope import BadInput, NotFound, ok
 from core.image_store import Image, ImageRef, RecordImage, get_image, is_key, put_image
+from core.security import researcher
 
 log = logging.getLogger(__name__)
 
@@ -418,12 +419,14 @@ def list_page(db: Database, query: PageQuery) -> dict[str, Any]:
 
 
 @bp.get("/generations")
+@researcher
 def list_generations():
     """Return a page of record summaries, newest first, and the cursor of the next page."""
     return ok(list_page(get_db(), v.parse_query(PageQuery, request.args)))
 
 
 @bp.get("/generations/<record_id>")
+@researcher
 def get_generation(record_id: str):
     """Return one whole generation record."""
     key = v.object_id(record_id, "a record")
@@ -434,6 +437,7 @@ def get_generation(record_id: str):
 
 
 @bp.get("/images/<key>")
+@researcher
 def get_stored_image(key: str):
     """Serve the bytes of a stored image, cacheable for good under its hash."""
     key = key.lower()

@@ -11,6 +11,7 @@ import logging
 from typing import Generic, Literal, TypeVar, get_args
 
 from flask import Flask, Response, jsonify, request
+from gunicorn.http.errors import ParseException
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo.errors import ConnectionFailure, DocumentTooLarge, OperationFailure, PyMongoError
 from werkzeug.exceptions import HTTPException
@@ -79,11 +80,15 @@ class StorageUnavailable(ApiError):
     code = CODE_STORAGE
 
 
+def envelope_fields(data=None, *, success: bool = True, code: int = CODE_OK, message: str = "") -> dict:
+    """Return the four fields of the envelope around `data`, as an answer's JSON body holds them."""
+    # Built, not validated: the model names the keys; `data` is written by the API's JSON.
+    return dict(Envelope.model_construct(success=success, data=data, code=code, message=message))
+
+
 def envelope(data=None, *, success: bool = True, code: int = CODE_OK, message: str = "", status: int = 200) -> Response:
     """Return a JSON response in the envelope."""
-    # Built, not validated: the model names the keys; `data` is written by the API's JSON.
-    answer = Envelope.model_construct(success=success, data=data, code=code, message=message)
-    response = jsonify(dict(answer))
+    response = jsonify(envelope_fields(data, success=success, code=code, message=message))
     response.status_code = status
     return response
 
@@ -118,6 +123,11 @@ def _api_error(error: ApiError) -> Response:
     response = fail(error.message, status=error.status, code=error.code)
     response.headers.update(error.headers)
     return response
+
+
+def _broken_body(error: ParseException) -> Response:
+    # gunicorn parses a chunked body while the app reads it, so its errors surface in the view.
+    return fail("body: is not valid HTTP (its chunked transfer encoding is broken)", status=400)
 
 
 def _backend_error(error: BackendError) -> Response:
@@ -163,4 +173,5 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(BackendError, _backend_error)
     app.register_error_handler(PyMongoError, _storage_error)
+    app.register_error_handler(ParseException, _broken_body)
     app.register_error_handler(Exception, _unexpected)

@@ -32,6 +32,9 @@ def _open_store(app: Flask) -> None:
 def create_app(overrides: Mapping[str, Any] | None = None, *, env: Mapping[str, str] | None = None) -> Flask:
     """Build the API server from the environment (or `env`), with `overrides` applied last."""
     app = Flask(__name__.split(".")[0], static_folder=None)  # an API: no /static route
+    # No redirect: Werkzeug answers `//images//x` with a 308 to `/images/x`, outside the envelope
+    # (routing redirects bypass the error handlers). Set before any route is added.
+    app.url_map.merge_slashes = False
     app.config.update(config.from_env(env))
     app.config.update(overrides or {})
     app.json = ApiJSON(app)  # participants read Chinese: UTF-8, keys in order, one time format

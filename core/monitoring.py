@@ -1,9 +1,8 @@
 """How operators see the server: a request id and a log line per request, Prometheus metrics, readiness.
 
 **Requests.** Every request gets an id (the client's `X-Request-ID` when it is safe, else a
-new one), sent back as `X-Request-ID`, and one JSON line in the `refinity.access` log: id,
-method, route pattern, status, duration and client address; never a query string, body,
-header value, key, token or image.
+new one), sent back as `X-Request-ID`, and one access line (core.logs) when it is answered:
+id, method, route pattern, status, duration and client address.
 
 **Metrics.** Each app owns a CollectorRegistry (tests build many apps; the process-wide
 default registry is never used). Requests are counted after every response, generations
@@ -22,7 +21,6 @@ The answer's data is a `Readiness`, a model per backend.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -43,14 +41,13 @@ from pydantic import BaseModel, Field
 
 from agent.gpt import NOT_CONFIGURED, GPTClient
 from agent.pool import BUSY, InstanceState, SDInstancePool
+from core import logs
 from core.backends import GPT, SD_POOL
 
 log = logging.getLogger(__name__)
 
 
 # -- requests --------------------------------------------------------------------------------
-access_log = logging.getLogger("refinity.access")
-
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -76,22 +73,14 @@ def route_label() -> str:
 
 
 def _finish(response: Response) -> Response:
-    duration = elapsed()
     response.headers["X-Request-ID"] = request_id()
-    access_log.info(json.dumps({
-        "event": "request",
-        "request_id": request_id(),
-        "method": request.method,
-        "route": route_label(),
-        "status": response.status_code,
-        "duration_ms": round(duration * 1000, 1),
-        "remote": request.remote_addr,
-    }))
+    logs.access(request_id=request_id(), method=request.method, route=route_label(), status=response.status_code,
+                seconds=elapsed(), remote=request.remote_addr)
     return response
 
 
 def _log_requests(app: Flask) -> None:
-    """Give every request of `app` an id and log it as one JSON line when it ends."""
+    """Give every request of `app` an id and write its access line when it ends."""
     app.before_request(_begin)
     app.after_request(_finish)
 

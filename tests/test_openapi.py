@@ -5,17 +5,21 @@ import base64
 import hashlib
 import re
 
+import jsonschema_rs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openapi_spec_validator import validate
+from pydantic import TypeAdapter, ValidationError
 
 from apps.openapi import build_document
 from core.image_store import decode_image
+from core.validation import Username
 from tests.helpers import PROMPTS, body, save_body, scheme
 from tests.openapi_support import (
     operations,
-    DOC, JSON, assert_valid, check_response, check_spec, component, is_envelope, request_schema, template,
+    DOC, JSON, assert_valid, check_response, check_spec, component, conforms, is_envelope, request_schema,
+    template,
 )
 
 TOKEN = "docs-token"
@@ -242,3 +246,24 @@ def test_an_unreachable_database_answers_the_documented_503(make_app):
     response = client.post("/paint/start", json={"username": "alice"})
     assert response.status_code == 503 and response.get_json()["code"] == 3
     check_response("/paint/start", "post", response)
+
+
+# Text a username could be: letters, the whitespace strip() drops and the characters refused.
+NAME_CHARS = st.characters(codec="utf-8") | st.sampled_from(
+    [" ", "\t", "\n", "\u3000", "\u2028", "\u200b", "\u202e", "\u00ad", "\ufeff", "\u3164", "\ufe0f", "\ue000",
+     "\U000e0041", "\U000f0000", "\u0301", "\x00", "\x85"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(name=st.text(NAME_CHARS, max_size=10) | st.text(NAME_CHARS, min_size=125, max_size=131))
+def test_the_username_schema_accepts_exactly_the_names_the_server_accepts(name):
+    documented = component("schemas", "StartBody")["properties"]["username"]
+    schema_accepts = conforms(name, documented)
+    # schemathesis checks answers with jsonschema_rs, whose Rust regex engine reads the pattern too.
+    assert jsonschema_rs.validator_for(documented).is_valid(name) == schema_accepts
+    try:
+        TypeAdapter(Username).validate_python(name)
+        server_accepts = True
+    except ValidationError:
+        server_accepts = False
+    assert schema_accepts == server_accepts, ascii(name)

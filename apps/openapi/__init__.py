@@ -9,8 +9,8 @@ descriptions and examples.
 
 /docs is Swagger UI, whose assets the flask-swagger-ui package installs from PyPI and this
 server serves itself (no CDN: a study network may be offline), started on /openapi.json.
-Both sit behind API_TOKEN like every route but the probes: they reveal no data, but a
-deployment that asks for a token should not advertise its researcher routes to anyone.
+Both are researcher routes (core.security): they reveal no data, but strangers need not
+learn the researcher routes from them.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from core.db import Id
 from core.envelope import CODE_BACKEND, CODE_BUSINESS, CODE_OK, CODE_STORAGE, Envelope, NotFound
 from core.image_store import ImageType, Sha256
 from core.monitoring import Readiness
+from core.security import researcher
 
 JSON = "application/json"
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -158,9 +159,17 @@ RESPONSES = {
         "it first (`prompts.schemes[1].designImage: ...`). Nothing is written.",
         failure(CODE_BUSINESS), {"bad field": example("username: must not be empty")}),
     "Unauthorized": json_response(
-        "API_TOKEN is set and the request lacks `Authorization: Bearer <API_TOKEN>`.",
+        "A researcher route, and API_TOKEN is set: the request lacks `Authorization: Bearer <API_TOKEN>` "
+        "(the token is never read from the query string).",
         failure(CODE_BUSINESS),
         {"no token": example("missing or wrong bearer token: send Authorization: Bearer <API_TOKEN>")}),
+    "Forbidden": json_response(
+        "A participant route called from an address outside ALLOWED_CLIENTS, or naming a username that is "
+        "not in the participant register (PARTICIPANT_REGISTER); or a researcher route called from another "
+        "machine while the server has no API_TOKEN.",
+        failure(CODE_BUSINESS),
+        {"not registered": example("username: 'mallory' is not registered for this study; ask the researcher "
+                                   "to register it")}),
     "NotFound": json_response(
         "What the request names does not exist (or no route has this path).",
         failure(CODE_BUSINESS), {"unknown": example("participant 'bob' does not exist; call /paint/start first")}),
@@ -194,7 +203,7 @@ RESPONSES = {
 }
 
 STATUS_RESPONSES = {
-    "400": "BadRequest", "401": "Unauthorized", "404": "NotFound", "405": "MethodNotAllowed",
+    "400": "BadRequest", "401": "Unauthorized", "403": "Forbidden", "404": "NotFound", "405": "MethodNotAllowed",
     "413": "PayloadTooLarge", "429": "RateLimited", "503": "StorageUnavailable", "504": "BackendTimeout",
 }
 
@@ -209,7 +218,7 @@ def errors(*statuses: int, **named: str) -> dict[str, Any]:
 
 
 # -- probes, metrics, this document -----------------------------------------------------------
-OPEN = [{}]  # no security requirement: these answer even when API_TOKEN is set
+OPEN = [{}]  # participant routes and probes: never the token (the web client sends none)
 TEXT = "text/plain"
 
 
@@ -231,8 +240,9 @@ NOT_READY_EXAMPLE = {**READY_EXAMPLE, "sd": {"total": 0, "healthy": 0, "busy": 0
 SYSTEM_PATHS = {
     "/ping": {
         method: {"tags": ["system"], "operationId": f"ping{method.title()}", "security": OPEN,
-                 "summary": "Answer the plain text pong (liveness for curl and old probes)",
+                 "summary": "Answer the plain text pong (liveness for the web client and curl)",
                  "responses": {"200": _text("pong", "pong"),
+                               "403": {"$ref": "#/components/responses/Forbidden"},
                                "405": {"$ref": "#/components/responses/MethodNotAllowed"}}}
         for method in ("get", "post")
     },
@@ -246,12 +256,14 @@ SYSTEM_PATHS = {
         "tags": ["system"], "operationId": "readyz", "security": OPEN,
         "summary": "Say whether a generation can work now: database, GPT and a healthy SD instance",
         "description": "Cheap: one database ping and the backends' own counters; no model is called. "
-                       "`message` says what is missing or degraded.",
+                       "For a researcher (from the server's machine, or with the token when one is set) "
+                       "`data` holds the details and `message` says what is missing or degraded; anyone "
+                       "else gets the same status and code, `data` null and a bare ready or not ready.",
         "responses": {
-            "200": json_response("Ready (possibly degraded; see message).", success(Readiness),
+            "200": json_response("Ready (possibly degraded; see message).", success(Readiness | None),
                                  {"ready": answer(READY_EXAMPLE, message="ready")}),
-            "503": json_response("Not ready: code 3 when the database is unreachable, else 2.",
-                                 failure(CODE_BACKEND, CODE_STORAGE, data=Readiness),
+            "503": json_response("Not ready: code 3 when the database is unreachable or its disk full, else 2.",
+                                 failure(CODE_BACKEND, CODE_STORAGE, data=Readiness | None),
                                  {"no SD": answer(NOT_READY_EXAMPLE, CODE_BACKEND,
                                                   "not ready: no SD instances configured (set SD_ENDPOINTS)")}),
             "405": {"$ref": "#/components/responses/MethodNotAllowed"}},
@@ -263,19 +275,19 @@ SYSTEM_PATHS = {
                        "SD pool's and the GPT client's counters, read at scrape time.",
         "responses": {"200": _text("Prometheus exposition (text format 0.0.4).",
                                    "# TYPE refinity_http_requests_total counter\n"),
-                      **errors(401, 405)},
+                      **errors(401, 403, 405)},
     }},
     "/openapi.json": {"get": {
         "tags": ["documentation"], "operationId": "openapiDocument",
         "summary": "This OpenAPI 3.1 document (plain JSON, not in the envelope, so tools can read it)",
         "responses": {"200": {"description": "The document.", "content": {"application/json": {
             "schema": {"type": "object", "required": ["openapi", "info", "paths"]}}}},
-            **errors(401, 405)},
+            **errors(401, 403, 405)},
     }},
     "/docs": {"get": {
         "tags": ["documentation"], "operationId": "docsPage",
         "summary": "This document in Swagger UI; every asset comes from this server",
-        "responses": {"200": _text("The page.", "<!doctype html>...", "text/html"), **errors(401, 405)},
+        "responses": {"200": _text("The page.", "<!doctype html>...", "text/html"), **errors(401, 403, 405)},
     }},
     "/docs/assets/{name}": {"get": {
         "tags": ["documentation"], "operationId": "docsAsset",
@@ -284,7 +296,7 @@ SYSTEM_PATHS = {
                         "description": "swagger-ui.css, swagger-ui-bundle.js or docs.js."}],
         "responses": {"200": {"description": "The asset.", "content": {
             media: {"schema": {"type": "string"}} for media in ("text/css", "text/javascript")}},
-            **errors(401, 404, 405)},
+            **errors(401, 403, 404, 405)},
     }},
 }
 
@@ -312,19 +324,19 @@ def _body(schema: Schema, example: Any) -> dict[str, Any]:
 
 PAINT_PATHS = {
     "/paint/start": {"post": {
-        "tags": ["sessions"], "operationId": "startSession",
+        "tags": ["sessions"], "operationId": "startSession", "security": OPEN,
         "summary": "Create the participant on first visit and return the stored session",
         "requestBody": _body(Schema(sessions.StartBody, "validation"), {"username": "alice"}),
         "responses": {"200": ok("The participant's session.", SESSION, SESSION_EXAMPLE),
-                      **errors(400, 401, 405, 413, 503)},
+                      **errors(400, 403, 405, 413, 503)},
     }},
     "/paint/save": {"post": {
-        "tags": ["sessions"], "operationId": "saveSession",
+        "tags": ["sessions"], "operationId": "saveSession", "security": OPEN,
         "summary": "Make the state sent the participant's current one, keeping the previous ones",
         "description": "The body carries the whole session, every sketch as a data URI, so its limit is "
                        "SAVE_MAX_CONTENT_LENGTH. Schemes are stored as opaque JSON and returned unchanged.",
         "requestBody": _body(Schema(sessions.SaveBody, "validation"), SAVE_EXAMPLE),
-        "responses": {"200": ok("Saved.", None, None), **errors(400, 401, 404, 405, 413, 503)},
+        "responses": {"200": ok("Saved.", None, None), **errors(400, 403, 404, 405, 413, 503)},
     }},
     "/paint/history": {"get": {
         "tags": ["sessions"], "operationId": "listSaves",
@@ -334,7 +346,7 @@ PAINT_PATHS = {
         "responses": {"200": ok("The saves, newest first.", sessions.History, {"username": "alice", "saves": [{
             "id": EXAMPLE_ID, "revision": 3, "savedAt": "2024-05-24T09:30:00.123Z", "kind": "save",
             "currentStage": "快速发散", "designTask": EXAMPLE_TASK, "counts": {"快速发散": 2, "深入发散": 0, "收敛": 0}}]}),
-            **errors(400, 401, 404, 405, 503)},
+            **errors(400, 401, 403, 404, 405, 503)},
     }},
     "/paint/history/{entry_id}": {"get": {
         "tags": ["sessions"], "operationId": "getSavedState",
@@ -342,7 +354,7 @@ PAINT_PATHS = {
         "parameters": [{"name": "entry_id", "in": "path", "required": True, "schema": Schema(Id, "validation"),
                         "description": "The `id` of a save in GET /paint/history."}],
         "responses": {"200": ok("The saved state.", SESSION, SESSION_EXAMPLE),
-                      **errors(400, 401, 404, 405, 503)},
+                      **errors(400, 401, 403, 404, 405, 503)},
     }},
 }
 
@@ -389,7 +401,7 @@ _SUMMARY_EXAMPLE = {"_id": RECORD_ID, "createdAt": "2024-05-24T09:30:00.123Z",
 
 GENERATE_PATHS = {
     "/generate": {"post": {
-        "tags": ["generation"], "operationId": "generate",
+        "tags": ["generation"], "operationId": "generate", "security": OPEN,
         "summary": "Run one generation pipeline and answer its creatives",
         "description": "Every request that passes validation leaves a record (GET /generations), whether it "
                        "succeeds or fails; rejected ones leave none. A generation takes up to minutes.",
@@ -397,7 +409,7 @@ GENERATE_PATHS = {
             "schema": Schema(GENERATE_REQUEST, "validation"),
             "examples": {name: {"value": value} for name, value in REQUEST_EXAMPLES.items()}}}},
         "responses": {"200": {**ok("The creatives.", GENERATE_DATA, RESPONSE_EXAMPLES["type 0"])},
-                      **errors(400, 401, 405, 413, 429, 504, _503="BackendUnavailable")},
+                      **errors(400, 403, 405, 413, 429, 504, _503="BackendUnavailable")},
     }},
     "/generations": {"get": {
         "tags": ["records"], "operationId": "listGenerations",
@@ -406,14 +418,14 @@ GENERATE_PATHS = {
         "parameters": query_parameters(limits.PageQuery),
         "responses": {"200": ok("A page of summaries.", limits.GenerationPage,
                                 {"items": [_SUMMARY_EXAMPLE], "next": None}),
-                      **errors(400, 401, 405, 503)},
+                      **errors(400, 401, 403, 405, 503)},
     }},
     "/generations/{record_id}": {"get": {
         "tags": ["records"], "operationId": "getGeneration", "summary": "Return one whole generation record",
         "parameters": [{"name": "record_id", "in": "path", "required": True, "schema": Schema(Id, "validation")}],
         "responses": {"200": ok("The record.", limits.GenerationRecord, {
             **_SUMMARY_EXAMPLE, "input": {"task": TASK, "num": 1}, "steps": [],
-            "result": RESPONSE_EXAMPLES["type 0"]}), **errors(400, 401, 404, 405, 503)},
+            "result": RESPONSE_EXAMPLES["type 0"]}), **errors(400, 401, 403, 404, 405, 503)},
     }},
     "/images/{key}": {"get": {
         "tags": ["records"], "operationId": "getImage",
@@ -436,7 +448,7 @@ GENERATE_PATHS = {
                                    for kind in get_args(ImageType)},
                                 "*/*": {"schema": {"type": "string"}}}},
             "304": {"description": "Not modified (If-None-Match named this image)."},
-            **errors(400, 401, 404, 405, 503)},
+            **errors(400, 401, 403, 404, 405, 503)},
     }},
 }
 
@@ -458,9 +470,13 @@ a lone surrogate escape (`"\\ud800"`) anywhere in a body is refused with 400, an
 non-JSON constants `NaN` and `Infinity`. **Integers** are written without a fraction
 or exponent (`6`, not `6.0`); booleans are never integers.
 
-**Authentication** is off unless the server sets `API_TOKEN`; then every route but `/ping`,
-`/healthz` and `/readyz` (and CORS preflights) needs `Authorization: Bearer <API_TOKEN>`, including
-this document and `/docs`.
+**Two surfaces.** The participant routes (`/ping`, `/paint/start`, `/paint/save`, `/generate`) are
+the web client's and never need a token; a server may limit them to the client networks in
+`ALLOWED_CLIENTS`, and with `PARTICIPANT_REGISTER` on to registered usernames (403 otherwise). Every
+other route is a researcher route, this document and `/docs` included: it needs
+`Authorization: Bearer <API_TOKEN>` (401), and while the server has no API_TOKEN it answers only
+requests from the server's own machine (403). `/healthz` and `/readyz` answer anyone, `/readyz`
+giving its details to researchers only. CORS preflights need nothing.
 
 **CORS.** Every route answers `OPTIONS` preflights for the origins in `CORS_ORIGINS`.
 """
@@ -513,12 +529,14 @@ DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inl
 
 
 @bp.get("/openapi.json")
+@researcher
 def openapi_document() -> Response:
     """Answer the OpenAPI document as plain JSON (not in the envelope), for tools."""
     return jsonify(build_document())
 
 
 @bp.get("/docs")
+@researcher
 def docs() -> Response:
     """Answer the page that shows the document with Swagger UI."""
     info = build_document()["info"]
@@ -530,6 +548,7 @@ def docs() -> Response:
 
 
 @bp.get("/docs/assets/<name>")
+@researcher
 def docs_asset(name: str) -> Response:
     """Serve one asset of the docs page; they change only with the package, so cache for a day."""
     if name not in ASSETS:
