@@ -16,7 +16,7 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from apps.paint.scheme_store import SCHEMES
 from apps.paint.sessions import HISTORY, PARTICIPANTS
