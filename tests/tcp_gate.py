@@ -16,7 +16,8 @@ which command each one sends: `command_of(message)` reads, e.g., ("insert",
 - `refuse(command, collection, skip=n)` lets `n` such commands through, then answers the next
   one itself with a command error (`ok: 0`, a code and a message), as a database that
   refuses a write does (a full disk, a failed validation); the database never sees it.
-- `count(command, collection)` says how many such commands clients have sent.
+- `count(command, collection)` says how many such commands clients have sent;
+  `count_commands(names)` how many of those names, on any collection.
 """
 from __future__ import annotations
 
@@ -126,6 +127,11 @@ class TcpGate:
         """Return how many `command`s on `collection` clients have sent through the gate."""
         with self._lock:
             return self._seen.get((command, collection), 0)
+
+    def count_commands(self, names: set[str]) -> int:
+        """Return how many commands named in `names` clients have sent through the gate, on any collection."""
+        with self._lock:
+            return sum(n for (command, _), n in self._seen.items() if command in names)
 
     @property
     def is_down(self) -> bool:

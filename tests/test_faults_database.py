@@ -19,10 +19,13 @@ from pymongo.errors import AutoReconnect
 
 from apps.records import RecordBacklog
 from core.embedded_store import EmbeddedStore, free_port
+from tests.fsync_count import FsyncCount
 from tests.helpers import (
     PROMPTS, Worker, all_records, check_rapid, image_steps, post_generate, save_body, scheme, wait_until,
 )
 from tests.tcp_gate import TcpGate
+
+WRITES = {"insert", "update", "delete", "findAndModify"}  # the commands that change data
 
 
 @pytest.fixture
@@ -106,6 +109,24 @@ def test_database_lost_during_a_save(store_app, gate, own_store, cut, stored):
 
     assert client.post("/paint/save", json=new).status_code == 200  # recovered without a restart
     assert started(client, "alice")["convergenceSchemes"] == [] and revisions(client, "alice")[0] >= 3
+
+
+def test_a_save_is_answered_only_once_it_is_on_disk(store_app, gate, own_store):
+    # A power loss can take what the store has not synced; what it acknowledged must be synced.
+    unavailable = FsyncCount.unavailable(own_store.process.pid)
+    if unavailable:
+        pytest.skip(unavailable)
+    client = store_app.test_client()
+    assert client.post("/paint/start", json={"username": "alice"}).status_code == 200
+    writes = gate.count_commands(WRITES)
+    with FsyncCount(own_store.process.pid) as synced:
+        for n in range(5):
+            sent = save_body("alice", rapid=[scheme(f"sketch {n}")], task=f"task {n}")
+            assert client.post("/paint/save", json=sent).status_code == 200
+    writes = gate.count_commands(WRITES) - writes
+    # Each save's writes: its new scheme, the revision, its history entry, the state, the marking.
+    assert writes >= 5 * 5
+    assert synced.calls >= writes  # a sync per acknowledged write (synchronous=NORMAL made none)
 
 
 def test_database_stopped_during_a_generation(store_app, own_store, sims, caplog):
