@@ -40,7 +40,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidat
 from pydantic_core import PydanticCustomError
 from pymongo import ASCENDING, DESCENDING
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from agent.errors import BackendError
 from core import json_codec
@@ -346,8 +346,8 @@ class RecordJournal:
     soon as the database took all it held, and an app that starts with records waiting
     starts the thread. A record is written at most once however often it is tried: the
     database refuses a second copy of its _id. Appends and the emptying hold a flock on the
-    file and one replay runs at a time (a flock on `<file>.lock`), so the threads and a
-    second process on the same DATA_DIR (a `flask` command) can share it.
+    file and one replay runs at a time (a flock on `<database>.lock` beside it), so the
+    threads and a second process on the same DATA_DIR (a `flask` command) can share it.
     """
 
     def __init__(self, path: Path, database: Callable[[], Database], retry: float) -> None:
@@ -365,10 +365,12 @@ class RecordJournal:
         except OSError:
             log.exception("generation record %s lost: it could not be kept in %s", record.record_id, self.path)
             return
-        log.warning("database unavailable: generation record %s kept in the journal %s", record.record_id, self.path)
+        log.warning("the database did not take generation record %s: kept in the journal %s until it does",
+                    record.record_id, self.path)
         self.start()
 
     def _append(self, line: bytes) -> None:
+        """Add `line` at the end of the file and sync it (and, for a new file, its directory)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not self.path.exists()
         with open(self.path, "a+b") as journal, _flocked(journal):
@@ -442,6 +444,7 @@ class RecordJournal:
             return 0
 
     def _holds_records(self) -> bool:
+        """Return whether the file holds anything (without reading it)."""
         try:
             return self.path.stat().st_size > 0
         except FileNotFoundError:
@@ -464,8 +467,11 @@ class RecordJournal:
             self._wake.clear()
             try:
                 written = self.replay()
-            except PyMongoError as error:
+            except ConnectionFailure as error:
                 log.debug("records in %s still wait for the database: %s", self.path, error)
+            except PyMongoError as error:  # it answers but refuses: the operator should know
+                log.warning("the database refuses the records in %s (%s); trying again in %ss",
+                            self.path, error, self.retry)
             except Exception:
                 log.exception("could not write the records waiting in %s; trying again in %ss", self.path, self.retry)
             else:
