@@ -65,6 +65,8 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "MONGO_DB": env.get("MONGO_DB") or "Refinity",
         "MONGO_TIMEOUT_MS": _int(env, "MONGO_TIMEOUT_MS", 3000),
         "DATA_DIR": env.get("DATA_DIR") or "./var",
+        # Below this much free space on the embedded store's disk, /readyz says it is full.
+        "MIN_FREE_DISK_MB": _int(env, "MIN_FREE_DISK_MB", 16),
         # GPT: Azure OpenAI when AZURE_OPENAI_ENDPOINT is set, else plain OpenAI when OPENAI_API_KEY is.
         "AZURE_OPENAI_ENDPOINT": env.get("AZURE_OPENAI_ENDPOINT") or None,
         "AZURE_OPENAI_API_KEY": env.get("AZURE_OPENAI_API_KEY") or None,

@@ -32,7 +32,8 @@ def readyz():
     ready, data, message = monitoring.readiness(current_app)
     if ready:
         return envelope(data, message=message)
-    code = CODE_BACKEND if data["database"]["reachable"] else CODE_STORAGE
+    database = data["database"]
+    code = CODE_STORAGE if not database["reachable"] or database.get("disk_full") else CODE_BACKEND
     return envelope(data, success=False, code=code, message=message, status=503)
 
 

@@ -41,7 +41,7 @@ def run(saves: int) -> str:
                                    content_type="application/json").status_code == 200
                 writes_before = gate.count_commands(WRITES)
                 latencies = []
-                with FsyncCount(store.process.pid) as synced:
+                with FsyncCount(store.pid) as synced:
                     for _ in range(saves):
                         sent = participant.next_save()
                         started = time.perf_counter()

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, WithJsonSchema
 from pydantic.alias_generators import to_camel
 from pymongo import MongoClient
 from pymongo.database import Database
+from pymongo.errors import ServerSelectionTimeoutError
 from pymongo.uri_parser import parse_uri
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class MongoStore:
         self._index_setups: list[IndexSetup] = []
         self._ready = False
         self._lock = threading.Lock()
+        self._timeout = timeout_ms / 1000
 
     def add_indexes(self, setup: IndexSetup) -> None:
         """Register a function that creates indexes; it runs once, on first use."""
@@ -73,11 +75,17 @@ class MongoStore:
     def database(self) -> Database:
         """Return the database, creating the registered indexes on the first call that reaches it."""
         if not self._ready:
-            with self._lock:
+            # With the database away each try takes the whole timeout: the requests behind it
+            # wait for that one try, not for a queue of tries.
+            if not self._lock.acquire(timeout=self._timeout):
+                raise ServerSelectionTimeoutError("the database did not answer the index set-up")
+            try:
                 if not self._ready:
                     for setup in self._index_setups:
                         setup(self.db)
                     self._ready = True
+            finally:
+                self._lock.release()
         return self.db
 
     def ping(self, timeout: float | None = None) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify, request
-from pymongo.errors import ConnectionFailure, DocumentTooLarge, PyMongoError
+from pymongo.errors import ConnectionFailure, DocumentTooLarge, OperationFailure, PyMongoError
 from werkzeug.exceptions import HTTPException
 
 from agent.errors import BackendError
@@ -102,12 +102,30 @@ def _backend_error(error: BackendError) -> Response:
     return fail(error.describe(), status=error.http_status, code=CODE_BACKEND)
 
 
+# How stores say they ran out of space: MongoDB's OutOfDiskSpace code, SQLite's SQLITE_FULL
+# text (the embedded store's), and the operating system's ENOSPC text.
+_OUT_OF_DISK_CODE = 14031
+_DISK_FULL_TEXTS = ("database or disk is full", "no space left on device")
+
+
+def _disk_full(error: PyMongoError) -> bool:
+    """Return whether `error` says the database's disk has no room for the write."""
+    if isinstance(error, OperationFailure) and error.code == _OUT_OF_DISK_CODE:
+        return True
+    text = str(error).lower()
+    return any(words in text for words in _DISK_FULL_TEXTS)
+
+
 def _storage_error(error: PyMongoError) -> Response:
     if isinstance(error, DocumentTooLarge):
         return fail("the data is too large to store in one document", status=413)
     if isinstance(error, ConnectionFailure):
         log.warning("database unavailable: %s", type(error).__name__)
         return fail("the database is unavailable; try again shortly", status=503, code=CODE_STORAGE)
+    if _disk_full(error):
+        log.error("database cannot write: its disk is full (%s)", error)
+        return fail("the database's disk is full; nothing was written, try again later", status=503,
+                    code=CODE_STORAGE)
     return _unexpected(error)
 
 

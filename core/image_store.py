@@ -34,8 +34,10 @@ _SIGNATURES = (
 )
 
 # Writers of one hash must take turns (a half-written image's chunks are cleared before a
-# rewrite, which must not hit another writer's). One process serves the whole app.
-_put_lock = threading.Lock()
+# rewrite, which must not hit another writer's); writers of different hashes must not, or
+# with the database gone every save would wait out each earlier one's timeout in a queue.
+# So a lock per stripe of hashes: the same hash always takes the same lock.
+_PUT_LOCKS = tuple(threading.Lock() for _ in range(64))
 
 
 class ImageDecodeError(ValueError):
@@ -150,7 +152,7 @@ def create_indexes(db: Database) -> None:
 def put_image(db: Database, image: Image) -> str:
     """Store `image` unless it is already stored; return its SHA-256."""
     key = image.sha256
-    with _put_lock:
+    with _PUT_LOCKS[int(key[:8], 16) % len(_PUT_LOCKS)]:
         if db[f"{BUCKET}.files"].find_one({"_id": key}, {"_id": 1}) is None:
             if embedded_store.serves(db):
                 embedded_store.write_gridfs_file(db, BUCKET, key, image.data, image.content_type)

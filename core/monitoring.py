@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -309,9 +310,15 @@ def _scrub(text: str) -> str:
 
 
 def database_status(app: Flask) -> dict[str, Any]:
-    """Ping MongoDB within a short timeout."""
+    """Ping MongoDB within a short timeout; for the embedded store, also its restarts and disk."""
     timeout = min(DB_PING_TIMEOUT, app.config["MONGO_TIMEOUT_MS"] / 1000)
-    return {"reachable": app.extensions["mongo"].ping(timeout=timeout)}
+    status: dict[str, Any] = {"reachable": app.extensions["mongo"].ping(timeout=timeout)}
+    embedded = app.extensions.get("embedded_store")
+    if embedded is not None:
+        free = shutil.disk_usage(embedded.data_dir).free
+        status.update(supervised=embedded.supervising, restarts=embedded.restarts,
+                      disk_free_mb=free // 2**20, disk_full=free < app.config["MIN_FREE_DISK_MB"] * 2**20)
+    return status
 
 
 def sd_status(app: Flask) -> dict[str, Any]:
@@ -348,6 +355,8 @@ def _problems(db: dict[str, Any], sd: dict[str, Any], gpt: dict[str, Any]) -> tu
     failing, degraded = [], []
     if not db["reachable"]:
         failing.append("database unreachable")
+    if db.get("disk_full"):
+        failing.append(f"the database's disk is full ({db['disk_free_mb']} MB free)")
     down = ", ".join(i["name"] for i in sd["instances"] if not i["healthy"])
     if sd["closed"]:
         failing.append("SD pool closed (shutting down)")

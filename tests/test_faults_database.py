@@ -14,14 +14,16 @@ store has synced it.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
 from pymongo import MongoClient
 
-from apps.records import COLLECTION, StoredRecord
-from core.factory import close_app
+from apps.records import StoredRecord
 from core.embedded_store import EmbeddedStore, free_port
+from core.factory import close_app
+from core.image_store import Image, put_image
 from tests.fsync_count import FsyncCount
 from tests.helpers import (
     PROMPTS, Worker, all_records, check_rapid, image_steps, post_generate, save_body, scheme, wait_until,
@@ -116,13 +118,13 @@ def test_database_lost_during_a_save(store_app, gate, own_store, cut, stored):
 
 def test_a_save_is_answered_only_once_it_is_on_disk(store_app, gate, own_store):
     # A power loss can take what the store has not synced; what it acknowledged must be synced.
-    unavailable = FsyncCount.unavailable(own_store.process.pid)
+    unavailable = FsyncCount.unavailable(own_store.pid)
     if unavailable:
         pytest.skip(unavailable)
     client = store_app.test_client()
     assert client.post("/paint/start", json={"username": "alice"}).status_code == 200
     writes = gate.count_commands(WRITES)
-    with FsyncCount(own_store.process.pid) as synced:
+    with FsyncCount(own_store.pid) as synced:
         for n in range(5):
             sent = save_body("alice", rapid=[scheme(f"sketch {n}")], task=f"task {n}")
             assert client.post("/paint/save", json=sent).status_code == 200
@@ -253,3 +255,26 @@ def test_records_waiting_at_exit_are_written_by_the_next_start(make_gen_app, sto
     landed = wait_for_records(own_store, again, 3)
     assert len(landed) == 3 and {r["_id"] for r in landed} > waiting
     assert journal_of(again) == []
+
+
+def test_an_image_write_waiting_on_the_database_holds_back_no_other_image(own_store, gate):
+    # With the database gone, a write waits out MONGO_TIMEOUT_MS; writes of other images must not
+    # queue behind it (39 saves once did, one timeout after another, for 138 s).
+    gated, direct = MongoClient(gate.uri), MongoClient(own_store.uri)
+    try:
+        waiting, other = (Image(b"\x89PNG\r\n\x1a\n" + os.urandom(64), "image/png") for _ in range(2))
+        gated["images"].command("ping")  # connected: what is held next is the write itself
+        gate.hold()
+        stuck = Worker(lambda: put_image(gated["images"], waiting))
+        stuck.start()
+        wait_until(lambda: gate.held_with(b"fs.files"), what="the first write waiting on the database")
+        free = Worker(lambda: put_image(direct["images"], other))
+        free.start()
+        try:
+            assert free.outcome(5) == other.sha256 and stuck.is_alive()
+        finally:
+            gate.open()
+        assert stuck.outcome(10) == waiting.sha256
+    finally:
+        gated.close()
+        direct.close()

@@ -108,14 +108,3 @@ def test_embedded_store_keeps_data_across_restarts(tmp_path):
         second.extensions["embedded_store"].stop()
 
 
-def test_a_second_process_joins_the_store_already_serving_its_data_dir(tmp_path):
-    from core.embedded_store import EmbeddedStore
-
-    owner = EmbeddedStore(tmp_path / "shared").start()
-    try:
-        joiner = EmbeddedStore(tmp_path / "shared").start()
-        assert joiner.adopted and joiner.port == owner.port
-        joiner.stop()  # must leave the owner's store running
-        assert owner.process.poll() is None
-    finally:
-        owner.stop()
