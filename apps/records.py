@@ -47,7 +47,7 @@ from core import json_codec
 from core import validation as v
 from core.db import OBJECT_ID_PATTERN, Document, Id, get_db
 from core.envelope import BadInput, NotFound, ok
-from core.image_store import AnswerImage, Image, get_image, is_key, put_image
+from core.image_store import Image, ImageRef, RecordImage, get_image, is_key, put_image
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class ImageStep(Document):
     queue_wait: float | None = None
     attempts: int | None = None
     errors: list[str] | None = None
-    image: AnswerImage | None = None
+    image: RecordImage | None = None
     error: LongText | None = None
 
 
@@ -171,11 +171,12 @@ class GenerationSummary(Document):
 
 
 class GenerationRecord(GenerationSummary):
-    """One generation as stored in `generations`; images in it are references to the image store."""
+    """Everything one POST /generate did, as stored in `generations`; every image in it is an ImageRef."""
 
     input: dict[str, Any] | None = Field(description="The checked prompts, in the client's field names")
-    steps: list[TraceEntry]
-    result: dict[str, Any] | None = Field(description="The answer's data exactly as the client received it")
+    steps: list[TraceEntry] = Field(description="One entry per GPT call and per image job, in the order they "
+                                                "finished")
+    result: dict[str, Any] | None = Field(description="The answer's data as the client received it")
 
 
 class GenerationPage(Document):
@@ -206,9 +207,9 @@ class _ImageSink:
     def __init__(self) -> None:
         self.images: dict[str, Image] = {}
 
-    def __call__(self, image: Image) -> dict[str, str]:
+    def __call__(self, image: Image) -> ImageRef:
         self.images.setdefault(image.sha256, image)
-        return {"sha256": image.sha256, "contentType": image.content_type}
+        return ImageRef(sha256=image.sha256, content_type=image.content_type)
 
 
 @dataclass(frozen=True)
@@ -552,8 +553,9 @@ class PageQuery(v.Body):
     type: Annotated[int, Field(ge=0, le=MAX_TYPE), v.FROM_QUERY] | None = None
     limit: Annotated[int, Field(ge=1, le=MAX_LIMIT), v.FROM_QUERY] = DEFAULT_LIMIT
     before: Annotated[ObjectId | datetime, PlainValidator(_cursor, json_schema_input_type=RecordId | datetime),
-                      Field(description="A record id (the page starts after it) or an ISO-8601 time "
-                                        "(records created strictly before it; UTC when no offset is given)")] | None = None
+                      Field(description="A record id (the page starts after it; an id that no record has "
+                                        "is refused, 400) or an ISO-8601 time (records created strictly "
+                                        "before it; UTC when no offset is given)")] | None = None
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 

@@ -6,12 +6,21 @@ bearer token). None of them calls a model.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from flask import Blueprint, current_app
+from pydantic import BaseModel
 
 from core import monitoring
 from core.envelope import CODE_BACKEND, CODE_STORAGE, envelope, ok
 
 bp = Blueprint("system", __name__)
+
+
+class Alive(BaseModel):
+    """GET /healthz: the process answers."""
+
+    status: Literal["alive"] = "alive"
 
 
 @bp.route("/ping", methods=["GET", "POST"])
@@ -23,7 +32,7 @@ def ping():
 @bp.get("/healthz")
 def healthz():
     """Answer that the process is alive, without any I/O."""
-    return ok({"status": "alive"})
+    return ok(Alive().model_dump())
 
 
 @bp.get("/readyz")
@@ -31,10 +40,10 @@ def readyz():
     """Answer 200 when the database, GPT and an SD instance are usable, else 503; details either way."""
     ready, data, message = monitoring.readiness(current_app)
     if ready:
-        return envelope(data, message=message)
-    database = data["database"]
-    code = CODE_STORAGE if not database["reachable"] or database.get("disk_full") else CODE_BACKEND
-    return envelope(data, success=False, code=code, message=message, status=503)
+        return envelope(data.model_dump(exclude_none=True), message=message)
+    storage = not data.database.reachable or data.database.disk_full
+    code = CODE_STORAGE if storage else CODE_BACKEND
+    return envelope(data.model_dump(exclude_none=True), success=False, code=code, message=message, status=503)
 
 
 @bp.get("/metrics")

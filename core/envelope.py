@@ -1,13 +1,17 @@
 """The JSON envelope `{success, data, code, message}` that every answer of the API uses.
 
 Views return `ok(data)` or raise an `ApiError`; the handlers registered here turn every
-failure (HTTP errors, backend errors, storage outages, bugs) into the same shape.
+failure (HTTP errors, backend errors, storage outages, bugs) into the same shape, the
+`Envelope` model, whose parametrisations (`Envelope[Literal[True], Literal[0], Session]`)
+are what the OpenAPI document says each route answers.
 """
 from __future__ import annotations
 
 import logging
+from typing import Generic, Literal, TypeVar, get_args
 
 from flask import Flask, Response, jsonify, request
+from pydantic import BaseModel, ConfigDict, Field
 from pymongo.errors import ConnectionFailure, DocumentTooLarge, OperationFailure, PyMongoError
 from werkzeug.exceptions import HTTPException
 
@@ -15,10 +19,27 @@ from agent.errors import BackendError
 
 log = logging.getLogger(__name__)
 
-CODE_OK = 0
-CODE_BUSINESS = 1  # bad input, unknown participant, auth, limits
-CODE_BACKEND = 2  # a generative backend (GPT or Stable Diffusion) failed
-CODE_STORAGE = 3  # the database is unreachable
+# The envelope's codes, described on Envelope.code; more may be added, these keep their meaning.
+Code = Literal[0, 1, 2, 3]
+CODE_OK, CODE_BUSINESS, CODE_BACKEND, CODE_STORAGE = get_args(Code)
+
+Success = TypeVar("Success", bound=bool)
+Codes = TypeVar("Codes", bound=Code)
+Data = TypeVar("Data")
+
+
+class Envelope(BaseModel, Generic[Success, Codes, Data]):
+    """Every JSON answer, success or failure: parametrised, the answer of one route and outcome."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    success: Success
+    data: Data = Field(description="The route's payload on success; null on failure (except GET /readyz).")
+    code: Codes = Field(description="0 success, 1 business failure (bad input, unknown participant, token, "
+                                    "limits), 2 a generative backend (GPT or Stable Diffusion) failed, 3 the "
+                                    "database is unreachable or refused a write.")
+    message: str = Field(description="Empty on success (GET /readyz says how ready); on failure, why, in words "
+                                     "a person can act on (a bad field is named first).")
 
 
 class ApiError(Exception):
@@ -60,7 +81,9 @@ class StorageUnavailable(ApiError):
 
 def envelope(data=None, *, success: bool = True, code: int = CODE_OK, message: str = "", status: int = 200) -> Response:
     """Return a JSON response in the envelope."""
-    response = jsonify({"success": success, "data": data, "code": code, "message": message})
+    # Built, not validated: the model names the keys; `data` is written by the API's JSON.
+    answer = Envelope.model_construct(success=success, data=data, code=code, message=message)
+    response = jsonify(dict(answer))
     response.status_code = status
     return response
 

@@ -12,9 +12,10 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, TypeVar
 
 from bson import ObjectId
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails, PydanticCustomError
+from typing_extensions import TypeAliasType
 
 from core.envelope import BadInput
 from core.json_codec import read_body
@@ -195,7 +196,9 @@ def _unstorable(value: Any, depth: int) -> tuple[str, str] | None:
     return None
 
 
-def _storable(value: dict[str, Any]) -> dict[str, Any]:
+def _storable(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise PydanticCustomError("dict_type", "must be an object")
     found = _unstorable(value, 0)
     if found is not None:
         where, problem = found
@@ -203,6 +206,20 @@ def _storable(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+# What _unstorable allows, as JSON Schema says it (the depth it cannot say, so the words do).
+StorableKey = TypeAliasType("StorableKey", Annotated[str, Field(
+    pattern="^([^$.\\u0000][^.\\u0000]*)?$",
+    description="An object key MongoDB stores as given: it does not start with '$' and holds no '.' or NUL.")])
+StorableValue = TypeAliasType("StorableValue", Annotated[
+    None | bool | str | Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+    # A number that is no integer: an integer beyond 64 bits must not pass as a number.
+    | Annotated[float, Field(json_schema_extra={"not": {"type": "integer"}})]
+    | list["StorableValue"] | dict[StorableKey, "StorableValue"],
+    Field(description=f"Any JSON value that MongoDB can store unchanged: object keys are StorableKeys, "
+                      f"integers fit in 64 bits, nesting is at most {MAX_DEPTH} levels deep.")])
+
 # Opaque client JSON that MongoDB stores as given: keys without '$', '.' or NUL, finite
-# numbers, integers of 64 bits, at most MAX_DEPTH levels deep. Errors name the spot inside.
-StorableObject = Annotated[dict[str, Any], AfterValidator(_storable)]
+# numbers, integers of 64 bits, at most MAX_DEPTH levels deep. Checked by one walk over it
+# (not by StorableValue, which only describes it), whose errors name the spot inside.
+StorableObject = Annotated[dict[str, Any], PlainValidator(_storable, json_schema_input_type=dict[StorableKey,
+                                                                                               StorableValue])]

@@ -6,9 +6,12 @@ import hashlib
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openapi_spec_validator import validate
 
 from apps.openapi import build_document
+from core.image_store import decode_image
 from tests.helpers import PROMPTS, body, save_body, scheme
 from tests.openapi_support import (
     operations,
@@ -68,6 +71,23 @@ def test_examples_match_their_schemas(path, method):
             for name, value in _examples(content):
                 if media == JSON:
                     assert_valid(value, content["schema"], f"{method} {path} {status} example {name}")
+
+
+SIGNATURES = [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF\x00\x00\x00\x00WEBP"]
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(signature=st.sampled_from(SIGNATURES), rest=st.binary(max_size=40),
+       header=st.sampled_from(["", "data:image/png;base64,", "data:;base64,", "data:image/jpeg;x=1;base64,"]),
+       spaces=st.lists(st.tuples(st.integers(min_value=0), st.sampled_from([" ", "\n", "\t", "\u3000"])), max_size=3))
+def test_every_sketch_the_server_reads_fits_the_documented_pattern(signature, rest, header, spaces):
+    payload = base64.b64encode(signature + rest).decode()
+    for at, space in spaces:  # the decoder drops white space anywhere in the base64
+        at %= len(payload) + 1
+        payload = payload[:at] + space + payload[at:]
+    sketch = header + payload
+    decode_image(sketch)  # the server reads it
+    assert re.search(component("schemas", "Sketch")["properties"]["designImage"]["pattern"], sketch)
 
 
 def test_docs_page_loads_swagger_ui_from_this_server_only(client):

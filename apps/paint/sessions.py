@@ -2,9 +2,9 @@
 
 A participant is one small document in `participants`, unique by username: the current
 stage, the design task and `schemeRefs`, for each stage's list the ids of its schemes in
-apps.paint.scheme_store. POST /paint/start answers it (creating it on first visit) as the
-seven keys the client spreads into its state; POST /paint/save replaces the state and
-keeps every save in `session_history`, which GET /paint/history lists.
+apps.paint.scheme_store. POST /paint/start answers it (creating it on first visit) as a
+`Session`, the seven keys the client spreads into its state; POST /paint/save replaces the
+state and keeps every save in `session_history`, which GET /paint/history lists.
 
 A save is placed in order as it arrives, before its body is read (`SaveOrder`). Once read
 and its sketches stored, it takes the next number from the participant's `revisionSeq`,
@@ -28,11 +28,12 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, get_args
 
 from bson import ObjectId
-from pydantic import ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, DocumentTooLarge, DuplicateKeyError, PyMongoError
+from typing_extensions import TypeAliasType
 
 from apps.paint import scheme_store
 from apps.paint.scheme_store import SchemeLists, SchemeRefs
@@ -43,8 +44,11 @@ from core.validation import FROM_QUERY, Body, StorableObject, Username
 log = logging.getLogger(__name__)
 
 # The study's stages, exactly as the web client spells them.
-Stage = Literal["准备", "快速发散", "深入发散", "收敛", "完成", "禁止"]
-STAGES: tuple[str, ...] = get_args(Stage)
+StageName = Literal["准备", "快速发散", "深入发散", "收敛", "完成", "禁止"]
+STAGES: tuple[str, ...] = get_args(StageName)
+Stage = TypeAliasType("Stage", Annotated[StageName, Field(description=(
+    "A study stage, as the client spells it: 准备 (not ready), 快速发散 (rapid divergence), 深入发散 (deep "
+    "divergence), 收敛 (convergence), 完成 (finished), 禁止 (disabled)."))])
 NOT_READY, RAPID, DEEP, CONVERGENCE, FINISHED, DISABLED = STAGES
 # The stages whose sketches the client saves, and the field of the session that holds each list.
 SCHEME_FIELDS = {RAPID: "rapidDivergenceSchemes", DEEP: "deepDivergenceSchemes", CONVERGENCE: "convergenceSchemes"}
@@ -67,8 +71,14 @@ class StartBody(Body):
     username: Username
 
 
-# A scheme is the client's opaque JSON; the document describes it once, as its Scheme schema.
-Scheme = Annotated[StorableObject, WithJsonSchema({"$ref": "#/components/schemas/Scheme"})]
+# A scheme is the client's opaque JSON, stored as sent and answered unchanged.
+Scheme = TypeAliasType("Scheme", Annotated[StorableObject, Field(
+    description="One sketch as the client's canvas produced it. The server stores it as opaque JSON and hands "
+                "it back unchanged.",
+    examples=[{"name": "", "canvasSvg": "<svg xmlns=\"http://www.w3.org/2000/svg\"></svg>",
+               "canvasImage": "data:image/png;base64,iVBORw0KGgo...",
+               "paths": [{"drawMode": True, "strokeColor": "#000", "strokeWidth": 5, "paths": [{"x": 1.5, "y": 2}]}],
+               "texts": [{"text": "可折叠", "position": {"x": 10, "y": 20}}]}])])
 SchemeList = Annotated[list[Scheme], Field(max_length=MAX_SCHEMES_PER_STAGE)]
 
 
@@ -240,10 +250,31 @@ def _lists(db: Database, refs: SchemeRefs) -> SchemeLists:
     return scheme_store.load(db, {field: refs.get(field) or [] for field in SCHEME_FIELDS.values()})
 
 
+def _saved_under(stage: str) -> Any:
+    return Field(alias=SCHEME_FIELDS[stage], description=f"The schemes saved under {stage}.")
+
+
+class Session(Document):
+    """POST /paint/start: the participant's stored session, the seven keys the client spreads into its state."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Id = Field(alias="_id")
+    username: str
+    current_stage: Stage
+    design_task: str
+    rapid: list[Scheme] = _saved_under(RAPID)
+    deep: list[Scheme] = _saved_under(DEEP)
+    convergence: list[Scheme] = _saved_under(CONVERGENCE)
+
+
 def _session(participant: Participant, stage: str, task: str, lists: SchemeLists) -> dict[str, Any]:
     """Return the seven keys the client spreads into its state."""
-    return {"_id": str(participant.id), "username": participant.username, "currentStage": stage,
-            "designTask": task, **lists}
+    # Neither validated nor dumped, which would walk every scheme: they were checked when saved,
+    # and hold megabytes of JSON written already. The values as they are, under the client's names.
+    session = Session.model_construct(id=participant.id, username=participant.username, current_stage=stage,
+                                      design_task=task, **lists)
+    return {Session.model_fields[name].alias: value for name, value in session}
 
 
 def start(db: Database, username: str) -> dict[str, Any]:
