@@ -125,8 +125,8 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SD_COOLDOWN": _float(env, "SD_COOLDOWN", 15.0),
         "SD_MAX_ATTEMPTS": _int(env, "SD_MAX_ATTEMPTS", 3),
         "SD_PROBE_TIMEOUT": _float(env, "SD_PROBE_TIMEOUT", 2.0),
-        # Generation records kept in memory while MongoDB is down, written when it returns.
-        "RECORD_BACKLOG": _int(env, "RECORD_BACKLOG", 16),
+        # Seconds between tries to write the generation records that wait on disk for the database.
+        "RECORD_RETRY": _float(env, "RECORD_RETRY", 5.0),
         # Per-client limit on POST /generate, requests per minute; 0 turns it off.
         "GENERATE_RATE_LIMIT": _int(env, "GENERATE_RATE_LIMIT", 0),
     }

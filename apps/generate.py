@@ -19,7 +19,7 @@ from typing_extensions import TypeAliasType
 import config
 from apps.paint import register
 from apps.paint.pipelines import PaintApp, Pipeline
-from apps.records import GenerationCall, Recorder, get_backlog
+from apps.records import GenerationCall, Recorder, get_journal
 from core import validation as v
 from core.backends import get_gpt, get_pool
 from core.db import get_db
@@ -105,6 +105,6 @@ def generate():
     limit_generate()  # before any work: a client over its budget costs nothing and leaves no record
     call = read_call()
     register.admit(call.username)
-    with Recorder(get_db(), call, get_backlog()) as recorder, generation_observed(recorder):
+    with Recorder(get_db(), call, get_journal()) as recorder, generation_observed(recorder):
         recorder.result = call.handler.run(call.type, call.prompts, get_gpt(), get_pool(), recorder.trace)
     return ok(recorder.result.model_dump(mode="json", by_alias=True))

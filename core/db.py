@@ -3,6 +3,11 @@
 Production points `MONGO_URI` at a real MongoDB. With it unset the factory starts the
 embedded wire-compatible store (core.embedded_store) and hands its URI here, so both
 paths run the same pymongo code.
+
+Every write asks for journaled write concern (`j: true`): an acknowledged write is on
+disk, so a save the participant was told is stored survives a power loss. A real MongoDB
+answers once its journal holds the write; nx-27017 turns `j` into SQLite's
+synchronous=FULL, one fsync of its WAL per write (see core.embedded_store).
 """
 from __future__ import annotations
 
@@ -54,6 +59,7 @@ class MongoStore:
             serverSelectionTimeoutMS=timeout_ms,
             connectTimeoutMS=timeout_ms,
             socketTimeoutMS=max(timeout_ms * 10, 30_000),
+            journal=True,  # acknowledged means durable; `w` stays the URI's (or the server's default)
             connect=False,
         )
         self.db: Database = self.client[db_name]

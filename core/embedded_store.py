@@ -30,6 +30,13 @@ MongoDB gets standard documents written the standard way:
   instead, which both stores keep as written.
 - `find_one_and_update` drops `$setOnInsert` when it upserts; ObjectId-valued fields other
   than `_id` cannot be matched. Callers upsert with `update_one` and match by other keys.
+- Its SQLite files run in WAL mode with synchronous=NORMAL, which syncs only at
+  checkpoints: an acknowledged write can vanish in a power loss. A write that asks for
+  `j: true` (core.db asks on every one) switches that database's connection to
+  synchronous=FULL, an fsync of the WAL per commit. nx-27017 remembers the switch per
+  database name, so a connection it closes and reopens (it keeps at most 100 databases
+  open) is back at NORMAL for good; the server uses one database, the suite's shared store
+  one per test, so tests that count fsyncs run a store of their own.
 """
 from __future__ import annotations
 

@@ -62,9 +62,9 @@ def close_app(app: Flask) -> None:
     The entry points call it when they stop (app.py, gunicorn's worker_exit); the atexit
     hooks of the parts are only the backstop of a process that exits without it.
     """
-    backlog = app.extensions.get("record_backlog")
-    if backlog is not None:
-        backlog.close()
+    journal = app.extensions.get("record_journal")
+    if journal is not None:
+        journal.close()
     backends.close_app_backends(app)
     app.extensions["mongo"].close()
     embedded = app.extensions.get("embedded_store")

@@ -12,6 +12,13 @@ from core.security import participant, researcher
 # cli_group=None: the study commands sit at the top level (`flask export-study`).
 bp = Blueprint("paint", __name__, url_prefix="/paint", cli_group=None)
 cli.register(bp)
+SAVE_ORDER = "paint_save_order"  # the app's sessions.SaveOrder
+
+
+@bp.record_once
+def _give_save_order(state) -> None:
+    """Give the app the order its saves arrive in."""
+    state.app.extensions[SAVE_ORDER] = sessions.SaveOrder()
 
 
 @bp.post("/start")
@@ -27,11 +34,14 @@ def start():
 @participant
 def save():
     """Make the state sent the participant's current one, keeping the previous ones."""
+    order: sessions.SaveOrder = current_app.extensions[SAVE_ORDER]
+    number = order.arrive()  # before the body is read: of two saves, the one sent last stays current
     # A save carries the whole session, every sketch as a data URI: ~100 MB for 200 sketches.
     request.max_content_length = current_app.config["SAVE_MAX_CONTENT_LENGTH"]
     body = v.body(sessions.SaveBody)
     register.admit(body.username)
-    sessions.save(get_db(), body.username, body.data)
+    db = get_db()
+    sessions.save(db, body.username, body.data, order.arrival(db, number))
     return ok(None)
 
 
