@@ -37,8 +37,10 @@ from apps.paint.pipelines.parsing import clean_item, match_choices, split_items
      ["folding bench, city park, morning light", "smart rope, living room"]),
     ("1. close-up, matte plastic\n2. 3D printed frame, studio light",
      ["close-up, matte plastic", "3D printed frame, studio light"]),
-    # numbers that are content, not numbering
+    # numbers that are content, not numbering: decimals and clock times
     ("1.5倍省力的杠杆结构#3D打印外壳", ["1.5倍省力的杠杆结构", "3D打印外壳"]),
+    ("14:00的开放式办公室里#8:15的暴雨中#10：30的站会前", ["14:00的开放式办公室里", "8:15的暴雨中", "10：30的站会前"]),
+    ("1. 14:00的开放式办公室里\n2. 18:45的工位上", ["14:00的开放式办公室里", "18:45的工位上"]),
     # an item spread over lines inside one # part is joined
     ("折叠\n水杯#智能护膝", ["折叠 水杯", "智能护膝"]),
     # nothing usable
@@ -66,6 +68,20 @@ def test_more_items_than_asked_keeps_order_so_callers_can_take_the_first():
 ])
 def test_clean_item(raw, clean):
     assert clean_item(raw) == clean
+
+
+@pytest.mark.parametrize("raw", [
+    "(masterpiece:1.2), foldable bench, (worst quality:1.4)",  # two pairs, not one around the item
+    "“折叠凳”和“护膝”",
+    "**折叠凳**与**护膝**",
+])
+def test_only_a_pair_that_closes_at_the_end_wraps_an_item(raw):
+    assert clean_item(raw) == raw
+
+
+def test_bold_is_not_a_bullet():
+    assert clean_item("**分格计时药盒**：按时间分区存放") == "**分格计时药盒**：按时间分区存放"
+    assert clean_item("* 分格计时药盒") == "分格计时药盒"
 
 
 @pytest.mark.parametrize("items, choices, picked", [

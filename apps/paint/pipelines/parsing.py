@@ -10,34 +10,41 @@ import re
 from collections.abc import Sequence
 
 SEPARATOR = re.compile(r"[#＃]")
-# A leading list marker: "1." "1、" "1)" "(1)" "（1）" "第1项：" "①" "-" "*" "•" "·".
-# "1." must not be followed by a digit, so "1.5倍" keeps its number.
+# A leading list marker: "1." "1、" "1)" "1:" "(1)" "（1）" "第1项：" "①" "-" "*" "•" "·".
+# A number followed by a digit is content: "1.5倍" and "14:00的" keep theirs.
 MARKER = re.compile(
     r"^(?:"
-    r"\d{1,2}\s*(?:[.．](?!\d)|[、)）:：])"
+    r"\d{1,2}\s*(?:[.．](?!\d)|[、)）]|[:：](?!\d))"
     r"|[(（\[【]\s*\d{1,2}\s*[)）\]】]"
     r"|第\s*\d{1,2}\s*[项个条]\s*[:：、.]?"
     r"|[\u2460-\u2473\u2776-\u277f]"
-    r"|[-*•·●▪◦]+(?=\s|[^\W\d_]|$)"
+    r"|(?:[-•·●▪◦]+|\*(?!\*))(?=\s|[^\W\d_]|$)"  # `*` a bullet, `**` bold
     r")\s*"
 )
 # Opening and closing characters that may wrap a whole item.
 PAIRS = {"“": "”", "‘": "’", '"': '"', "'": "'", "「": "」", "『": "』", "《": "》",
          "【": "】", "[": "]", "(": ")", "（": "）", "**": "**", "`": "`"}
+QUOTES = [(opening, closing) for opening, closing in PAIRS.items() if opening in "“‘\"'「『"]
 TRAILING = "。；;，,、 \t"
 
 
 def _unwrap(item: str) -> str:
-    """Strip wrapping quotes or brackets (repeatedly), and stray unmatched quotes."""
+    """Strip quotes or brackets wrapping the whole item (repeatedly), and stray unmatched quotes."""
     changed = True
     while changed and item:
         changed = False
         for opening, closing in PAIRS.items():
-            if len(item) >= len(opening) + len(closing) and item.startswith(opening) \
-                    and item.endswith(closing):
+            # A pair wraps the item only if it first closes at the very end: not `(a:1.2), b, (c:1.4)`.
+            end = len(item) - len(closing)
+            if end > 0 and item.startswith(opening) and item.find(closing, len(opening)) == end:
                 item = item[len(opening):len(item) - len(closing)].strip()
                 changed = True
-    return item.strip("“”‘’\"'「」『』").strip()
+    for opening, closing in QUOTES:  # a quote whose partner is missing (`“智能水杯`)
+        if item.startswith(opening) and closing not in item[len(opening):]:
+            item = item[len(opening):].strip()
+        if item.endswith(closing) and opening not in item[:-len(closing)]:
+            item = item[:-len(closing)].strip()
+    return item
 
 
 def clean_item(item: str) -> str:
