@@ -94,3 +94,20 @@ def test_bold_is_not_a_bullet():
 ])
 def test_match_choices(items, choices, picked):
     assert match_choices(items, choices) == picked
+
+
+# -- formats -------------------------------------------------------------------------------
+@pytest.mark.parametrize("answer, items", [
+    ("```\n折叠水杯#智能护膝\n```", ["折叠水杯", "智能护膝"]),
+    # the talk around a fence is not part of the answer
+    ("好的，结果如下\n```text\n折叠水杯\n智能护膝\n```\n希望有帮助", ["折叠水杯", "智能护膝"]),
+    ('["折叠水杯", "智能护膝"]', ["折叠水杯", "智能护膝"]),
+    ('```json\n[\n  "折叠水杯",\n  "智能护膝"\n]\n```', ["折叠水杯", "智能护膝"]),
+    # a JSON string is one item: a # inside it is no separator, its clean-up still applies
+    ('["C#入门课", "1. 折叠水杯。"]', ["C#入门课", "折叠水杯"]),
+    # brackets inside a line of text are no array
+    ("[1] 折叠水杯#[2] 智能护膝", ["折叠水杯", "智能护膝"]),
+    ('[folding bench, park]\n[smart rope, room]', ["folding bench, park", "smart rope, room"]),
+])
+def test_fences_and_json_arrays_carry_items(answer, items):
+    assert split_items(answer) == items

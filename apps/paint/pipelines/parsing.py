@@ -3,9 +3,14 @@
 The prompts ask for items joined by `#` without numbering, but models decorate: they
 number items, add bullets or quotes, leave blank items, use the full-width `＃`, end
 with a separator, or put one item per line. `split_items` undoes all of that.
+
+Formats come first. A code fence's content is the answer (the talk around the fence is
+not). A JSON array of strings gives its strings as the items, unsplit, so a `#` inside one
+stays; an array of arrays gives one list per scheme.
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 
@@ -56,10 +61,51 @@ def clean_item(item: str) -> str:
     return _unwrap(item)
 
 
+# -- 1. formats ------------------------------------------------------------------------
+FENCE = re.compile(r"^\s*```\s*[\w+-]*\s*$")  # a fence line, with the block's language
+
+
+def _unfenced(text: str) -> str:
+    """Return the content of the answer's fenced blocks, or the answer when it has none."""
+    lines = text.splitlines()
+    if not any(FENCE.match(line) for line in lines):
+        return text
+    inside, kept = False, []
+    for line in lines:
+        if FENCE.match(line):
+            inside = not inside
+        elif inside:  # an unclosed fence runs to the end
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def _json_lists(text: str) -> list[list[str]] | None:
+    """Return the strings of a JSON array on lines of its own (one list per inner array), else None."""
+    start, end = text.find("["), text.rfind("]")
+    if start < 0 or end < start:
+        return None
+    before, after = text[:start].rstrip(" \t"), text[end + 1:].lstrip(" \t")
+    if (before and not before.endswith("\n")) or (after and not after.startswith("\n")):
+        return None  # a bracket inside a line of text (`[3] 发光跳绳`), not an array
+    try:
+        data = json.loads(text[start:end + 1])
+    except ValueError:
+        return None
+    if not isinstance(data, list) or not data:
+        return None
+    if all(isinstance(item, str) for item in data):
+        return [data]
+    if all(isinstance(group, list) and all(isinstance(item, str) for item in group) for group in data):
+        return data
+    return None
+
+
 def split_items(text: str) -> list[str]:
     """Return the non-blank items of `text`: split on `#`/`＃`, or on lines when it has neither."""
-    if not text:
-        return []
+    text = _unfenced(text or "")
+    lists = _json_lists(text)
+    if lists is not None:
+        return [item for item in (clean_item(raw) for group in lists for raw in group) if item]
     parts = SEPARATOR.split(text) if SEPARATOR.search(text) else text.splitlines()
     items = (clean_item(part) for part in parts)
     return [item for item in items if item]
