@@ -238,3 +238,55 @@ def test_prompt_labels_are_dropped(raw):
 ])
 def test_what_only_looks_like_a_label_stays(raw):
     assert clean_item(raw) == raw
+
+
+# -- the readings a step asks for --------------------------------------------------------------
+@pytest.mark.parametrize("raw, name", [
+    ("折叠凳——因为可以收纳", "折叠凳"),
+    ("1. 折叠式健身踏板——同样靠折叠实现便携", "折叠式健身踏板"),
+    ("名称：折叠凳（理由：省空间）", "折叠凳"),
+    ("**桌下静音踏步机**：开会时也能悄悄活动双腿", "桌下静音踏步机"),
+    ("折叠计数训练凳（可折叠收纳，自动计数）", "折叠计数训练凳"),
+    ("“定时亮灯药盒”：按早中晚分格", "定时亮灯药盒"),
+    ("Smart Bottle - reminds you to drink", "Smart Bottle"),
+    ("**产品名称**：车把雨篷", "车把雨篷"),  # a label, not a name
+])
+def test_a_name_read_as_a_name_loses_its_explanation(raw, name):
+    assert clean_item(raw, names=True) == name
+
+
+@pytest.mark.parametrize("raw", [
+    "儿童（3-6岁）平衡车",  # an aside inside the name
+    "8:15定时闹钟",  # a clock time
+    "T-shirt折叠架",
+    "从草图上的铰链来看，这应该是一款训练凳",  # prose stays whole, for the step's checks
+])
+def test_what_belongs_to_a_name_stays(raw):
+    assert clean_item(raw, names=True) == raw
+
+
+def test_names_are_read_in_every_item_of_the_answer():
+    answer = "1. 折叠式健身踏板——同样靠折叠实现便携\n2. 计数俯卧撑板——把计数融入训练器械"
+    assert split_items(answer, names=True) == ["折叠式健身踏板", "计数俯卧撑板"]
+    assert split_items("折叠计数训练凳（可折叠收纳）#夜跑发光护膝（夜间示警）", names=True) == ["折叠计数训练凳", "夜跑发光护膝"]
+
+
+PRODUCTS = ["桌下静音踏步机", "站坐交替升降桌"]
+
+
+@pytest.mark.parametrize("answer", [
+    "桌下静音踏步机：午后的办公室里轻踩踏板#站坐交替升降桌：评审会后站着改方案",
+    "1. **桌下静音踏步机**：午后的办公室里轻踩踏板\n2. **站坐交替升降桌**：评审会后站着改方案",
+    "**桌下静音踏步机：**午后的办公室里轻踩踏板#**站坐交替升降桌：**评审会后站着改方案",
+])
+def test_a_listed_product_before_the_text_is_a_label(answer):
+    assert split_items(answer, labels=PRODUCTS) == ["午后的办公室里轻踩踏板", "评审会后站着改方案"]
+
+
+@pytest.mark.parametrize("raw", [
+    "清晨的公园：跑者展开训练凳",  # not a listed product
+    "桌下静音踏步机让人在开会时轻踩踏板",  # the product inside the text: the product_named check's
+    "桌下静音踏步机：",  # nothing after it
+])
+def test_only_a_listed_product_before_a_colon_is_a_label(raw):
+    assert clean_item(raw, labels=PRODUCTS) == raw

@@ -24,28 +24,43 @@ would, by these rules in this order:
    trailing punctuation go; so do labels (`方案1：`, `产品名称：`, `**特征**：`, `Prompt 1:`)
    and a preamble glued to the first item (`好的，以下是6个产品创意：A`) or a remark glued
    to the last (`…。希望对你有帮助`). Numbers that are content stay: `14:00的…`, `1.5米…`.
+
+Two more readings depend on what the step asks for, and apply only when its caller asks:
+
+- `names=True`, for the steps that ask for names: a name followed by an explanation is the
+  name (`折叠凳——因为…`, `名称：X（理由…）`, `**X**：…`).
+- `labels`, the names the prompt listed (its products): one of them before a colon, bold or
+  not, is a label, not part of the scene or principle after it (`桌下静音踏步机：把微小的…`).
+
+Without them `X：…` stays whole, since whether X is the item or a label depends on the
+step; the step's checks then see a name too long or a principle naming its product.
 """
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from itertools import groupby
 
 SEPARATOR = re.compile(r"[#＃]")
 
 
-def split_items(text: str) -> list[str]:
-    """Return the items of an answer, read by the rules of this module in their order."""
+def split_items(text: str, *, names: bool = False, labels: Collection[str] = ()) -> list[str]:
+    """Return the items of an answer, read by the rules of this module in their order.
+
+    `names`: the step asks for names (products, identify, scheme names, the selection).
+    `labels`: names the prompt listed that may stand as labels before an item (the
+    products, for the steps that write a scene, principle or feature text per product).
+    """
     text = _unfenced(text or "")
     lists = _json_lists(text)
     if lists is not None:
-        return _even([[item for item in (clean_item(raw) for raw in group) if item]
+        return _even([[item for item in (clean_item(raw, names=names, labels=labels) for raw in group) if item]
                       for group in lists])
     read: list[tuple[int | None, str]] = []
     scheme: int | None = None  # named by a heading or a label, it holds until another is named
     for named, part in _raw_items(text):
-        labelled, item = _read(part)
+        labelled, item = _read(part, names=names, labels=labels)
         scheme = labelled if labelled is not None else named if named is not None else scheme
         if item:
             read.append((scheme, item))
@@ -67,9 +82,9 @@ def _raw_items(text: str) -> list[tuple[int | None, str]]:
     return parts
 
 
-def clean_item(item: str) -> str:
+def clean_item(item: str, *, names: bool = False, labels: Collection[str] = ()) -> str:
     """Return one item without list markers, labels, wrapping quotes or trailing punctuation (rule 6)."""
-    return _read(item)[1]
+    return _read(item, names=names, labels=labels)[1]
 
 
 def match_choices(items: Sequence[str], choices: Sequence[str]) -> list[str]:
@@ -283,6 +298,9 @@ PAIRS = {"“": "”", "‘": "’", '"': '"', "'": "'", "「": "」", "『": "�
          "【": "】", "[": "]", "(": ")", "（": "）", "**": "**", "`": "`"}
 QUOTES = [(opening, closing) for opening, closing in PAIRS.items() if opening in "“‘\"'「『"]
 TRAILING = "。；;，,、 \t"
+# Where the explanation after a name starts: a colon (not inside a clock time), a dash.
+EXPLANATION = re.compile(r"(?<!\d)[:：]|[:：](?!\d)|—+|\s[-–]\s")
+TRAILING_ASIDE = re.compile(r"\s*[（(][^（()）]*[)）]$")
 
 
 def _unwrap(item: str) -> str:
@@ -315,7 +333,25 @@ def _undecorated(item: str) -> str:
     return _unwrap(item.rstrip(TRAILING))
 
 
-def _read(item: str) -> tuple[int | None, str]:
+def _name_only(item: str) -> str:
+    """Return the name at the start of `item`, without the explanation after it."""
+    bold = re.match(r"^\*\*(?P<name>[^*]+)\*\*", item)
+    if bold:
+        return bold["name"]
+    item = TRAILING_ASIDE.sub("", item) or item  # `X（理由：…）`, before its colon could cut it
+    name = EXPLANATION.split(item, maxsplit=1)[0]  # `X：…`, `X——…`
+    return TRAILING_ASIDE.sub("", name) or name  # `X（…）：…`
+
+
+def _without_listed_label(item: str, labels: Collection[str]) -> str:
+    """Return `item` without one of `labels` before a colon: `X：`, `**X**：` or `**X：**`."""
+    for label in labels:
+        if head := re.match(rf"(?:\*\*)?{re.escape(label)}\s*(?:\*\*\s*[:：]|[:：]\s*(?:\*\*)?)\s*(?=\S)", item):
+            return item[head.end():]
+    return item
+
+
+def _read(item: str, *, names: bool, labels: Collection[str]) -> tuple[int | None, str]:
     """Return the scheme an item's label names (or None) and the item as `clean_item` gives it."""
     item = _undecorated(item)
     scheme = None
@@ -323,4 +359,5 @@ def _read(item: str) -> tuple[int | None, str]:
         if label["word"] == "方案" and label["n"]:
             scheme = _number(label["n"])
         item = _undecorated(item[label.end():])
-    return scheme, item
+    item = _name_only(item) if names else _without_listed_label(item, labels)
+    return scheme, _undecorated(item)
