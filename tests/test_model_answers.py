@@ -70,7 +70,7 @@ KNOWN_WRONG: set[str] = {
     "naming-names-cut-off", "naming-names-duplicates",
     "naming-names-forty-characters", "naming-names-one-extra",
     "naming-names-with-explanations",
-    "naming-select-duplicate", "naming-select-name-inside-longer-name",
+    "naming-select-duplicate",
     "naming-select-too-many",
     "rapid-abstracts-bold-product-labels", "rapid-abstracts-paragraphs",
     "rapid-abstracts-product-labels",

@@ -89,6 +89,16 @@ def test_bold_is_not_a_bullet():
     (["方案一：甲方案（最实用）"], ["甲方案", "乙方案"], ["甲方案"]),  # one name inside the item
     (["甲方案和乙方案"], ["甲方案", "乙方案"], []),  # ambiguous: names two
     ([], ["甲方案"], []),
+    # one candidate inside another: the longer one named is meant, the exact one when it stands alone
+    (["壁挂折叠小餐桌（不占地面空间）"], ["折叠小餐桌", "壁挂折叠小餐桌"], ["壁挂折叠小餐桌"]),
+    (["折叠小餐桌", "壁挂折叠小餐桌"], ["壁挂折叠小餐桌", "折叠小餐桌"], ["折叠小餐桌", "壁挂折叠小餐桌"]),
+    # the name before its reason decides, whatever the reason mentions
+    (["夜跑发光护膝：比折叠计数训练凳更容易落地"], ["折叠计数训练凳", "夜跑发光护膝"], ["夜跑发光护膝"]),
+    (["**夜跑发光护膝**：比折叠计数训练凳更容易落地"], ["折叠计数训练凳", "夜跑发光护膝"], ["夜跑发光护膝"]),
+    # a name inside a sentence
+    (["我推荐“心率感应跳绳”，因为它新颖"], ["心率感应跳绳", "夜跑发光护膝"], ["心率感应跳绳"]),
+    # candidates are cleaned as answers are, and the candidate itself is returned
+    (["折叠凳"], ["“折叠凳”。", "护膝"], ["“折叠凳”。"]),
 ])
 def test_match_choices(items, choices, picked):
     assert match_choices(items, choices) == picked
@@ -290,3 +300,9 @@ def test_a_listed_product_before_the_text_is_a_label(answer):
 ])
 def test_only_a_listed_product_before_a_colon_is_a_label(raw):
     assert clean_item(raw, labels=PRODUCTS) == raw
+
+
+def test_a_selection_with_a_reason_paragraph_picks_the_names_before_it():
+    answer = "夜跑发光护膝#姿态纠正背心\n\n理由：相比折叠计数训练凳，这两个方案更容易落地。"
+    candidates = ["折叠计数训练凳", "夜跑发光护膝", "心率感应跳绳", "姿态纠正背心"]
+    assert match_choices(split_items(answer), candidates) == ["夜跑发光护膝", "姿态纠正背心"]

@@ -88,17 +88,36 @@ def clean_item(item: str, *, names: bool = False, labels: Collection[str] = ()) 
 
 
 def match_choices(items: Sequence[str], choices: Sequence[str]) -> list[str]:
-    """Map items to the choices they name (exactly, else the one choice they contain); no repeats."""
+    """Map items to the choices they name, in the answer's order, without repeats.
+
+    Items and choices are cleaned alike (`clean_item`) before they are compared. An item
+    names a choice when its name (read as with `names=True`) is that choice; else when one
+    choice is inside the name, or else inside the whole item, not counting a choice inside
+    a longer one that is there too (`壁挂折叠小餐桌（不占地面空间）` names `壁挂折叠小餐桌`,
+    not `折叠小餐桌`).
+    """
+    cleaned: dict[str, str] = {}
+    for choice in choices:
+        if key := clean_item(choice):
+            cleaned.setdefault(key, choice)
     picked: list[str] = []
     for item in items:
-        if item in choices:
-            choice = item
-        else:
-            inside = [c for c in dict.fromkeys(choices) if c and c in item]
-            choice = inside[0] if len(inside) == 1 else None
+        choice = _named_choice(clean_item(item, names=True), clean_item(item), cleaned)
         if choice is not None and choice not in picked:
             picked.append(choice)
     return picked
+
+
+def _named_choice(name: str, whole: str, cleaned: dict[str, str]) -> str | None:
+    """Return the choice an item names, by its name and its whole text (see `match_choices`), or None."""
+    if name in cleaned:
+        return cleaned[name]
+    for text in (name, whole):
+        inside = [choice for choice in cleaned if choice in text]
+        longest = [choice for choice in inside if not any(choice != other and choice in other for other in inside)]
+        if longest:
+            return cleaned[longest[0]] if len(longest) == 1 else None
+    return None
 
 
 # -- 1. formats ------------------------------------------------------------------------
