@@ -41,6 +41,73 @@ from apps.paint.pipelines.parsing import clean_item, match_choices, split_items
     ("1.5倍省力的杠杆结构#3D打印外壳", ["1.5倍省力的杠杆结构", "3D打印外壳"]),
     ("14:00的开放式办公室里#8:15的暴雨中#10：30的站会前", ["14:00的开放式办公室里", "8:15的暴雨中", "10：30的站会前"]),
     ("1. 14:00的开放式办公室里\n2. 18:45的工位上", ["14:00的开放式办公室里", "18:45的工位上"]),
+    # -- rule 1: fences and JSON arrays carry items
+    ("```\n折叠水杯#智能护膝\n```", ["折叠水杯", "智能护膝"]),
+    # the talk around a fence is not part of the answer
+    ("好的，结果如下\n```text\n折叠水杯\n智能护膝\n```\n希望有帮助", ["折叠水杯", "智能护膝"]),
+    ('["折叠水杯", "智能护膝"]', ["折叠水杯", "智能护膝"]),
+    ('```json\n[\n  "折叠水杯",\n  "智能护膝"\n]\n```', ["折叠水杯", "智能护膝"]),
+    # a JSON string is one item: a # inside it is no separator, its clean-up still applies
+    ('["C#入门课", "1. 折叠水杯。"]', ["C#入门课", "折叠水杯"]),
+    # brackets inside a line of text are no array
+    ("[1] 折叠水杯#[2] 智能护膝", ["折叠水杯", "智能护膝"]),
+    ('[folding bench, park]\n[smart rope, room]', ["folding bench, park", "smart rope, room"]),
+    # -- rule 2: preambles and closing remarks are not items
+    # a preamble on a line of its own, with or without a colon
+    ("好的，以下是3个产品创意：\n\n折叠水杯#智能护膝#发光跳绳", ["折叠水杯", "智能护膝", "发光跳绳"]),
+    ("当然可以！\n折叠水杯\n智能护膝", ["折叠水杯", "智能护膝"]),
+    # ... or glued to the first item
+    ("好的，以下是3个产品创意：折叠水杯#智能护膝#发光跳绳", ["折叠水杯", "智能护膝", "发光跳绳"]),
+    ("Sure, here are the prompts: folding bench, park#smart rope, room", ["folding bench, park", "smart rope, room"]),
+    # a closing remark after a blank line, on the next line, or glued to the last item
+    ("折叠水杯#智能护膝\n\n希望这些创意能给你带来灵感！", ["折叠水杯", "智能护膝"]),
+    ("折叠水杯#智能护膝\n这些产品都在折叠结构上相通。", ["折叠水杯", "智能护膝"]),
+    ("1. 折叠水杯\n2. 智能护膝\n\n这些创意分别从两个角度出发。", ["折叠水杯", "智能护膝"]),
+    ("折叠水杯#智能护膝。希望对你有帮助！", ["折叠水杯", "智能护膝"]),
+    # reasons and asides after the items, bold or in parentheses, run to the end
+    ("折叠水杯#智能护膝\n\n理由：折叠水杯省空间；\n智能护膝更安全。", ["折叠水杯", "智能护膝"]),
+    ("折叠水杯\n**选择理由**：省空间", ["折叠水杯"]),
+    ("可折叠计数训练凳\n（依据：草图中的铰链结构）", ["可折叠计数训练凳"]),
+    # -- rule 2: what only looks like talk stays
+    # a remark opens only after an item: the first line is an item whatever its first word
+    ("希望工程助学书包\n可折叠书桌", ["希望工程助学书包", "可折叠书桌"]),
+    # an English preamble word at the start of a prompt, before an attention weight's colon
+    ("sure-grip handle, (wooden table:1.2)#folding bench, park",
+     ["sure-grip handle, (wooden table:1.2)", "folding bench, park"]),
+    # -- rule 3: headings are not items
+    # a markdown title: its # are no separators
+    ("### 运动辅助产品创意\n\n智能跳绳#折叠训练凳", ["智能跳绳", "折叠训练凳"]),
+    ("#### 车把雨篷\n暴雨中的路口\n\n#### 骑行雨裙\n傍晚的阵雨里", ["暴雨中的路口", "傍晚的阵雨里"]),
+    # a line ending in a colon introduces what follows
+    ("以下是每个产品背后的工作原理：\n借助弹性储能\n把动作计数反馈", ["借助弹性储能", "把动作计数反馈"]),
+    ("产品名称：\n车把雨篷", ["车把雨篷"]),
+    # a bold line over the text it introduces, numbered or not
+    ("1. **桌下踏步机**\n午后的办公室里\n\n2. **升降桌**\n评审会结束后", ["午后的办公室里", "评审会结束后"]),
+    ("**1. 可折叠训练凳**\nfolding bench, park", ["folding bench, park"]),
+    # bold lines one after another are the items themselves
+    ("1. **折叠计数训练凳**\n2. **夜跑发光护膝**", ["折叠计数训练凳", "夜跑发光护膝"]),
+    ("**可折叠计数训练凳**", ["可折叠计数训练凳"]),
+    # `# A # B` holds separators: a list, not a header
+    ("# 折叠水杯 # 智能护膝", ["折叠水杯", "智能护膝"]),
+    # -- rule 4: separators and line breaks
+    # a line break ends an item in a # list too
+    ("折叠水杯#智能护膝\n发光跳绳#防水背包", ["折叠水杯", "智能护膝", "发光跳绳", "防水背包"]),
+    # a separator opening or ending a line reaches the line next to it
+    ("折叠水杯\n#智能护膝#\n发光跳绳", ["折叠水杯", "智能护膝", "发光跳绳"]),
+    # a line that no separator reaches is talk, not an item
+    ("这是我的想法\n折叠水杯#智能护膝", ["折叠水杯", "智能护膝"]),
+    # a negative prompt stays with the prompt above it, so that its check can see it
+    ("folding bench, park\nNegative prompt: people, text\n#\nsmart rope, room\nNegative prompt: text",
+     ["folding bench, park Negative prompt: people, text", "smart rope, room Negative prompt: text"]),
+    ("Positive: folding bench, park\nNegative: people\n\nPositive: smart rope, room\nNegative: text",
+     ["folding bench, park Negative: people", "smart rope, room Negative: text"]),
+    # -- rule 5: uneven schemes keep only as many items each as the shortest
+    # three and one: neither scheme's items can be lined up with its cards
+    ("方案1：\n训练凳在花园展开\n客厅里做仰卧起坐\n阳台上折起靠墙\n\n方案2：\n滨江步道夜跑",
+     ["训练凳在花园展开", "滨江步道夜跑"]),
+    ('[["训练凳在花园展开", "客厅里做仰卧起坐"], ["滨江步道夜跑"]]', ["训练凳在花园展开", "滨江步道夜跑"]),
+    # headings that name no scheme group nothing, however uneven
+    ("### 家用\n折叠水杯#智能护膝\n### 户外\n发光跳绳", ["折叠水杯", "智能护膝", "发光跳绳"]),
     # nothing usable
     ("", []),
     ("   ", []),
@@ -104,96 +171,7 @@ def test_match_choices(items, choices, picked):
     assert match_choices(items, choices) == picked
 
 
-# -- formats -------------------------------------------------------------------------------
-@pytest.mark.parametrize("answer, items", [
-    ("```\n折叠水杯#智能护膝\n```", ["折叠水杯", "智能护膝"]),
-    # the talk around a fence is not part of the answer
-    ("好的，结果如下\n```text\n折叠水杯\n智能护膝\n```\n希望有帮助", ["折叠水杯", "智能护膝"]),
-    ('["折叠水杯", "智能护膝"]', ["折叠水杯", "智能护膝"]),
-    ('```json\n[\n  "折叠水杯",\n  "智能护膝"\n]\n```', ["折叠水杯", "智能护膝"]),
-    # a JSON string is one item: a # inside it is no separator, its clean-up still applies
-    ('["C#入门课", "1. 折叠水杯。"]', ["C#入门课", "折叠水杯"]),
-    # brackets inside a line of text are no array
-    ("[1] 折叠水杯#[2] 智能护膝", ["折叠水杯", "智能护膝"]),
-    ('[folding bench, park]\n[smart rope, room]', ["folding bench, park", "smart rope, room"]),
-])
-def test_fences_and_json_arrays_carry_items(answer, items):
-    assert split_items(answer) == items
-
-
-# -- talk around the list ------------------------------------------------------------------
-@pytest.mark.parametrize("answer, items", [
-    # a preamble on a line of its own, with or without a colon
-    ("好的，以下是3个产品创意：\n\n折叠水杯#智能护膝#发光跳绳", ["折叠水杯", "智能护膝", "发光跳绳"]),
-    ("当然可以！\n折叠水杯\n智能护膝", ["折叠水杯", "智能护膝"]),
-    # ... or glued to the first item
-    ("好的，以下是3个产品创意：折叠水杯#智能护膝#发光跳绳", ["折叠水杯", "智能护膝", "发光跳绳"]),
-    ("Sure, here are the prompts: folding bench, park#smart rope, room", ["folding bench, park", "smart rope, room"]),
-    # a closing remark after a blank line, on the next line, or glued to the last item
-    ("折叠水杯#智能护膝\n\n希望这些创意能给你带来灵感！", ["折叠水杯", "智能护膝"]),
-    ("折叠水杯#智能护膝\n这些产品都在折叠结构上相通。", ["折叠水杯", "智能护膝"]),
-    ("1. 折叠水杯\n2. 智能护膝\n\n这些创意分别从两个角度出发。", ["折叠水杯", "智能护膝"]),
-    ("折叠水杯#智能护膝。希望对你有帮助！", ["折叠水杯", "智能护膝"]),
-    # reasons and asides after the items, bold or in parentheses, run to the end
-    ("折叠水杯#智能护膝\n\n理由：折叠水杯省空间；\n智能护膝更安全。", ["折叠水杯", "智能护膝"]),
-    ("折叠水杯\n**选择理由**：省空间", ["折叠水杯"]),
-    ("可折叠计数训练凳\n（依据：草图中的铰链结构）", ["可折叠计数训练凳"]),
-])
-def test_preambles_and_closing_remarks_are_not_items(answer, items):
-    assert split_items(answer) == items
-
-
-@pytest.mark.parametrize("answer, items", [
-    # a remark opens only after an item: the first line is an item whatever its first word
-    ("希望工程助学书包\n可折叠书桌", ["希望工程助学书包", "可折叠书桌"]),
-    # an English preamble word at the start of a prompt, before an attention weight's colon
-    ("sure-grip handle, (wooden table:1.2)#folding bench, park",
-     ["sure-grip handle, (wooden table:1.2)", "folding bench, park"]),
-])
-def test_words_of_talk_inside_items_stay(answer, items):
-    assert split_items(answer) == items
-
-
-# -- headings --------------------------------------------------------------------------------
-@pytest.mark.parametrize("answer, items", [
-    # a markdown title: its # are no separators
-    ("### 运动辅助产品创意\n\n智能跳绳#折叠训练凳", ["智能跳绳", "折叠训练凳"]),
-    ("#### 车把雨篷\n暴雨中的路口\n\n#### 骑行雨裙\n傍晚的阵雨里", ["暴雨中的路口", "傍晚的阵雨里"]),
-    # a line ending in a colon introduces what follows
-    ("以下是每个产品背后的工作原理：\n借助弹性储能\n把动作计数反馈", ["借助弹性储能", "把动作计数反馈"]),
-    ("产品名称：\n车把雨篷", ["车把雨篷"]),
-    # a bold line over the text it introduces, numbered or not
-    ("1. **桌下踏步机**\n午后的办公室里\n\n2. **升降桌**\n评审会结束后", ["午后的办公室里", "评审会结束后"]),
-    ("**1. 可折叠训练凳**\nfolding bench, park", ["folding bench, park"]),
-    # bold lines one after another are the items themselves
-    ("1. **折叠计数训练凳**\n2. **夜跑发光护膝**", ["折叠计数训练凳", "夜跑发光护膝"]),
-    ("**可折叠计数训练凳**", ["可折叠计数训练凳"]),
-    # `# A # B` holds separators: a list, not a header
-    ("# 折叠水杯 # 智能护膝", ["折叠水杯", "智能护膝"]),
-])
-def test_headings_are_not_items(answer, items):
-    assert split_items(answer) == items
-
-
-# -- separators ------------------------------------------------------------------------------
-@pytest.mark.parametrize("answer, items", [
-    # a line break ends an item in a # list too
-    ("折叠水杯#智能护膝\n发光跳绳#防水背包", ["折叠水杯", "智能护膝", "发光跳绳", "防水背包"]),
-    # a separator opening or ending a line reaches the line next to it
-    ("折叠水杯\n#智能护膝#\n发光跳绳", ["折叠水杯", "智能护膝", "发光跳绳"]),
-    # a line that no separator reaches is talk, not an item
-    ("这是我的想法\n折叠水杯#智能护膝", ["折叠水杯", "智能护膝"]),
-    # a negative prompt stays with the prompt above it, so that its check can see it
-    ("folding bench, park\nNegative prompt: people, text\n#\nsmart rope, room\nNegative prompt: text",
-     ["folding bench, park Negative prompt: people, text", "smart rope, room Negative prompt: text"]),
-    ("Positive: folding bench, park\nNegative: people\n\nPositive: smart rope, room\nNegative: text",
-     ["folding bench, park Negative: people", "smart rope, room Negative: text"]),
-])
-def test_separators_and_line_breaks(answer, items):
-    assert split_items(answer) == items
-
-
-# -- schemes ---------------------------------------------------------------------------------
+# -- rule 5, schemes ---------------------------------------------------------------------------------
 PER_SCHEME = ["训练凳在花园展开", "客厅里做仰卧起坐", "滨江步道夜跑", "校园跑道的弯道"]
 
 
@@ -210,19 +188,7 @@ def test_an_answer_per_scheme_gives_the_schemes_items_in_order(answer):
     assert split_items(answer) == PER_SCHEME
 
 
-@pytest.mark.parametrize("answer, items", [
-    # three and one: neither scheme's items can be lined up with its cards
-    ("方案1：\n训练凳在花园展开\n客厅里做仰卧起坐\n阳台上折起靠墙\n\n方案2：\n滨江步道夜跑",
-     ["训练凳在花园展开", "滨江步道夜跑"]),
-    ('[["训练凳在花园展开", "客厅里做仰卧起坐"], ["滨江步道夜跑"]]', ["训练凳在花园展开", "滨江步道夜跑"]),
-    # headings that name no scheme group nothing, however uneven
-    ("### 家用\n折叠水杯#智能护膝\n### 户外\n发光跳绳", ["折叠水杯", "智能护膝", "发光跳绳"]),
-])
-def test_uneven_schemes_keep_only_as_many_items_each_as_the_shortest(answer, items):
-    assert split_items(answer) == items
-
-
-# -- labels ----------------------------------------------------------------------------------
+# -- rule 6, labels ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("raw", [
     "方案1：车把雨篷", "方案一：车把雨篷", "创意1：车把雨篷", "产品2：车把雨篷", "场景3：车把雨篷", "形态一：车把雨篷",
     "特征：车把雨篷", "原理：车把雨篷", "产品名称：车把雨篷", "产品名：车把雨篷", "名称：车把雨篷", "**产品名称**：车把雨篷",
