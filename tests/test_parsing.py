@@ -68,6 +68,9 @@ from apps.paint.pipelines.parsing import clean_item, match_choices, split_items
     ("折叠水杯#智能护膝\n\n理由：折叠水杯省空间；\n智能护膝更安全。", ["折叠水杯", "智能护膝"]),
     ("折叠水杯\n**选择理由**：省空间", ["折叠水杯"]),
     ("可折叠计数训练凳\n（依据：草图中的铰链结构）", ["可折叠计数训练凳"]),
+    # the prompt's count echoed, on a line of its own or after the last item
+    ("折叠水杯\n智能护膝\n共 2 项", ["折叠水杯", "智能护膝"]),
+    ("折叠水杯#智能护膝（共2项）", ["折叠水杯", "智能护膝"]),
     # -- rule 2: what only looks like talk stays
     # a remark opens only after an item: the first line is an item whatever its first word
     ("希望工程助学书包\n可折叠书桌", ["希望工程助学书包", "可折叠书桌"]),
@@ -244,6 +247,10 @@ def test_what_belongs_to_a_name_stays(raw):
 def test_names_are_read_in_every_item_of_the_answer():
     answer = "1. 折叠式健身踏板——同样靠折叠实现便携\n2. 计数俯卧撑板——把计数融入训练器械"
     assert split_items(answer, names=True) == ["折叠式健身踏板", "计数俯卧撑板"]
+    # a bold name over its explanation: the name, where another step takes the bold line as a heading
+    answer = "1. **折叠式健身踏板**\n同样靠折叠实现便携\n\n2. **计数俯卧撑板**\n把计数融入训练器械"
+    assert split_items(answer, names=True) == ["折叠式健身踏板", "计数俯卧撑板"]
+    assert split_items(answer) == ["同样靠折叠实现便携", "把计数融入训练器械"]
     assert split_items("折叠计数训练凳（可折叠收纳）#夜跑发光护膝（夜间示警）", names=True) == ["折叠计数训练凳", "夜跑发光护膝"]
 
 
@@ -254,6 +261,7 @@ PRODUCTS = ["桌下静音踏步机", "站坐交替升降桌"]
     "桌下静音踏步机：午后的办公室里轻踩踏板#站坐交替升降桌：评审会后站着改方案",
     "1. **桌下静音踏步机**：午后的办公室里轻踩踏板\n2. **站坐交替升降桌**：评审会后站着改方案",
     "**桌下静音踏步机：**午后的办公室里轻踩踏板#**站坐交替升降桌：**评审会后站着改方案",
+    "桌下静音踏步机\n午后的办公室里轻踩踏板\n\n站坐交替升降桌\n评审会后站着改方案",  # alone on a line
 ])
 def test_a_listed_product_before_the_text_is_a_label(answer):
     assert split_items(answer, labels=PRODUCTS) == ["午后的办公室里轻踩踏板", "评审会后站着改方案"]

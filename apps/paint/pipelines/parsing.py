@@ -28,9 +28,10 @@ would, by these rules in this order:
 Two more readings depend on what the step asks for, and apply only when its caller asks:
 
 - `names=True`, for the steps that ask for names: a name followed by an explanation is the
-  name (`折叠凳——因为…`, `名称：X（理由…）`, `**X**：…`).
+  name (`折叠凳——因为…`, `名称：X（理由…）`, `**X**：…`, a bold name over a line of text).
 - `labels`, the names the prompt listed (its products): one of them before a colon, bold or
-  not, is a label, not part of the scene or principle after it (`桌下静音踏步机：把微小的…`).
+  not, or alone on a line, is a label, not part of the scene or principle after it
+  (`桌下静音踏步机：把微小的…`).
 
 Without them `X：…` stays whole, since whether X is the item or a label depends on the
 step; the step's checks then see a name too long or a principle naming its product.
@@ -59,7 +60,7 @@ def split_items(text: str, *, names: bool = False, labels: Collection[str] = ())
                       for group in lists])
     read: list[tuple[int | None, str]] = []
     scheme: int | None = None  # named by a heading or a label, it holds until another is named
-    for named, part in _raw_items(text):
+    for named, part in _raw_items(text, names=names, labels=labels):
         labelled, item = _read(part, names=names, labels=labels)
         scheme = labelled if labelled is not None else named if named is not None else scheme
         if item:
@@ -67,13 +68,13 @@ def split_items(text: str, *, names: bool = False, labels: Collection[str] = ())
     return _even([[item for _, item in run] for _, run in groupby(read, key=lambda pair: pair[0])])
 
 
-def _raw_items(text: str) -> list[tuple[int | None, str]]:
+def _raw_items(text: str, *, names: bool, labels: Collection[str]) -> list[tuple[int | None, str]]:
     """Return the uncleaned items of a text answer (rules 2-4), with the scheme a section's headings name.
 
     The scheme comes with the first item of its section only; the items after it inherit it.
     """
     parts: list[tuple[int | None, str]] = []
-    for named, lines in _sections(_without_talk(_lines(text))):
+    for named, lines in _sections(_without_talk(_lines(text)), names=names, labels=labels):
         section = [part for part in _section_items(lines) if part.strip()]
         parts += [(named if i == 0 else None, part) for i, part in enumerate(section)]
     if parts:
@@ -167,13 +168,15 @@ PREAMBLE = re.compile(r"^(?:好的|当然|没问题|以下是|下面是|这里�
 # English words only where it starts: `sure-grip handle, (wooden table:1.2)` is a prompt).
 PREAMBLE_HEAD = re.compile(r"^(?:[^：:(（]*(?:以下|如下|下面是|好的|当然|这里是)|(?:sure|okay|here (?:are|is))(?=[\s,，!！.]))"
                            r"[^：:(（]*[：:]\s*(?=\S)", re.IGNORECASE)
-# A closing remark speaks about the items (possibly in parentheses), or gives reasons.
+# A closing remark speaks about the items (possibly in parentheses), gives reasons, or
+# echoes the prompt's count.
 REMARK_WORDS = r"这些|以上|希望|如需|如果(?:你|您)|可以根据"
 REASON_WORDS = r"注|备注|说明|(?:选择|推荐)?(?:理由|原因)|依据"
-REMARK = re.compile(rf"^(?:\*\*)?[（(]?\s*(?:{REMARK_WORDS}|(?:{REASON_WORDS})(?:\*\*)?\s*[:：]|hope\b|note\s*:)",
-                    re.IGNORECASE)
-# A remark on the last item's line, after the end of a sentence or a space.
-GLUED_REMARK = re.compile(rf"(?<=[。！!？?\s])\s*(?:{REMARK_WORDS}).*$")
+COUNT_ECHO = r"共\s*\d+\s*项"
+REMARK = re.compile(rf"^(?:\*\*)?[（(]?\s*(?:{REMARK_WORDS}|(?:{REASON_WORDS})(?:\*\*)?\s*[:：]|{COUNT_ECHO}"
+                    r"|hope\b|note\s*:)", re.IGNORECASE)
+# A remark on the last item's line: after the end of a sentence or a space, or the count.
+GLUED_REMARK = re.compile(rf"(?<=[。！!？?\s])\s*(?:{REMARK_WORDS}).*$|\s*[（(]?{COUNT_ECHO}[)）]?$")
 
 
 def _without_talk(lines: list[str]) -> list[str]:
@@ -213,11 +216,11 @@ def _number(ordinal: str) -> int:
     return CHINESE_DIGITS.get(tens, 1) * 10 + CHINESE_DIGITS.get(ones, 0)
 
 
-def _heading_text(line: str) -> str | None:
-    """Return the text of `line` if it is a header, ends in a colon or is a bare label; else None."""
+def _heading_text(line: str, labels: Collection[str]) -> str | None:
+    """Return the text of `line` if it is a header, ends in a colon, or is a bare or listed label; else None."""
     header = MD_HEADER.match(line)
     text = (header["text"] if header else _unwrap(_strip_marker(line))).strip("*").strip()
-    if header or text.endswith((":", "：")) or BARE_LABEL.match(text):
+    if header or text.endswith((":", "：")) or BARE_LABEL.match(text) or text in labels:
         return text
     return None
 
@@ -226,25 +229,36 @@ def _is_bold_line(line: str) -> bool:
     return bool(BOLD_LINE.match(_strip_marker(line)))
 
 
-def _heading(lines: list[str], i: int) -> str | None:
-    """Return the text of `lines[i]` if it is a heading, else None (it is content)."""
-    text = _heading_text(lines[i])
-    if text is None and _is_bold_line(lines[i]):
-        after = lines[i + 1] if i + 1 < len(lines) else ""  # the very next line, no blank between
-        if after and _heading_text(after) is None and not _is_bold_line(after):
-            text = _unwrap(_strip_marker(lines[i]))
-    return text
+def _bold_over_text(lines: list[str], i: int, labels: Collection[str]) -> bool:
+    """Tell whether `lines[i]` is a bold line with ordinary text on the very next line (no blank between)."""
+    after = lines[i + 1] if i + 1 < len(lines) else ""
+    return (_is_bold_line(lines[i]) and bool(after) and _heading_text(after, labels) is None
+            and not _is_bold_line(after))
 
 
-def _sections(lines: list[str]) -> list[tuple[int | None, list[str]]]:
-    """Return the runs of content lines between headings, each with the scheme its headings name."""
+def _sections(lines: list[str], *, names: bool, labels: Collection[str]) -> list[tuple[int | None, list[str]]]:
+    """Return the runs of content lines between headings, each with the scheme its headings name.
+
+    Read as names, a bold line over text is a name over its explanation: the name is content,
+    the text under it (up to the next bold line or heading) goes.
+    """
     sections: list[tuple[int | None, list[str]]] = []
     named: int | None = None
     current: list[str] = []
+    explaining = False  # on the lines under a name
     for i, line in enumerate(lines):
         if not line:
             continue
-        heading = _heading(lines, i)
+        heading = _heading_text(line, labels)
+        if explaining and heading is None and not _is_bold_line(line):
+            continue
+        explaining = False
+        if heading is None and _bold_over_text(lines, i, labels):
+            if names:
+                current.append(line)
+                explaining = True
+                continue
+            heading = _unwrap(_strip_marker(line))
         if heading is None:
             current.append(line)
             continue
