@@ -74,6 +74,9 @@ from apps.paint.pipelines.parsing import clean_item, match_choices, split_items
     # -- rule 2: what only looks like talk stays
     # a remark opens only after an item: the first line is an item whatever its first word
     ("希望工程助学书包\n可折叠书桌", ["希望工程助学书包", "可折叠书桌"]),
+    # words that open remarks, but speak of something else than the items
+    ("周末清晨的花园里，训练凳展开\n这些天连续加班的程序员起身", ["周末清晨的花园里，训练凳展开", "这些天连续加班的程序员起身"]),
+    ("折叠水杯\n以上下铺改造的儿童床", ["折叠水杯", "以上下铺改造的儿童床"]),
     # an English preamble word at the start of a prompt, before an attention weight's colon
     ("sure-grip handle, (wooden table:1.2)#folding bench, park",
      ["sure-grip handle, (wooden table:1.2)", "folding bench, park"]),

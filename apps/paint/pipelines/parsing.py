@@ -169,8 +169,10 @@ PREAMBLE = re.compile(r"^(?:好的|当然|没问题|以下是|下面是|这里�
 PREAMBLE_HEAD = re.compile(r"^(?:[^：:(（]*(?:以下|如下|下面是|好的|当然|这里是)|(?:sure|okay|here (?:are|is))(?=[\s,，!！.]))"
                            r"[^：:(（]*[：:]\s*(?=\S)", re.IGNORECASE)
 # A closing remark speaks about the items (possibly in parentheses), gives reasons, or
-# echoes the prompt's count.
-REMARK_WORDS = r"这些|以上|希望|如需|如果(?:你|您)|可以根据"
+# echoes the prompt's count. `这些天…` and `以上下铺…` speak of something else.
+ITEM_WORDS = r"创意|产品|方案|场景|原理|名称|提示词|特征|描述|形态|设计|想法|建议|内容"
+REMARK_WORDS = (rf"(?:这些|以上)(?:{ITEM_WORDS}|都|均|是|就是|为|只是|仅供)"
+                r"|希望(?:这些|以上|能|对|可以|你|您|给|有)|如需|如果(?:你|您)")
 REASON_WORDS = r"注|备注|说明|(?:选择|推荐)?(?:理由|原因)|依据"
 COUNT_ECHO = r"共\s*\d+\s*项"
 REMARK = re.compile(rf"^(?:\*\*)?[（(]?\s*(?:{REMARK_WORDS}|(?:{REASON_WORDS})(?:\*\*)?\s*[:：]|{COUNT_ECHO}"
