@@ -32,13 +32,14 @@ Every answer depends on the prompt text alone, so the same prompt always gets th
 `requests` records every request to a chat route (with the status answered, before the
 client gets it); `calls` counts every POST. Valid requests pass the fault switches in order: `fail_next` (answer an error
 status with `Retry-After` and `retry-after-ms`, which the SDK honours), `hang_next` (hold
-until `release()`, `fail_held()`, `hang_timeout` or `stop()`), the latency, and
-`filter_next` (Azure's 400 `content_filter`), `short_next` / `messy` / `script` (which change the
-answer). `release(n)` lets the `n` oldest held
-calls go; `fail_held(text)` answers an error to the held call whose prompt contains
+until `release()`, `fail_held()`, `hang_timeout` or `stop()`), `filter_next` (Azure's 400
+`content_filter`), the latency, and `short_next` / `messy` / `queue` / `script` (which change the
+answer). `release(n)` lets the `n` oldest held calls go; `fail_held(text)` answers an error to the held call whose prompt contains
 `text`, so a test picks which of several calls in flight fails. `script` (a `Scripted`, or
 None) answers every later call with that message exactly, its `finish_reason` and `refusal`
-included: a recorded model answer replayed through the real client. Run standalone with
+included: a recorded model answer replayed through the real client; `queue(*messages)` answers
+the next calls with those messages, one each (None: as usual), before `script` or the generated
+answers. Run standalone with
 `python -m simulators.chat --port 8001 --latency 0.15 --api-key sim-key`.
 """
 from __future__ import annotations
@@ -81,6 +82,7 @@ class ChatRecord:
     prompt: str  # the text of the last user message
     images: int
     status: int
+    schema: str | None = None  # the name of the json_schema asked for, if one was
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ class ChatSimulator:
         self.latency = latency
         self.messy = False
         self.script: Scripted | None = None
+        self._queued: list[Scripted | None] = []  # `queue`: messages for the next calls, before `script`
         self.schemas_from = SCHEMAS_FROM  # the first Azure api-version that takes a json_schema
         self.no_schema: set[str] = set()  # Azure deployments whose model refuses json_schema
         self.hang_timeout = hang_timeout
@@ -224,7 +227,7 @@ class ChatSimulator:
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         info: dict[str, Any] = {"route": "", "deployment": "", "api_version": None,
-                                "text": "", "prompt": "", "images": 0}
+                                "text": "", "prompt": "", "images": 0, "schema": None}
         status = 500  # recorded when answering fails
         try:
             reply = self._answer(request, info)
@@ -252,6 +255,7 @@ class ChatSimulator:
                 raise BadRequest("model is required")
             info["text"], info["prompt"], info["images"] = summarize(body.get("messages"))
             schema = requested_schema(body.get("response_format"))
+            info["schema"] = schema["name"] if schema is not None else None
         except ValueError as e:  # json.JSONDecodeError and BadRequest
             return _error(400, "invalid_request_error", "bad_request", f"Invalid request: {e}")
         if schema is not None:
@@ -331,11 +335,17 @@ class ChatSimulator:
             self._fail = (count - 1, status, retry_after)
             return status, retry_after
 
+    def queue(self, *messages: Scripted | None) -> None:
+        """Answer the next calls with `messages`, one each in order (None: as usual), then as before."""
+        with self._lock:
+            self._queued.extend(messages)
+
     def _take_answer_style(self) -> tuple[bool, bool, Scripted | None]:
-        """Return (short, messy, script) for this answer, consuming one `short_next` credit."""
+        """Return (short, messy, script) for this answer, consuming one `short_next` credit or queued message."""
         short = self._take("short")
         with self._lock:
-            return short, self.messy, self.script
+            queued = self._queued.pop(0) if self._queued else None
+            return short, self.messy, queued or self.script
 
     def _hold_if_asked(self, prompt: str) -> tuple[int, float | None] | None:
         """Block while this call is held by `hang_next`; return (status, None) when `fail_held` failed it."""
@@ -376,9 +386,10 @@ def _content_filtered() -> Reply:
     """Return Azure's 400 for a prompt its content filter blocked, naming the category (violence)."""
     verdicts = {name: {"filtered": False, "severity": "safe"} for name in ("hate", "self_harm", "sexual")}
     verdicts["violence"] = {"filtered": True, "severity": "medium"}
-    return _error(400, None, "content_filter", "The prompt was filtered by the content management policy "
-                  "(simulated); modify the prompt and retry.", param="prompt", status=400,
-                  innererror={"code": "ResponsibleAIPolicyViolation", "content_filter_result": verdicts})
+    return _reply(400, {"error": {
+        "message": "The prompt was filtered by the content management policy (simulated); modify the prompt and "
+                   "retry.", "type": None, "param": "prompt", "code": "content_filter", "status": 400,
+        "innererror": {"code": "ResponsibleAIPolicyViolation", "content_filter_result": verdicts}}})
 
 
 def _reply(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Reply:
