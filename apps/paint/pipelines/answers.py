@@ -1,0 +1,351 @@
+"""What a GPT step's answer must be: the shape it is asked in, and the checks its items must pass.
+
+Each pipeline module declares its GPT steps in `ASKS`: step name -> `Ask(shape, checks)`. The
+shape gives the pydantic model the step is asked with under structured outputs (a strict
+JSON schema through the SDK) and reads the items back out of it; the text protocol reads
+items with `parsing.split_items` instead. Either way the same checks then look at the same
+list of items, so both protocols are held to the same standard:
+
+- `Items`: an object with the required keys item_1..item_N (exact counts through the shape:
+  strict mode does not enforce minItems/maxItems on arrays);
+- `Choices`: choice_1..choice_N, each an enum of the candidate names;
+- `PerScheme`: scheme_1..scheme_M, each an object of item_1..item_K (group two);
+- `Named`: a product name, or null when the sketch cannot be told.
+
+The lengths a check holds items to are the ones the template states (`settings.Limits`,
+read from its text at startup), accepted within `SLACK`. A failed check names what was wrong
+in English (the record, the log, the error) and in Chinese (`correction`, appended to the
+prompt of the one corrective retry).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from apps.paint.pipelines.parsing import clean_item
+from apps.paint.pipelines.settings import Limits
+
+SLACK = 0.5  # a length passes within half its bounds again: "不超过 12 个字" accepts 18, "20 到 40 字" 10 to 60
+
+
+class _Strict(BaseModel):
+    """The base of every answer model: no other keys (strict mode's additionalProperties false)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _model(name: str, fields: Mapping[str, Any]) -> type[BaseModel]:
+    return create_model(name, __base__=_Strict, **fields)
+
+
+@functools.lru_cache(maxsize=256)
+def _numbered(name: str, prefix: str, count: int, kind: Any, describe: str) -> type[BaseModel]:
+    """Return a model of the required fields `{prefix}_1`..`{prefix}_{count}`, each of type `kind`."""
+    return _model(name, {f"{prefix}_{i}": (kind, Field(description=f"{describe}（第{i}项）"))
+                         for i in range(1, count + 1)})
+
+
+# -- shapes ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Items:
+    """`count` texts, one per key."""
+
+    describe: str  # what one item is, for the model (Chinese, like the prompt)
+
+    def model(self, name: str, count: int, variables: Mapping[str, Any]) -> type[BaseModel]:
+        """Return the answer model of one call."""
+        return _numbered(name, "item", count, str, self.describe)
+
+    def items(self, answer: BaseModel) -> list[str | None]:
+        """Return the items of a parsed answer, in order."""
+        return list(answer.model_dump().values())
+
+
+@dataclass(frozen=True)
+class Choices(Items):
+    """`count` of the candidate names (the `names` variable), each an enum of them."""
+
+    def model(self, name: str, count: int, variables: Mapping[str, Any]) -> type[BaseModel]:
+        """Return the answer model of one call."""
+        return _numbered(name, "choice", count, Literal[tuple(variables["names"])], self.describe)
+
+
+@dataclass(frozen=True)
+class PerScheme(Items):
+    """`per_scheme` texts for each of the `schemes`, one object per scheme, in order."""
+
+    def model(self, name: str, count: int, variables: Mapping[str, Any]) -> type[BaseModel]:
+        """Return the answer model of one call."""
+        schemes, per = len(variables["schemes"]), variables["per_scheme"]
+        scheme = _numbered(f"{name}_scheme", "item", per, str, self.describe)
+        return _numbered(name, "scheme", schemes, scheme, "一个方案的全部条目")
+
+    def items(self, answer: BaseModel) -> list[str | None]:
+        """Return the items of every scheme, scheme by scheme."""
+        return [item for scheme in answer.model_dump().values() for item in scheme.values()]
+
+
+@dataclass(frozen=True)
+class Named(Items):
+    """One name, or null for "can't tell" (so a model that cannot tell need not invent a sentence)."""
+
+    def model(self, name: str, count: int, variables: Mapping[str, Any]) -> type[BaseModel]:
+        """Return the answer model of one call."""
+        return _model(name, {"product": (str | None, Field(description=self.describe))})
+
+
+Shape = Items
+
+
+def answer_items(shape: Shape, answer: BaseModel) -> list[str]:
+    """Return the items of a parsed answer, cleaned like text items; a null or blank one is ""."""
+    return [clean_item(item) if isinstance(item, str) else "" for item in shape.items(answer)]
+
+
+# -- checks ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Failure:
+    """What one check found wrong with an answer."""
+
+    check: str
+    detail: str  # English: for the record, the log and the error
+    correction: str  # Chinese: what the corrective retry tells the model
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a step knows when it checks an answer."""
+
+    count: int
+    limits: Limits
+    names: tuple[str, ...] = ()  # the request's product names, which an item must not repeat
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check of a step's items: its name, the limit it needs stated, and the test."""
+
+    name: str
+    test: Callable[[list[str], Context], Failure | None]
+    needs: str | None = None  # the Limits field the template must state ("chars", "keywords", "features")
+
+    def __call__(self, items: list[str], context: Context) -> Failure | None:
+        return self.test(items, context)
+
+
+def _positions(indexes: Sequence[int]) -> str:
+    return "、".join(str(i + 1) for i in indexes)
+
+
+def _per_item(name: str, problem: Callable[[str, Context], str | None],
+              detail: Callable[[str, Context], str], correction: Callable[[str, Context], str],
+              needs: str | None = None) -> Check:
+    """Return a check that fails the items for which `problem` names something (the first one shown)."""
+    def test(items: list[str], context: Context) -> Failure | None:
+        found = [(i, what) for i, item in enumerate(items) if item and (what := problem(item, context))]
+        if not found:
+            return None
+        where = _positions([i for i, _ in found])
+        first = found[0][1]
+        return Failure(name, f"item {where.replace('、', ', ')}: {detail(first, context)}",
+                       f"第{where}项：{correction(first, context)}")
+    return Check(name, test, needs)
+
+
+def _bounds(span: tuple[int | None, int | None]) -> tuple[int, int | None]:
+    """Return the accepted (least, most) of an asked (fewest, most), widened by SLACK."""
+    fewest, most = span
+    least = math.ceil(fewest * (1 - SLACK)) if fewest else 1
+    return least, math.floor(most * (1 + SLACK)) if most else None
+
+
+def _asked(span: tuple[int | None, int | None], unit: str, chinese: bool = False) -> str:
+    """Return how a span was asked for: "5 to 8 characters", or in Chinese "5 到 8 个字"."""
+    fewest, most = span
+    if chinese:
+        return f"{fewest} 到 {most} {unit}" if fewest else f"不超过 {most} {unit}"
+    return f"{fewest} to {most} {unit}" if fewest else f"at most {most} {unit}"
+
+
+def _outside(size: int, span: tuple[int | None, int | None]) -> bool:
+    least, most = _bounds(span)
+    return size < least or (most is not None and size > most)
+
+
+def _count(items: list[str], context: Context) -> Failure | None:
+    got = sum(1 for item in items if item)
+    if got >= context.count:
+        return None
+    return Failure("count", f"asked for {context.count} items, got {got}",
+                   f"上次的回答只有 {got} 项可用，需要正好 {context.count} 项，每项都不能为空。")
+
+
+def _length(item: str) -> int:
+    return len(re.sub(r"\s", "", item))
+
+
+LENGTH = _per_item(
+    "length", lambda item, c: f"{_length(item)}" if _outside(_length(item), c.limits.chars) else None,
+    lambda n, c: f"{n} characters, asked for {_asked(c.limits.chars, 'characters')}",
+    lambda n, c: f"有 {n} 个字，长度不符合要求：每项应为{_asked(c.limits.chars, '个字', chinese=True)}。", needs="chars")
+
+_PUNCTUATION = re.compile(r"[\s\W_]+")
+
+
+def _distinct(items: list[str], context: Context) -> Failure | None:
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        key = _PUNCTUATION.sub("", item).casefold()
+        if key and key in seen:
+            first = seen[key]
+            return Failure("distinct", f"items {first + 1} and {index + 1} are the same: {item}",
+                           f"第{first + 1}项和第{index + 1}项重复了（“{item}”），每一项都必须不同。")
+        seen.setdefault(key, index)
+    return None
+
+
+DISTINCT = Check("distinct", _distinct)
+
+# A leading label, then a colon that no digit follows (so "14:00的…" and "清晨6:30，…" are not
+# labels): a markdown heading ("**原理**："), a numbered one ("方案1：", "Prompt 1:"), a label
+# word ("产品名称：", "场景："), or one of the request's product names ("智能跳绳：…").
+_LABEL_WORDS = ("产品名称|方案名称|创意名称|产品名|名称|方案|产品|创意|使用场景|场景|工作原理|原理|功能特征|特征|提示词|答案|回答"
+                "|prompt|scene|product|name")
+_LABEL = re.compile(rf"^\s*(?:\*\*[^*]{{1,20}}\*\*|[^\s，。！？；,.!?;:：]{{0,12}}?\s*\d{{1,2}}\s*[项个条号]?|{_LABEL_WORDS})"
+                    r"\s*[:：](?!\d)", re.IGNORECASE)
+
+
+def _label(item: str, context: Context) -> str | None:
+    if m := _LABEL.match(item):
+        return m[0].strip()
+    return next((name for name in context.names if item.startswith(name)
+                 and item[len(name):].lstrip()[:1] in (":", "：")), None)
+
+
+LABEL = _per_item(
+    "label", _label, lambda label, c: f"starts with the label {label!r}",
+    lambda label, c: f"以“{label}”这样的标签开头：不要加编号、标签或前缀，只写内容本身。")
+
+_SENTENCE = re.compile(r"[，,。！？!?；;:：]")
+NAME = _per_item(
+    "name", lambda item, c: m[0] if (m := _SENTENCE.search(item)) else None,
+    lambda mark, c: f"a sentence, not a name (it has {mark!r})",
+    lambda mark, c: "像一句话而不是名称：只写名称本身，不要标点、解释、标签或理由。")
+
+NO_PRODUCT = _per_item(
+    "product_name", lambda item, c: next((n for n in c.names if len(n) >= 2 and n in item), None),
+    lambda name, c: f"names the product {name!r}",
+    lambda name, c: f"出现了产品名称“{name}”：请抛开具体产品来写，不要出现任何产品名称。")
+
+_CJK = re.compile(r"[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef]")
+
+
+def _not_english(item: str, context: Context) -> str | None:
+    if m := _CJK.search(item):
+        return m[0]
+    foreign = [ch for ch in item if not ch.isascii()]
+    return foreign[0] if len(foreign) > len(item) // 10 else None
+
+
+ENGLISH = _per_item(
+    "english", _not_english, lambda ch, c: f"is not English keywords (it has {ch!r})",
+    lambda ch, c: f"含有中文或其他非英文字符（“{ch}”）：提示词只能用英文关键词。")
+
+# What Stable Diffusion WebUI would read as more than keywords: a negative prompt, weights,
+# LoRA tags, Midjourney-style flags, a label or markdown. Weights are not stripped: they would
+# change the emphasis the study's prompts give every participant alike.
+_WEBUI = re.compile(r"negative\s*prompt|\([^()]*:\s*\d+(?:\.\d+)?\s*\)|<\s*lora:|(?:^|\s)--[a-z]"
+                    r"|^\s*(?:positive\s+)?prompt\s*\d*\s*[:：]|\*\*|`", re.IGNORECASE)
+SD_PLAIN = _per_item(
+    "sd_syntax", lambda item, c: m[0].strip() if (m := _WEBUI.search(item)) else None,
+    lambda found, c: f"has WebUI or markdown syntax {found!r}",
+    lambda found, c: f"含有“{found}”：不要写权重、参数（如 --ar）、负面提示词、标签或格式符号，"
+                     "只写用英文逗号连接的普通关键词。")
+
+
+def _keywords(item: str) -> int:
+    return sum(1 for part in item.split(",") if part.strip())
+
+
+KEYWORDS = _per_item(
+    "keywords", lambda item, c: f"{_keywords(item)}" if _outside(_keywords(item), c.limits.keywords) else None,
+    lambda n, c: f"{n} keywords, asked for {_asked(c.limits.keywords, 'keywords')}",
+    lambda n, c: f"有 {n} 个关键词，数量不符合要求：每条应为{_asked(c.limits.keywords, '个', chinese=True)}，用英文逗号连接。",
+    needs="keywords")
+
+_FEATURE_SEPARATORS = re.compile(r"[、，,；;]")
+
+
+def _features(item: str) -> int:
+    return sum(1 for part in _FEATURE_SEPARATORS.split(item) if part.strip())
+
+
+FEATURES = _per_item(
+    "features", lambda item, c: f"{_features(item)}" if _outside(_features(item), (c.limits.features, None)) else None,
+    lambda n, c: f"lists {n} features, asked for at least {c.limits.features}",
+    lambda n, c: f"只列出了 {n} 个特征：每段至少列出 {c.limits.features} 个特征，用顿号隔开。",
+    needs="features")
+
+# How a model says it cannot tell, in either language, or talks about the sketch instead of naming it.
+_UNSURE = re.compile(r"抱歉|对不起|无法|不能确定|不确定|看不出|难以判断|不清楚|sorry|cannot|can't|unable"
+                     r"|^(?:这是|这个|这款|看起来|看上去|应该是|可能是|似乎是|图中|草图|图片|它是)", re.IGNORECASE)
+_CORRECT_UNSURE = "即使不能完全确定，也请结合草图、标注和设计任务给出最可能的产品名称，只写名称，不要解释或道歉。"
+
+
+def _recognised(items: list[str], context: Context) -> Failure | None:
+    said = next((item for item in items if item), "")
+    if not said:
+        return Failure("recognised", "the answer says it cannot tell what the sketch shows",
+                       f"上次没有给出产品名称。{_CORRECT_UNSURE}")
+    if m := _UNSURE.search(said):
+        return Failure("recognised", f"the answer is a refusal, not a product name ({m[0]!r})",
+                       f"上次的回答是推辞而不是产品名称。{_CORRECT_UNSURE}")
+    return None
+
+
+RECOGNISED = Check("recognised", _recognised)
+COUNT = Check("count", _count)  # every step's first check
+
+
+def schema_failure() -> Failure:
+    """Return the failure of a structured answer that is not JSON of its schema (a service ignoring it)."""
+    return Failure("schema", "the answer is not JSON of the step's schema",
+                   "上次的回答不符合要求的 JSON 结构：请严格按照给定的结构回答，每个字段填一项。")
+
+
+# -- a step's declaration ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Ask:
+    """How a GPT step asks (its shape) and what it accepts (its checks, after COUNT)."""
+
+    shape: Shape
+    checks: tuple[Check, ...]
+
+    def run(self, items: list[str], context: Context) -> list[Failure]:
+        """Return every failure of `items`, COUNT first."""
+        return [failure for check in (COUNT, *self.checks) if (failure := check(items, context))]
+
+    @property
+    def names(self) -> list[str]:
+        """The names of the checks run, in order."""
+        return [check.name for check in (COUNT, *self.checks)]
+
+
+def correction(prompt: str, failures: Sequence[Failure]) -> str:
+    """Return the corrective retry's prompt: the original one and what the last answer got wrong."""
+    lines = "\n".join(f"- {failure.correction}" for failure in failures)
+    return f"{prompt}\n\n上一次的回答没有通过检查：\n{lines}\n请改正以上问题，按原来的要求重新回答。"
+
+
+# The kinds of answer the templates ask for (the lengths are each template's own).
+NAMES = Ask(Items("一个产品名称"), (LENGTH, NAME, LABEL, DISTINCT))
+SCENES = Ask(Items("一个使用场景，一句话"), (LENGTH, LABEL, DISTINCT))
+PRINCIPLES = Ask(Items("一句工作原理，不含产品名称"), (LENGTH, LABEL, NO_PRODUCT, DISTINCT))
+FEATURES_OF_PRODUCTS = Ask(Items("一段功能特征描述，不含产品名称"), (LENGTH, FEATURES, NO_PRODUCT, DISTINCT))
+SD_PROMPTS = Ask(Items("一条英文关键词提示词"), (ENGLISH, SD_PLAIN, KEYWORDS, DISTINCT))

@@ -1,0 +1,135 @@
+"""The answer shapes (strict JSON schemas) and the checks every GPT step's items go through."""
+from __future__ import annotations
+
+import openai
+import pytest
+
+from apps.paint.pipelines import ASKS
+from apps.paint.pipelines.answers import (
+    DISTINCT, ENGLISH, FEATURES, KEYWORDS, LABEL, LENGTH, NAME, NO_PRODUCT, RECOGNISED, SD_PLAIN, Choices, Context,
+    Items, Named, PerScheme, answer_items, correction,
+)
+from apps.paint.pipelines.settings import Limits
+from simulators.chat import strict_problem
+
+def to_strict_json_schema(model):
+    """Return the strict schema the SDK sends for `model` (its public helper applies the same rules)."""
+    return openai.pydantic_function_tool(model)["function"]["parameters"]
+
+
+NAMES = Limits(chars=(None, 12))
+SCENES = Limits(chars=(20, 40))
+
+
+def failed(check, items, limits=Limits(), names=()):
+    """Return the failure of `check` on `items` (None when they pass)."""
+    return check(list(items), Context(len(items), limits, tuple(names)))
+
+
+@pytest.mark.parametrize("shape, variables, keys", [
+    (Items("一个名称"), {}, ["item_1", "item_2", "item_3"]),
+    (Choices("一个候选"), {"names": ["甲", "乙"]}, ["choice_1", "choice_2", "choice_3"]),
+    (PerScheme("一个场景"), {"schemes": [{}, {}], "per_scheme": 2}, ["scheme_1", "scheme_2"]),
+    (Named("产品名称"), {}, ["product"]),
+])
+def test_every_shape_is_a_strict_schema_with_exact_keys(shape, variables, keys):
+    schema = to_strict_json_schema(shape.model("step_x", 3, variables))  # what the SDK sends
+    assert strict_problem(schema) is None
+    assert list(schema["properties"]) == keys and schema["required"] == keys
+    assert schema["additionalProperties"] is False
+
+
+def test_the_selection_is_an_enum_of_the_candidates_and_group_two_one_object_per_scheme():
+    choices = Choices("一个候选").model("naming_select", 2, {"names": ["折叠计数凳", "夜行护膝"]})
+    assert to_strict_json_schema(choices)["properties"]["choice_1"]["enum"] == ["折叠计数凳", "夜行护膝"]
+    shape = PerScheme("一个场景")
+    model = shape.model("group_two_scenes", 4, {"schemes": [{}, {}], "per_scheme": 2})
+    answer = model.model_validate({"scheme_1": {"item_1": "A1", "item_2": "A2"},
+                                   "scheme_2": {"item_1": "B1", "item_2": "“B2”"}})
+    assert answer_items(shape, answer) == ["A1", "A2", "B1", "B2"]  # cleaned like text items
+
+
+def test_cant_tell_is_null_and_reads_as_no_item():
+    shape = Named("产品名称")
+    assert answer_items(shape, shape.model("deep_identify", 1, {}).model_validate({"product": None})) == [""]
+
+
+def test_every_gpt_step_has_a_declaration():
+    assert len(ASKS) == 16 and {step.split(".")[0] for step in ASKS} == {"rapid", "deep", "naming", "group_two"}
+
+
+@pytest.mark.parametrize("items, limits, bad", [
+    (["折叠训练凳"], NAMES, False),
+    (["可折叠计数训练凳带显示屏和蓝牙"], NAMES, False),  # 15 characters: within the slack of 12
+    (["一款可以折叠收纳并且能够自动记录训练次数的多功能训练凳"], NAMES, True),  # a 27-character "name"
+    (["清晨的公园长椅旁，训练凳折叠后立在一边"], SCENES, False),
+    (["公园里"], SCENES, True),
+])
+def test_length_is_what_the_template_asks_within_the_slack(items, limits, bad):
+    assert (failed(LENGTH, items, limits) is not None) == bad
+
+
+def test_a_length_failure_names_the_item_in_both_languages():
+    failure = failed(LENGTH, ["折叠凳", "一款可以折叠收纳并且能够自动记录训练次数的多功能训练凳"], NAMES)
+    assert failure.detail == "item 2: 27 characters, asked for at most 12 characters"
+    assert failure.correction == "第2项：有 27 个字，长度不符合要求：每项应为不超过 12 个字。"
+
+
+@pytest.mark.parametrize("item, bad", [
+    ("方案1：折叠计数训练凳", True), ("产品名称：折叠凳", True), ("**原理**：借助弹性形变", True),
+    ("Prompt 1: folding bench", True), ("智能跳绳：在客厅里记录次数", True),
+    ("14:00的开放式办公室里", False), ("清晨6:30，小区花园里跳绳", False), ("利用杠杆原理：以小力撬动大阻力", False),
+])
+def test_labels_are_told_from_colons_in_the_text(item, bad):
+    assert (failed(LABEL, [item], names=["智能跳绳"]) is not None) == bad
+
+
+@pytest.mark.parametrize("item, bad", [("折叠计数凳", False), ("可折叠、可计数的凳子", False),
+                                       ("折叠凳，适合小空间", True), ("折叠凳。", False)])
+def test_a_name_is_no_sentence(item, bad):
+    assert (failed(NAME, [item.rstrip("。")]) is not None) == bad
+
+
+def test_a_principle_may_not_name_a_product_of_the_request():
+    failure = failed(NO_PRODUCT, ["借助弹性形变储存能量", "桌下静音踏步机把微小动作嵌入久坐"], names=["智能跳绳", "桌下静音踏步机"])
+    assert failure.check == "product_name" and "第2项" in failure.correction and "桌下静音踏步机" in failure.correction
+
+
+def test_duplicates_are_found_whatever_their_punctuation():
+    assert failed(DISTINCT, ["折叠凳", "夜行护膝", "折叠凳。"]).detail == "items 1 and 3 are the same: 折叠凳。"
+    assert failed(DISTINCT, ["折叠凳", "夜行护膝"]) is None
+
+
+GOOD_SD = "folding bench, city park, morning light, minimal, wide angle, soft shadows, clean lines, photo"
+
+
+@pytest.mark.parametrize("check, item", [
+    (ENGLISH, "折叠凳, city park, morning light"), (ENGLISH, "folding bench，city park，morning light"),
+    (SD_PLAIN, GOOD_SD + ", Negative prompt: blurry"), (SD_PLAIN, "(best quality:1.3), " + GOOD_SD),
+    (SD_PLAIN, GOOD_SD + " --ar 16:9"), (SD_PLAIN, "Prompt 1: " + GOOD_SD), (SD_PLAIN, "**Scene 1** " + GOOD_SD),
+    (SD_PLAIN, "<lora:bench:0.8>, " + GOOD_SD), (KEYWORDS, "folding bench, park"),
+])
+def test_sd_prompts_are_plain_english_keywords(check, item):
+    limits = Limits(keywords=(8, 15))
+    assert failed(check, [item], limits) is not None and failed(check, [GOOD_SD], limits) is None
+
+
+def test_features_count_what_the_separators_part():
+    limits = Limits(features=3)
+    assert failed(FEATURES, ["铝合金框架、三段折叠、防滑底垫"], limits) is None
+    assert failed(FEATURES, ["采用铝合金框架和硅胶防滑底座的设计"], limits).detail.endswith("at least 3")
+
+
+@pytest.mark.parametrize("item, bad", [
+    ("折叠训练凳", False), ("", True), ("抱歉，我无法从这张草图中准确判断它画的是什么产品", True),
+    ("这是一个可以折叠的训练凳", True), ("I'm sorry, I cannot tell", True),
+])
+def test_identify_is_neither_a_refusal_nor_a_sentence(item, bad):
+    assert (failed(RECOGNISED, [item]) is not None) == bad
+
+
+def test_the_corrective_prompt_is_the_original_and_what_was_wrong():
+    failure = failed(LENGTH, ["一款可以折叠收纳并且能够自动记录训练次数的多功能训练凳"], NAMES)
+    prompt = correction("原来的提示，共 1 项", [failure])
+    assert prompt.startswith("原来的提示，共 1 项\n\n") and failure.correction in prompt
+    assert "共" not in prompt.removeprefix("原来的提示，共 1 项")  # the count stays the template's
