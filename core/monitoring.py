@@ -39,6 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agent.errors import DECLINED_KINDS
 from agent.gpt import NOT_CONFIGURED, GPTClient
 from agent.pool import SDInstancePool
 from core.backends import GPT, SD_POOL
@@ -118,6 +119,9 @@ class Metrics:
         self.step_seconds = Histogram("refinity_step_duration_seconds", "Duration of pipeline steps "
                                       "(kind llm or image; step name without its index)", ["kind", "step"],
                                       buckets=BUCKETS, registry=self.registry)
+        self.check_failures = Counter("refinity_answer_check_failures", "GPT answers that failed a check of "
+                                      "their step, by step and check (count, length, label, ...)",
+                                      ["step", "check"], registry=self.registry)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
@@ -127,11 +131,14 @@ class Metrics:
 
     def observe_generation(self, appid: Any, type_: Any, status: str, seconds: float,
                            entries: list[Any]) -> None:
-        """Record one finished generation and the latency of each of its trace entries (apps.records)."""
+        """Record one finished generation, the latency of each of its trace entries (apps.records) and the
+        checks its GPT answers failed."""
         self.pipeline_seconds.labels(str(appid), str(type_), status).observe(seconds)
         for entry in entries:
             if entry.latency is not None:
                 self.step_seconds.labels(entry.kind, step_label(entry.step)).observe(entry.latency)
+            for failed in getattr(entry, "failed", ()):
+                self.check_failures.labels(step_label(entry.step), failed.check).inc()
 
     def render(self) -> bytes:
         """Return every metric in the Prometheus text format."""
@@ -335,7 +342,11 @@ def sd_status(app: Flask) -> dict[str, Any]:
 
 
 def gpt_status(app: Flask) -> dict[str, Any]:
-    """Summarise the GPT client: provider, deployments, and failures by kind (recent and total)."""
+    """Summarise the GPT client: provider, deployments and their protocol, and failures by kind.
+
+    Recent failures leave out the kinds a participant's input causes (the content filter, a
+    refusal): they say nothing about the deployment's health.
+    """
     gpt = app.extensions[GPT]
     snap = gpt.snapshot()
     totals: dict[str, int] = {}
@@ -343,9 +354,10 @@ def gpt_status(app: Flask) -> dict[str, Any]:
         for kind, count in counters["failures"].items():
             totals[kind] = totals.get(kind, 0) + count
     window: RecentFailures = app.extensions.setdefault("readiness_gpt_failures", RecentFailures())
-    recent, over = window.update(totals)
+    recent, over = window.update({kind: n for kind, n in totals.items() if kind not in DECLINED_KINDS})
     return {"configured": snap["configured"], "provider": snap["provider"],
             "chat_deployment": gpt.chat_deployment, "vision_deployment": gpt.vision_deployment,
+            "structured": snap["structured"], "protocols": snap["protocols"],
             "deployments": snap["deployments"], "recent_failures": recent,
             "recent_seconds": max(1, math.ceil(over)), "failures_total": totals}
 

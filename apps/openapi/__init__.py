@@ -236,6 +236,19 @@ RESPONSES = {
         "unreachable (code 3).",
         failure(CODE_BACKEND, CODE_STORAGE),
         {"backend": example("rapid.images: no Stable Diffusion instance is available", CODE_BACKEND)}),
+    "InputDeclined": json_response(
+        "GPT declined the participant's words (Azure's content filter, or the model's refusal): code 1, "
+        "since asking again unchanged meets the same answer; the message names the step and asks the "
+        "participant to rephrase the design task or notes.",
+        failure(CODE_BUSINESS), {"filtered": example(
+            "rapid.products: GPT deployment 'gpt-4o': the content filter blocked the prompt (violence); "
+            "请换一种说法描述设计任务或草图标注后再试")}),
+    "AnswerRejected": json_response(
+        "GPT answered, but not with what the step asked for, even after one corrective retry (a failed "
+        "answer check, named in the message) or after one retry with a larger token budget (a cut answer).",
+        failure(CODE_BACKEND), {"check": example(
+            "naming.names: GPT's answer failed its checks again after a corrective retry (length: item 2: "
+            "41 characters, asked for 5 to 8 characters)", CODE_BACKEND)}),
     "BackendTimeout": json_response(
         "A generative backend did not answer in time; the message names the step.",
         failure(CODE_BACKEND), {"timeout": example("rapid.products: GPT timed out", CODE_BACKEND)}),
@@ -289,6 +302,13 @@ READINESS = {
                               "closed": {"type": "boolean"}, "instances": {"type": "array", "items": INSTANCE}}},
         "gpt": {"type": "object", "required": ["configured", "provider", "deployments", "recent_failures"],
                 "properties": {"configured": {"type": "boolean"}, "provider": nullable({"type": "string"}),
+                               "structured": {"enum": ["auto", "on", "off"], "description": "GPT_STRUCTURED"},
+                               "protocols": {"type": "object", "description": "Per deployment: how a step asks "
+                                             "it (structured or text) and, after a fallback, why.",
+                                             "additionalProperties": {
+                                                 "type": "object", "required": ["protocol", "fallback"],
+                                                 "properties": {"protocol": {"enum": ["structured", "text"]},
+                                                                "fallback": nullable({"type": "string"})}}},
                                "deployments": {"type": "object"},
                                "recent_failures": {"type": "object",
                                                    "additionalProperties": {"type": "integer"}}}},
@@ -529,7 +549,8 @@ GENERATE_PATHS = {
             "schema": ref("GenerateRequest"),
             "examples": {name: {"value": value} for name, value in REQUEST_EXAMPLES.items()}}}},
         "responses": {"200": {**ok("The creatives.", ref("GenerateData"), RESPONSE_EXAMPLES["type 0"])},
-                      **errors(400, 401, 405, 413, 429, 504, _503="BackendUnavailable")},
+                      **errors(400, 401, 405, 413, 429, 504, _503="BackendUnavailable", _422="InputDeclined",
+                               _502="AnswerRejected")},
     }},
     "/generations": {"get": {
         "tags": ["records"], "operationId": "listGenerations",
