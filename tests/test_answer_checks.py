@@ -6,11 +6,12 @@ import pytest
 
 from apps.paint.pipelines import ASKS
 from apps.paint.pipelines.answers import (
-    DISTINCT, ENGLISH, FEATURES, KEYWORDS, LABEL, LENGTH, NAME, NO_PRODUCT, RECOGNISED, SD_PLAIN, Choices, Context,
-    Items, Named, PerScheme, answer_items, correction,
+    CHATTER, DISTINCT, ENGLISH, FEATURES, KEYWORDS, LABEL, LENGTH, MARKUP, NAME, NO_PRODUCT, RECOGNISED, SD_PLAIN,
+    Choices, Context, Items, Named, PerScheme, answer_items, correction,
 )
 from apps.paint.pipelines.settings import Limits
 from simulators.chat import strict_problem
+
 
 def to_strict_json_schema(model):
     """Return the strict schema the SDK sends for `model` (its public helper applies the same rules)."""
@@ -133,3 +134,13 @@ def test_the_corrective_prompt_is_the_original_and_what_was_wrong():
     prompt = correction("原来的提示，共 1 项", [failure])
     assert prompt.startswith("原来的提示，共 1 项\n\n") and failure.correction in prompt
     assert "共" not in prompt.removeprefix("原来的提示，共 1 项")  # the count stays the template's
+
+
+@pytest.mark.parametrize("check, item", [
+    (MARKUP, "```json"), (MARKUP, '折叠凳", "夜行护膝'), (MARKUP, '["折叠凳"'), (MARKUP, "<b>折叠凳</b>"),
+    (CHATTER, "好的，以下是6个产品创意： 折叠凳"), (CHATTER, "发光护膝 希望这些创意对你有帮助！"),
+    (CHATTER, "夜跑时照亮前方路面。如需调整请告诉我"), (CHATTER, "Here are the prompts: folding bench"),
+])
+def test_formatting_and_chatter_glued_to_an_item_are_caught(check, item):
+    assert failed(check, ["折叠训练凳", item]).detail.startswith("item 2: ")
+    assert failed(check, ["折叠训练凳", "清晨的公园里，孩子希望多跳几下"]) is None

@@ -342,7 +342,7 @@ def test_every_step_asks_with_its_schema_and_records_how_it_was_answered(generat
     for entry in llm:
         assert entry.usage["total_tokens"] > 0 and entry.checks[0] == "count" and entry.failed == []
     identify, = [e for e in llm if e.step == "deep.identify"]
-    assert identify.checks == ["count", "recognised", "length", "name", "label"]
+    assert identify.checks == ["count", "markup", "chatter", "recognised", "length", "name", "label"]
     assert json.loads(identify.raw) == {"product": identify.items[0]}
 
 

@@ -310,7 +310,26 @@ def _recognised(items: list[str], context: Context) -> Failure | None:
 
 
 RECOGNISED = Check("recognised", _recognised)
-COUNT = Check("count", _count)  # every step's first check
+
+# The answer's wrapping leaking into an item: a code fence, a JSON array or object, HTML.
+_MARKUP = re.compile(r"`{3}|^[\[{]|[\]}]$|\"\s*[,:]\s*\"|</?[a-z][^>]*>", re.IGNORECASE)
+MARKUP = _per_item(
+    "markup", lambda item, c: m[0] if (m := _MARKUP.search(item)) else None,
+    lambda found, c: f"holds the answer's formatting ({found!r})",
+    lambda found, c: f"混入了格式符号（“{found}”）：不要用代码块、JSON 或其他标记，只写内容本身。")
+
+# A model talking to the reader instead of answering: a preamble or a closing remark glued to an item.
+_CHATTER = re.compile(r"^(?:好的|当然|没问题|以下是|下面是|这里是|以下为)|以下是|以上(?:就是|是|这些|内容)"
+                      r"|希望(?:这些|以上|对你|对您)|如需|如果(?:你|您)(?:需要|想要|还)|供(?:你|您)参考|仅供参考"
+                      r"|祝(?:你|您)|\bhere (?:are|is)\b|^sure\b|\bi hope\b|\blet me know\b|\bas an ai\b",
+                      re.IGNORECASE)
+CHATTER = _per_item(
+    "chatter", lambda item, c: m[0] if (m := _CHATTER.search(item)) else None,
+    lambda found, c: f"holds a preamble or remark ({found!r})",
+    lambda found, c: f"混入了开场白或结束语（“{found}”）：不要写任何客套话或说明，只写要求的内容。")
+
+COUNT = Check("count", _count)
+COMMON = (COUNT, MARKUP, CHATTER)  # the checks every step runs first
 
 
 def schema_failure() -> Failure:
@@ -322,19 +341,19 @@ def schema_failure() -> Failure:
 # -- a step's declaration ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Ask:
-    """How a GPT step asks (its shape) and what it accepts (its checks, after COUNT)."""
+    """How a GPT step asks (its shape) and what it accepts (its checks, after the COMMON ones)."""
 
     shape: Shape
     checks: tuple[Check, ...]
 
     def run(self, items: list[str], context: Context) -> list[Failure]:
         """Return every failure of `items`, COUNT first."""
-        return [failure for check in (COUNT, *self.checks) if (failure := check(items, context))]
+        return [failure for check in (*COMMON, *self.checks) if (failure := check(items, context))]
 
     @property
     def names(self) -> list[str]:
         """The names of the checks run, in order."""
-        return [check.name for check in (COUNT, *self.checks)]
+        return [check.name for check in (*COMMON, *self.checks)]
 
 
 def correction(prompt: str, failures: Sequence[Failure]) -> str:
