@@ -356,6 +356,11 @@ class Ask:
         return [check.name for check in (*COMMON, *self.checks)]
 
 
+def summary(failures: Sequence[Failure]) -> str:
+    """Return the failures in one line of English, for a record, a log line or an error."""
+    return "; ".join(f"{failure.check}: {failure.detail}" for failure in failures)
+
+
 def correction(prompt: str, failures: Sequence[Failure]) -> str:
     """Return the corrective retry's prompt: the original one and what the last answer got wrong."""
     lines = "\n".join(f"- {failure.correction}" for failure in failures)

@@ -37,7 +37,7 @@ from agent.errors import BackendError, GPTError, SDError, step_context
 from agent.gpt import STRUCTURED, ChatAnswer, GPTClient
 from agent.pool import SDInstancePool
 from agent.sd import build_payload
-from apps.paint.pipelines.answers import Ask, Context, Failure, answer_items, correction, schema_failure
+from apps.paint.pipelines.answers import Ask, Context, Failure, answer_items, correction, schema_failure, summary
 from apps.paint.pipelines.parsing import split_items
 from apps.paint.pipelines.settings import PromptBook, SDOptions
 from apps.records import Trace
@@ -60,8 +60,7 @@ class CheckFailed(AnswerRejected):
     """The items failed the step's checks, and again after the corrective retry."""
 
     def __init__(self, failures: Sequence[Failure]) -> None:
-        said = "; ".join(f"{failure.check}: {failure.detail}" for failure in failures)
-        super().__init__(f"GPT's answer failed its checks again after a corrective retry ({said})")
+        super().__init__(f"GPT's answer failed its checks again after a corrective retry ({summary(failures)})")
         self.failures = list(failures)
 
     @classmethod
@@ -196,7 +195,7 @@ class Steps:
             items = self._items(answer, declared, keep)
             failures = [schema_failure()] if items is None else declared.run(items, context)
             usable = [item for item in items or () if item][:context.count]
-            said = "; ".join(f"{failure.check}: {failure.detail}" for failure in failures) or None
+            said = summary(failures) or None
             self._trace_llm(call, prompt, attempt, reason, answer=answer, items=usable, error=said,
                             checks=declared.names, failed=[{"check": f.check, "detail": f.detail} for f in failures])
             if not failures:
