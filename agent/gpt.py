@@ -10,10 +10,12 @@ other server message.
 
 **Two protocols.** A call given a `schema` (a pydantic model) asks for structured outputs:
 the SDK's `chat.completions.parse` sends the model as a strict JSON schema and validates the
-answer into it (`ChatAnswer.parsed`). A deployment that refuses schemas (HTTP 400 from an
-older model or api-version, see `SCHEMA_REFUSALS`) is asked again with the plain prompt and,
-under GPT_STRUCTURED=auto, remembered as a text-protocol deployment (logged once at WARNING,
-shown by `snapshot()`); under `on` the refusal is an error, under `off` no schema is ever sent.
+answer into it (`ChatAnswer.parsed`); an answer that is not JSON of the schema (a service
+that ignores response_format) comes back as a text-protocol answer, for the caller to read as
+text. A deployment that refuses schemas (HTTP 400 from an older model or api-version, see
+`SCHEMA_REFUSALS`) is asked again with the plain prompt and, under GPT_STRUCTURED=auto,
+remembered as a text-protocol deployment (logged once at WARNING, shown by `snapshot()`);
+under `on` the refusal is an error, under `off` no schema is ever sent.
 
 **What comes back.** Every answer carries its finish_reason, refusal and token usage. A
 refusal and the content filter (Azure's HTTP 400 `content_filter`, or finish_reason
@@ -307,14 +309,15 @@ class GPTClient:
                     raw = self._sdk.chat.completions.with_raw_response.create(**options)
                 else:
                     raw = self._sdk.chat.completions.with_raw_response.parse(**options, response_format=schema)
-                completion, parsed = _read(raw)
+                completion, parsed, ignored = _read(raw)
             except openai.OpenAIError as e:
                 error = translate(e, deployment, self._secret)
                 if isinstance(error, GPTSchemaRefused) and self.structured == "auto":
                     raise error from e  # no failure: the caller falls back to the text protocol
                 raise self._fail(dep, error) from e
+            protocol = STRUCTURED if schema is not None and not ignored else TEXT  # ignored: read it as text
             answer = _answer(completion, parsed, deployment, time.monotonic() - started, raw.retries_taken,
-                             STRUCTURED if schema is not None else TEXT, options["max_tokens"])
+                             protocol, options["max_tokens"])
             problem = _problem(answer)
             if problem is not None:
                 raise self._fail(dep, problem)
@@ -325,16 +328,17 @@ class GPTClient:
         return answer
 
 
-def _read(raw: Any) -> tuple[ChatCompletion, Any]:
-    """Return the completion of a raw SDK response and its parsed model (None unless complete and valid)."""
+def _read(raw: Any) -> tuple[ChatCompletion, Any, bool]:
+    """Return the completion of a raw SDK response, its parsed model (None unless complete and valid),
+    and whether the answer ignored the schema (complete, but not JSON of it)."""
     try:
         completion = raw.parse()
     except (openai.LengthFinishReasonError, openai.ContentFilterFinishReasonError) as cut:
-        return cut.completion, None  # the SDK's parse refuses these: the caller reads the finish_reason
-    except pydantic.ValidationError:  # the service ignored the schema: the checks will say so
-        return ChatCompletion.model_validate(raw.http_response.json()), None
+        return cut.completion, None, False  # the SDK's parse refuses these: the caller reads the finish_reason
+    except pydantic.ValidationError:  # a service that ignores response_format answered as it would in text
+        return ChatCompletion.model_validate(raw.http_response.json()), None, True
     choice = completion.choices[0] if completion.choices else None
-    return completion, getattr(choice.message, "parsed", None) if choice is not None else None
+    return completion, getattr(choice.message, "parsed", None) if choice is not None else None, False
 
 
 def _answer(completion: ChatCompletion | None, parsed: Any, deployment: str, latency: float, retries: int,

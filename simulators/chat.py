@@ -22,8 +22,8 @@ user message (its text parts joined by newlines):
 - A body with `response_format` `{"type": "json_schema", ...}` is answered with JSON of that
   schema: the same items fill its string properties in order, an `enum` property takes a
   distinct value of its enum. On Azure, an api-version before `schemas_from` answers 400 as
-  Azure does, and so does a deployment named in `no_schema` (a model that predates structured
-  outputs); a strict schema that is not strict-valid (`additionalProperties: false` and every
+  Azure does; so does, on either route, a deployment or model named in `no_schema` (one that
+  predates structured outputs); a strict schema that is not strict-valid (`additionalProperties: false` and every
   property required, on every object) is a 400 `Invalid schema` on both routes.
 - An answer longer than the body's `max_tokens` (about two characters a token, like its usage)
   is cut there, with finish_reason `length`.
@@ -124,7 +124,7 @@ class ChatSimulator:
         self.script: Scripted | None = None
         self._queued: list[Scripted | None] = []  # `queue`: messages for the next calls, before `script`
         self.schemas_from = SCHEMAS_FROM  # the first Azure api-version that takes a json_schema
-        self.no_schema: set[str] = set()  # Azure deployments whose model refuses json_schema
+        self.no_schema: set[str] = set()  # deployments (or OpenAI models) that refuse json_schema
         self.hang_timeout = hang_timeout
         self.requests: list[ChatRecord] = []
         self.calls = 0  # every POST, valid or not
@@ -290,7 +290,7 @@ class ChatSimulator:
         if info["route"] == "azure" and version and version[:10] < self.schemas_from[:10]:
             return _error(400, "", "BadRequest", f"response_format value as json_schema is enabled only for "
                           f"api versions {self.schemas_from} and later", param="")
-        if info["route"] == "azure" and info["deployment"] in self.no_schema:
+        if info["deployment"] in self.no_schema:
             return _error(400, "invalid_request_error", None, "Invalid parameter: 'response_format' of type "
                           "'json_schema' is not supported with this model (simulated).", param="response_format")
         problem = strict_problem(schema.get("schema"))

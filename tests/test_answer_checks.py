@@ -6,8 +6,9 @@ import pytest
 
 from apps.paint.pipelines import ASKS
 from apps.paint.pipelines.answers import (
-    CHATTER, DISTINCT, ENGLISH, FEATURES, KEYWORDS, LABEL, LENGTH, MARKUP, NAME, NO_PRODUCT, RECOGNISED, SD_PLAIN,
-    Choices, Context, Items, Named, PerScheme, answer_items, correction,
+    CHATTER, COUNT, FEATURES, IDEAS, IDENTIFIED, KEYWORDS, LABEL, MARKUP, NAMES, NOT_ENGLISH, PRODUCT_NAMED, REFUSAL,
+    SCENES, SD_SYNTAX, SENTENCE, TOO_LONG, TOO_SHORT, Choices, Context, Items, Named, PerScheme, answer_items,
+    correction,
 )
 from apps.paint.pipelines.settings import Limits
 from simulators.chat import strict_problem
@@ -18,8 +19,8 @@ def to_strict_json_schema(model):
     return openai.pydantic_function_tool(model)["function"]["parameters"]
 
 
-NAMES = Limits(chars=(None, 12))
-SCENES = Limits(chars=(20, 40))
+NAME_LIMITS = Limits(chars=(None, 12))
+SCENE_LIMITS = Limits(chars=(20, 40))
 
 
 def failed(check, items, limits=Limits(), names=()):
@@ -59,21 +60,21 @@ def test_every_gpt_step_has_a_declaration():
     assert len(ASKS) == 16 and {step.split(".")[0] for step in ASKS} == {"rapid", "deep", "naming", "group_two"}
 
 
-@pytest.mark.parametrize("items, limits, bad", [
-    (["折叠训练凳"], NAMES, False),
-    (["可折叠计数训练凳带显示屏和蓝牙"], NAMES, False),  # 15 characters: within the slack of 12
-    (["一款可以折叠收纳并且能够自动记录训练次数的多功能训练凳"], NAMES, True),  # a 27-character "name"
-    (["清晨的公园长椅旁，训练凳折叠后立在一边"], SCENES, False),
-    (["公园里"], SCENES, True),
+@pytest.mark.parametrize("check, items, limits, bad", [
+    (TOO_LONG, ["折叠训练凳"], NAME_LIMITS, False),
+    (TOO_LONG, ["可折叠计数训练凳带显示屏和蓝牙"], NAME_LIMITS, False),  # 15 characters: within the slack of 12
+    (TOO_LONG, ["一款可以折叠收纳并且能够自动记录训练次数的多功能训练凳"], NAME_LIMITS, True),  # a 27-character "name"
+    (TOO_SHORT, ["清晨的公园长椅旁，训练凳折叠后立在一边"], SCENE_LIMITS, False),
+    (TOO_SHORT, ["公园里"], SCENE_LIMITS, True),
 ])
-def test_length_is_what_the_template_asks_within_the_slack(items, limits, bad):
-    assert (failed(LENGTH, items, limits) is not None) == bad
+def test_length_is_what_the_template_asks_within_the_slack(check, items, limits, bad):
+    assert (failed(check, items, limits) is not None) == bad
 
 
 def test_a_length_failure_names_the_item_in_both_languages():
-    failure = failed(LENGTH, ["折叠凳", "一款可以折叠收纳并且能够自动记录训练次数的多功能训练凳"], NAMES)
+    failure = failed(TOO_LONG, ["折叠凳", "一款可以折叠收纳并且能够自动记录训练次数的多功能训练凳"], NAME_LIMITS)
     assert failure.detail == "item 2: 27 characters, asked for at most 12 characters"
-    assert failure.correction == "第2项：有 27 个字，长度不符合要求：每项应为不超过 12 个字。"
+    assert failure.correction == "第2项：有 27 个字，太长了：每项应为不超过 12 个字。"
 
 
 @pytest.mark.parametrize("item, bad", [
@@ -88,27 +89,47 @@ def test_labels_are_told_from_colons_in_the_text(item, bad):
 @pytest.mark.parametrize("item, bad", [("折叠计数凳", False), ("可折叠、可计数的凳子", False),
                                        ("折叠凳，适合小空间", True), ("折叠凳。", False)])
 def test_a_name_is_no_sentence(item, bad):
-    assert (failed(NAME, [item.rstrip("。")]) is not None) == bad
+    assert (failed(SENTENCE, [item.rstrip("。")]) is not None) == bad
 
 
 def test_a_principle_may_not_name_a_product_of_the_request():
-    failure = failed(NO_PRODUCT, ["借助弹性形变储存能量", "桌下静音踏步机把微小动作嵌入久坐"], names=["智能跳绳", "桌下静音踏步机"])
-    assert failure.check == "product_name" and "第2项" in failure.correction and "桌下静音踏步机" in failure.correction
+    failure = failed(PRODUCT_NAMED, ["借助弹性形变储存能量", "桌下静音踏步机把微小动作嵌入久坐"],
+                     names=["智能跳绳", "桌下静音踏步机"])
+    assert failure.check == "product_named" and "第2项" in failure.correction and "桌下静音踏步机" in failure.correction
 
 
-def test_duplicates_are_found_whatever_their_punctuation():
-    assert failed(DISTINCT, ["折叠凳", "夜行护膝", "折叠凳。"]).detail == "items 1 and 3 are the same: 折叠凳。"
-    assert failed(DISTINCT, ["折叠凳", "夜行护膝"]) is None
+def read(ask, items, count, limits=NAME_LIMITS):
+    """Return the kept items and the failure kinds of `items` read by `ask`."""
+    kept, failures = ask.read(list(items), Context(count, limits))
+    return kept, [failure.check for failure in failures]
+
+
+@pytest.mark.parametrize("ask, items, kept, kinds", [
+    (NAMES, ["折叠凳", "夜行护膝", "折叠凳。"], ["折叠凳", "夜行护膝"], ["duplicates"]),  # punctuation aside
+    (NAMES, ["折叠凳", "夜行护膝", "折叠凳", "计数跳绳"], ["折叠凳", "夜行护膝", "计数跳绳"], []),  # enough remain
+    (NAMES, ["折叠凳", "", "计数跳绳"], ["折叠凳", "计数跳绳"], ["count"]),  # a blank structured value
+    (NAMES, ["折叠凳", "夜行护膝", "计数跳绳", "发光背包"], ["折叠凳", "夜行护膝", "计数跳绳"], ["count"]),  # paired
+    (IDEAS, ["折叠凳", "夜行护膝", "计数跳绳", "发光背包"], ["折叠凳", "夜行护膝", "计数跳绳"], []),  # ideas
+])
+def test_the_count_drops_repeats_and_fails_missing_or_unpaired_extra_items(ask, items, kept, kinds):
+    assert read(ask, items, 3) == (kept, kinds)
+
+
+def test_the_first_failure_by_precedence_names_it():
+    long_sentence = "一款可以折叠收纳，并且能够自动记录训练次数的多功能训练凳"
+    assert read(NAMES, ["好的，以下是创意", long_sentence], 3)[1] == ["count", "too_long", "sentence", "chatter"]
+    assert read(SCENES, ["抱歉，我无法协助完成这个请求"], 1, SCENE_LIMITS)[1][0] == "refusal"
+    assert COUNT.name == "count"
 
 
 GOOD_SD = "folding bench, city park, morning light, minimal, wide angle, soft shadows, clean lines, photo"
 
 
 @pytest.mark.parametrize("check, item", [
-    (ENGLISH, "折叠凳, city park, morning light"), (ENGLISH, "folding bench，city park，morning light"),
-    (SD_PLAIN, GOOD_SD + ", Negative prompt: blurry"), (SD_PLAIN, "(best quality:1.3), " + GOOD_SD),
-    (SD_PLAIN, GOOD_SD + " --ar 16:9"), (SD_PLAIN, "Prompt 1: " + GOOD_SD), (SD_PLAIN, "**Scene 1** " + GOOD_SD),
-    (SD_PLAIN, "<lora:bench:0.8>, " + GOOD_SD), (KEYWORDS, "folding bench, park"),
+    (NOT_ENGLISH, "折叠凳, city park, morning light"), (NOT_ENGLISH, "folding bench，city park，morning light"),
+    (SD_SYNTAX, GOOD_SD + ", Negative prompt: blurry"), (SD_SYNTAX, "(best quality:1.3), " + GOOD_SD),
+    (SD_SYNTAX, GOOD_SD + " --ar 16:9"), (SD_SYNTAX, "Prompt 1: " + GOOD_SD), (SD_SYNTAX, "**Scene 1** " + GOOD_SD),
+    (SD_SYNTAX, "<lora:bench:0.8>, " + GOOD_SD), (KEYWORDS, "folding bench, park"),
 ])
 def test_sd_prompts_are_plain_english_keywords(check, item):
     limits = Limits(keywords=(8, 15))
@@ -123,14 +144,23 @@ def test_features_count_what_the_separators_part():
 
 @pytest.mark.parametrize("item, bad", [
     ("折叠训练凳", False), ("", True), ("抱歉，我无法从这张草图中准确判断它画的是什么产品", True),
-    ("这是一个可以折叠的训练凳", True), ("I'm sorry, I cannot tell", True),
+    ("这是一个可以折叠的训练凳", True), ("I'm not sure what this sketch shows", True),
 ])
-def test_identify_is_neither_a_refusal_nor_a_sentence(item, bad):
-    assert (failed(RECOGNISED, [item]) is not None) == bad
+def test_identify_says_what_it_is_not_that_it_cannot_tell(item, bad):
+    assert (failed(IDENTIFIED, [item]) is not None) == bad
+
+
+@pytest.mark.parametrize("item, bad", [
+    ("抱歉，我无法协助完成这个请求", True), ("I'm sorry, but I can't help with that.", True),
+    ("抱歉，我无法从这张草图中准确判断它画的是什么产品", False),  # cannot tell: not a refusal
+    ("老人无法完成深蹲时，扶手提供支撑", False),
+])
+def test_a_refusal_in_the_text_is_told_from_content(item, bad):
+    assert (failed(REFUSAL, [item]) is not None) == bad
 
 
 def test_the_corrective_prompt_is_the_original_and_what_was_wrong():
-    failure = failed(LENGTH, ["一款可以折叠收纳并且能够自动记录训练次数的多功能训练凳"], NAMES)
+    failure = failed(TOO_LONG, ["一款可以折叠收纳并且能够自动记录训练次数的多功能训练凳"], NAME_LIMITS)
     prompt = correction("原来的提示，共 1 项", [failure])
     assert prompt.startswith("原来的提示，共 1 项\n\n") and failure.correction in prompt
     assert "共" not in prompt.removeprefix("原来的提示，共 1 项")  # the count stays the template's

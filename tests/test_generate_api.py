@@ -254,9 +254,10 @@ def test_an_answer_failing_its_checks_twice_is_502_code_2_naming_step_and_check(
     response = gen_client.post("/generate", json=body(2, PROMPTS[2]))
     answer = response.get_json()
     assert response.status_code == 502 and answer["code"] == 2
-    assert answer["message"].startswith("naming.names: GPT's answer failed its checks again") and "distinct" in answer["message"]
+    assert answer["message"].startswith("naming.names: GPT's answer failed its checks again")
+    assert "duplicates" in answer["message"]
     (doc,) = all_records(gen_db)
     attempts = [(s["attempt"], s["reason"], [f["check"] for f in s["failed"]]) for s in doc["steps"]]
-    assert attempts == [(1, None, ["length", "distinct"]), (2, "correction", ["length", "distinct"])]
+    assert attempts == [(1, None, ["duplicates", "too_short"]), (2, "correction", ["duplicates", "too_short"])]
     assert doc["steps"][1]["prompt"].startswith(doc["steps"][0]["prompt"]) and doc["steps"][1]["raw"] == names
     assert all(s["protocol"] == "structured" and s["usage"]["total_tokens"] > 0 for s in doc["steps"])

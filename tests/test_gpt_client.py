@@ -233,6 +233,13 @@ def test_on_never_falls_back(chat_sim, make_gpt):
     assert gpt.snapshot()["deployments"]["gpt-4o"]["failures"] == {"schema_refused": 1}
 
 
+def test_an_answer_that_ignores_the_schema_comes_back_as_text(chat_sim, make_gpt):
+    chat_sim.script = Scripted("折叠计数凳#夜行护膝")  # a service that does not honour response_format
+    answer = make_gpt().chat("共 2 项", schema=Names)
+    assert (answer.protocol, answer.parsed, answer.text) == (TEXT, None, "折叠计数凳#夜行护膝")
+    assert chat_sim.requests[-1].schema == "Names"
+
+
 def test_off_sends_no_schema(chat_sim, make_gpt):
     answer = make_gpt(GPT_STRUCTURED="off").chat("共 2 项", schema=Names)
     assert (answer.protocol, answer.parsed) == (TEXT, None) and chat_sim.requests[-1].schema is None

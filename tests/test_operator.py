@@ -178,7 +178,7 @@ def test_failed_answer_checks_are_counted_by_step_and_check(gen_client, sims):
     assert gen_client.post("/generate", json=body(2, PROMPTS[2])).status_code == 200
     samples = scrape(gen_client)
     failures = series(samples, "refinity_answer_check_failures_total")
-    assert failures == {frozenset({("step", "naming.names"), ("check", "length")}): 1}
+    assert failures == {frozenset({("step", "naming.names"), ("check", "too_long")}): 1}
 
 
 def test_readyz_shows_each_deployments_protocol_and_a_fallback(gen_client, sims):

@@ -16,7 +16,7 @@ from agent.errors import BackendError, GPTContentFiltered
 from agent.gpt import GPTClient
 from agent.pool import SDInstancePool
 from apps.paint.pipelines import PaintApp
-from apps.paint.pipelines.steps import AnswerCut, CheckFailed, ShortAnswer
+from apps.paint.pipelines.steps import AnswerCut, CheckFailed, RefusedInText, ShortAnswer
 from apps.records import Trace
 from simulators.chat import ChatSimulator, Scripted
 from simulators.png import read_png_header
@@ -340,9 +340,10 @@ def test_every_step_asks_with_its_schema_and_records_how_it_was_answered(generat
     llm = [entry for entry in trace.entries if entry.kind == "llm"]
     assert {(e.protocol, e.finish_reason, e.reason, e.max_tokens) for e in llm} == {("structured", "stop", None, 2000)}
     for entry in llm:
-        assert entry.usage["total_tokens"] > 0 and entry.checks[0] == "count" and entry.failed == []
+        assert entry.usage["total_tokens"] > 0 and entry.checks[:2] == ["refusal", "count"] and entry.failed == []
     identify, = [e for e in llm if e.step == "deep.identify"]
-    assert identify.checks == ["count", "markup", "chatter", "recognised", "length", "name", "label"]
+    assert identify.checks == ["refusal", "count", "unidentifiable", "too_long", "sentence", "label", "markup",
+                               "chatter"]
     assert json.loads(identify.raw) == {"product": identify.items[0]}
 
 
@@ -373,7 +374,7 @@ def test_a_failed_check_is_asked_again_once_saying_what_was_wrong(generate, back
     backends.chat.queue(as_json(item_1="折叠计数凳", item_2=LONG_NAME, item_3="夜行发光护膝"))
     data, trace = generate(2, naming_prompts(schemes=3, select=2))
     first, second = entries(trace, "naming.names")
-    assert (first.attempt, first.reason, [f.check for f in first.failed]) == (1, None, ["length"])
+    assert (first.attempt, first.reason, [f.check for f in first.failed]) == (1, None, ["too_long"])
     assert "item 2: 30 characters, asked for 5 to 8 characters" in first.error
     assert (second.attempt, second.reason, second.failed, second.error) == (2, "correction", [], None)
     assert second.prompt.startswith(first.prompt) and "第2项：有 30 个字" in second.prompt
@@ -390,7 +391,8 @@ def test_a_second_failure_is_a_502_naming_the_step_and_the_check(generate, backe
         generate(2, naming_prompts(schemes=3), trace)
     error = caught.value
     assert not isinstance(error, ShortAnswer) and (error.step, error.http_status) == ("naming.names", 502)
-    assert error.describe().startswith("naming.names: GPT's answer failed its checks again") and "length" in str(error)
+    assert error.kind == "too_long"
+    assert error.describe().startswith("naming.names: GPT's answer failed its checks again") and "too_long" in str(error)
     assert [e.attempt for e in trace.entries] == [1, 2] and backends.chat.calls == 2
 
 
@@ -400,13 +402,13 @@ def test_a_principle_may_not_name_its_product(paint, gpt, backends):
                         as_json(item_1=f"{product}：把微小的重复动作嵌入久坐时间", item_2="用计数反馈让训练看得见"))
     data, trace = run_with(paint, gpt, backends, 0, {"task": TASK, "num": 2}, sequential=True)
     first, second = entries(trace, "rapid.abstracts")
-    assert {f.check for f in first.failed} >= {"product_name"} and second.failed == []
+    assert {f.check for f in first.failed} >= {"product_named"} and second.failed == []
     assert f"出现了产品名称“{product}”" in second.prompt
     assert not any(product in card["items"][1]["text"] for card in data["result"])
 
 
 @pytest.mark.parametrize("keywords, check", [
-    ("折叠凳, 城市公园, morning light, minimal, wooden bench, soft shadows, wide angle, clean lines", "english"),
+    ("折叠凳, 城市公园, morning light, minimal, wooden bench, soft shadows, wide angle, clean lines", "not_english"),
     ("folding bench, city park, morning light, minimal, wide angle, soft shadows, clean lines, Negative prompt: "
      "blurry", "sd_syntax"),
     ("(masterpiece:1.2), folding bench, city park, morning light, minimal, wide angle, soft shadows, clean lines",
@@ -432,7 +434,7 @@ def test_identify_that_cannot_tell_is_asked_for_its_best_guess(paint, make_gpt, 
     backends.chat.queue(answer)
     data, trace = run_with(paint, make_gpt(GPT_STRUCTURED=structured), backends, 1, deep_prompts(), sequential=True)
     first, second = entries(trace, "deep.identify")
-    assert "recognised" in [f.check for f in first.failed] and second.failed == []
+    assert first.failed[0].check == "unidentifiable" and second.failed == []
     assert "给出最可能的产品名称" in second.prompt and second.items and "抱歉" not in second.items[0]
     (products,) = entries(trace, "deep.products")
     assert f"设计者正在深化的方案：{second.items[0]}\n" in products.prompt and data["count"] == 3
@@ -466,10 +468,20 @@ def test_an_answer_cut_twice_fails_naming_the_cause(generate, backends):
     trace = Trace()
     with pytest.raises(AnswerCut) as caught:
         generate(2, naming_prompts(schemes=2), trace)
-    assert caught.value.step == "naming.names" and caught.value.http_status == 502
+    assert (caught.value.step, caught.value.http_status, caught.value.kind) == ("naming.names", 502, "cut_off")
     assert "max_tokens=4000" in str(caught.value) and "GPT_MAX_TOKENS" in str(caught.value)
     assert [(e.max_tokens, e.reason) for e in trace.entries] == [(2000, None), (4000, "budget")]
     assert all(e.items is None for e in trace.entries)
+
+
+def test_a_refusal_written_as_text_is_asked_again_then_a_decline(generate, backends):
+    backends.chat.script = Scripted("抱歉，我无法协助完成这个请求。")
+    trace = Trace()
+    with pytest.raises(RefusedInText) as caught:
+        generate(0, {"task": TASK, "num": 2}, trace)
+    error = caught.value
+    assert (error.kind, error.http_status, error.caused_by_input) == ("refusal", 422, True)
+    assert [e.protocol for e in trace.entries] == ["text", "text"]  # JSON was asked for; the text is read as text
 
 
 def test_a_filtered_prompt_is_a_decline_naming_the_step(generate, backends):

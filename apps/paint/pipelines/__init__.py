@@ -52,8 +52,6 @@ PIPELINES: dict[int, Pipeline] = {
                 group_two.ASKS),
 }
 ASKS: dict[str, Ask] = {step: ask for pipeline in PIPELINES.values() for step, ask in pipeline.asks.items()}
-# The limits each GPT step's template must state, for the checks the step runs.
-NEEDS = {step.replace(".", "/"): {check.needs for check in ask.checks if check.needs} for step, ask in ASKS.items()}
 
 
 class PaintApp:
@@ -63,7 +61,8 @@ class PaintApp:
 
     def __init__(self, settings_dir: Path | None = None) -> None:
         self.settings_dir = Path(settings_dir) if settings_dir is not None else SETTINGS_DIR
-        self.book = PromptBook(self.settings_dir, needs=NEEDS)  # raises TemplateCheckError naming the template
+        # Raises TemplateCheckError naming the template (a step's template must state what its checks read).
+        self.book = PromptBook(self.settings_dir, asks={step.replace(".", "/"): ask for step, ask in ASKS.items()})
         self.sd_options = load_sd_options(self.settings_dir)  # raises SettingsError
         log.info("paint pipelines ready: %d templates checked in %s", len(self.book.specs), self.settings_dir)
 
@@ -79,5 +78,5 @@ class PaintApp:
         """
         pipeline = PIPELINES[type]
         with Flow(pipeline.workers(prompts), sequential=sequential) as flow:
-            steps = Steps(self.book, self.sd_options, gpt, pool, trace, flow, ASKS)
+            steps = Steps(self.book, self.sd_options, gpt, pool, trace, flow)
             return pipeline.run(steps, prompts)

@@ -15,7 +15,9 @@ list of items, so both protocols are held to the same standard:
 The lengths a check holds items to are the ones the template states (`settings.Limits`,
 read from its text at startup), accepted within `SLACK`. A failed check names what was wrong
 in English (the record, the log, the error) and in Chinese (`correction`, appended to the
-prompt of the one corrective retry).
+prompt of the one corrective retry). Checks are named by the failure kinds of
+tests/corpus/README.md (`count`, `duplicates`, `too_long`, `sentence`, ...), and when several
+fail, `PRECEDENCE` says which one names the failure.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import functools
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -111,7 +113,7 @@ def answer_items(shape: Shape, answer: BaseModel) -> list[str]:
 # -- checks ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Failure:
-    """What one check found wrong with an answer."""
+    """What one check found wrong with an answer; `check` is its kind (as tests/corpus/README.md names them)."""
 
     check: str
     detail: str  # English: for the record, the log and the error
@@ -125,11 +127,12 @@ class Context:
     count: int
     limits: Limits
     names: tuple[str, ...] = ()  # the request's product names, which an item must not repeat
+    more_ok: bool = False  # more items than asked are dropped (Ask.more_ok), not a failure
 
 
 @dataclass(frozen=True)
 class Check:
-    """One check of a step's items: its name, the limit it needs stated, and the test."""
+    """One check of a step's items: its kind, the limit it needs stated, and the test."""
 
     name: str
     test: Callable[[list[str], Context], Failure | None]
@@ -137,6 +140,12 @@ class Check:
 
     def __call__(self, items: list[str], context: Context) -> Failure | None:
         return self.test(items, context)
+
+
+# When several checks fail, the first of these names the failure: what the answer says of itself
+# before what its text holds, the count before single items. Other kinds follow, as run.
+PRECEDENCE = ("refusal", "unidentifiable", "count", "duplicates", "too_long", "sentence", "product_named",
+              "not_english", "sd_syntax")
 
 
 def _positions(indexes: Sequence[int]) -> str:
@@ -173,44 +182,20 @@ def _asked(span: tuple[int | None, int | None], unit: str, chinese: bool = False
     return f"{fewest} to {most} {unit}" if fewest else f"at most {most} {unit}"
 
 
-def _outside(size: int, span: tuple[int | None, int | None]) -> bool:
-    least, most = _bounds(span)
-    return size < least or (most is not None and size > most)
-
-
-def _count(items: list[str], context: Context) -> Failure | None:
-    got = sum(1 for item in items if item)
-    if got >= context.count:
-        return None
-    return Failure("count", f"asked for {context.count} items, got {got}",
-                   f"上次的回答只有 {got} 项可用，需要正好 {context.count} 项，每项都不能为空。")
-
-
 def _length(item: str) -> int:
     return len(re.sub(r"\s", "", item))
 
 
-LENGTH = _per_item(
-    "length", lambda item, c: f"{_length(item)}" if _outside(_length(item), c.limits.chars) else None,
-    lambda n, c: f"{n} characters, asked for {_asked(c.limits.chars, 'characters')}",
-    lambda n, c: f"有 {n} 个字，长度不符合要求：每项应为{_asked(c.limits.chars, '个字', chinese=True)}。", needs="chars")
-
-_PUNCTUATION = re.compile(r"[\s\W_]+")
-
-
-def _distinct(items: list[str], context: Context) -> Failure | None:
-    seen: dict[str, int] = {}
-    for index, item in enumerate(items):
-        key = _PUNCTUATION.sub("", item).casefold()
-        if key and key in seen:
-            first = seen[key]
-            return Failure("distinct", f"items {first + 1} and {index + 1} are the same: {item}",
-                           f"第{first + 1}项和第{index + 1}项重复了（“{item}”），每一项都必须不同。")
-        seen.setdefault(key, index)
-    return None
+def _too(name: str, beyond: Callable[[int, tuple[int, int | None]], bool], zh: str) -> Check:
+    """Return the check of items whose length is `beyond` the template's bounds (too long or too short)."""
+    return _per_item(
+        name, lambda item, c: f"{_length(item)}" if beyond(_length(item), _bounds(c.limits.chars)) else None,
+        lambda n, c: f"{n} characters, asked for {_asked(c.limits.chars, 'characters')}",
+        lambda n, c: f"有 {n} 个字，{zh}：每项应为{_asked(c.limits.chars, '个字', chinese=True)}。", needs="chars")
 
 
-DISTINCT = Check("distinct", _distinct)
+TOO_LONG = _too("too_long", lambda n, bounds: bounds[1] is not None and n > bounds[1], "太长了")
+TOO_SHORT = _too("too_short", lambda n, bounds: n < bounds[0], "太短了")
 
 # A leading label, then a colon that no digit follows (so "14:00的…" and "清晨6:30，…" are not
 # labels): a markdown heading ("**原理**："), a numbered one ("方案1：", "Prompt 1:"), a label
@@ -232,14 +217,14 @@ LABEL = _per_item(
     "label", _label, lambda label, c: f"starts with the label {label!r}",
     lambda label, c: f"以“{label}”这样的标签开头：不要加编号、标签或前缀，只写内容本身。")
 
-_SENTENCE = re.compile(r"[，,。！？!?；;:：]")
-NAME = _per_item(
-    "name", lambda item, c: m[0] if (m := _SENTENCE.search(item)) else None,
+_SENTENCE = re.compile(r"[，,。！？!?；;:：]|——")
+SENTENCE = _per_item(
+    "sentence", lambda item, c: m[0] if (m := _SENTENCE.search(item)) else None,
     lambda mark, c: f"a sentence, not a name (it has {mark!r})",
     lambda mark, c: "像一句话而不是名称：只写名称本身，不要标点、解释、标签或理由。")
 
-NO_PRODUCT = _per_item(
-    "product_name", lambda item, c: next((n for n in c.names if len(n) >= 2 and n in item), None),
+PRODUCT_NAMED = _per_item(
+    "product_named", lambda item, c: next((n for n in c.names if len(n) >= 2 and n in item), None),
     lambda name, c: f"names the product {name!r}",
     lambda name, c: f"出现了产品名称“{name}”：请抛开具体产品来写，不要出现任何产品名称。")
 
@@ -253,8 +238,8 @@ def _not_english(item: str, context: Context) -> str | None:
     return foreign[0] if len(foreign) > len(item) // 10 else None
 
 
-ENGLISH = _per_item(
-    "english", _not_english, lambda ch, c: f"is not English keywords (it has {ch!r})",
+NOT_ENGLISH = _per_item(
+    "not_english", _not_english, lambda ch, c: f"is not English keywords (it has {ch!r})",
     lambda ch, c: f"含有中文或其他非英文字符（“{ch}”）：提示词只能用英文关键词。")
 
 # What Stable Diffusion WebUI would read as more than keywords: a negative prompt, weights,
@@ -262,7 +247,7 @@ ENGLISH = _per_item(
 # change the emphasis the study's prompts give every participant alike.
 _WEBUI = re.compile(r"negative\s*prompt|\([^()]*:\s*\d+(?:\.\d+)?\s*\)|<\s*lora:|(?:^|\s)--[a-z]"
                     r"|^\s*(?:positive\s+)?prompt\s*\d*\s*[:：]|\*\*|`", re.IGNORECASE)
-SD_PLAIN = _per_item(
+SD_SYNTAX = _per_item(
     "sd_syntax", lambda item, c: m[0].strip() if (m := _WEBUI.search(item)) else None,
     lambda found, c: f"has WebUI or markdown syntax {found!r}",
     lambda found, c: f"含有“{found}”：不要写权重、参数（如 --ar）、负面提示词、标签或格式符号，"
@@ -271,6 +256,11 @@ SD_PLAIN = _per_item(
 
 def _keywords(item: str) -> int:
     return sum(1 for part in item.split(",") if part.strip())
+
+
+def _outside(size: int, span: tuple[int | None, int | None]) -> bool:
+    least, most = _bounds(span)
+    return size < least or (most is not None and size > most)
 
 
 KEYWORDS = _per_item(
@@ -292,24 +282,34 @@ FEATURES = _per_item(
     lambda n, c: f"只列出了 {n} 个特征：每段至少列出 {c.limits.features} 个特征，用顿号隔开。",
     needs="features")
 
-# How a model says it cannot tell, in either language, or talks about the sketch instead of naming it.
-_UNSURE = re.compile(r"抱歉|对不起|无法|不能确定|不确定|看不出|难以判断|不清楚|sorry|cannot|can't|unable"
+# A model declining the task in its text (a refusal in `message.refusal` never gets this far).
+_REFUSAL = re.compile(r"(?:抱歉|对不起|很遗憾|我)[^。！？]{0,12}?(?:无法|不能|没法)(?:为你|为您)?"
+                      r"(?:协助|帮助|帮忙|提供|完成|满足|回答|处理|参与)"
+                      r"|i(?:'m| am) sorry,? but|i can(?:no|')t (?:help|assist|comply)|i'm unable to (?:help|assist)",
+                      re.IGNORECASE)
+REFUSAL = _per_item(
+    "refusal", lambda item, c: m[0] if (m := _REFUSAL.search(item)) else None,
+    lambda found, c: f"is a refusal ({found!r})",
+    lambda found, c: "是拒绝回答的话：这是一个普通的产品设计练习，请直接按要求给出内容。")
+
+# How a model says it cannot tell what a sketch shows, or talks about it instead of naming it.
+_UNSURE = re.compile(r"无法|不能确定|不确定|看不出|难以判断|不清楚|认不出|sorry|cannot|can't|unable|not sure"
                      r"|^(?:这是|这个|这款|看起来|看上去|应该是|可能是|似乎是|图中|草图|图片|它是)", re.IGNORECASE)
 _CORRECT_UNSURE = "即使不能完全确定，也请结合草图、标注和设计任务给出最可能的产品名称，只写名称，不要解释或道歉。"
 
 
-def _recognised(items: list[str], context: Context) -> Failure | None:
+def _identified(items: list[str], context: Context) -> Failure | None:
     said = next((item for item in items if item), "")
     if not said:
-        return Failure("recognised", "the answer says it cannot tell what the sketch shows",
-                       f"上次没有给出产品名称。{_CORRECT_UNSURE}")
+        return Failure("unidentifiable", "the answer says it cannot tell what the sketch shows (a note on the "
+                       "sketch naming the product helps)", f"上次没有给出产品名称。{_CORRECT_UNSURE}")
     if m := _UNSURE.search(said):
-        return Failure("recognised", f"the answer is a refusal, not a product name ({m[0]!r})",
-                       f"上次的回答是推辞而不是产品名称。{_CORRECT_UNSURE}")
+        return Failure("unidentifiable", f"the answer talks about the sketch instead of naming it ({m[0]!r})",
+                       f"上次的回答没有直接给出产品名称。{_CORRECT_UNSURE}")
     return None
 
 
-RECOGNISED = Check("recognised", _recognised)
+IDENTIFIED = Check("unidentifiable", _identified)
 
 # The answer's wrapping leaking into an item: a code fence, a JSON array or object, HTML.
 _MARKUP = re.compile(r"`{3}|^[\[{]|[\]}]$|\"\s*[,:]\s*\"|</?[a-z][^>]*>", re.IGNORECASE)
@@ -328,32 +328,38 @@ CHATTER = _per_item(
     lambda found, c: f"holds a preamble or remark ({found!r})",
     lambda found, c: f"混入了开场白或结束语（“{found}”）：不要写任何客套话或说明，只写要求的内容。")
 
-COUNT = Check("count", _count)
-COMMON = (COUNT, MARKUP, CHATTER)  # the checks every step runs first
+_PUNCTUATION = re.compile(r"[\s\W_]+")
 
 
-def schema_failure() -> Failure:
-    """Return the failure of a structured answer that is not JSON of its schema (a service ignoring it)."""
-    return Failure("schema", "the answer is not JSON of the step's schema",
-                   "上次的回答不符合要求的 JSON 结构：请严格按照给定的结构回答，每个字段填一项。")
+def distinct(items: Sequence[str]) -> list[str]:
+    """Return the non-blank items without repeats (punctuation, spacing and case aside), first ones kept."""
+    seen: dict[str, str] = {}
+    for item in items:
+        key = _PUNCTUATION.sub("", item).casefold()
+        if item and key and key not in seen:
+            seen[key] = item
+    return list(seen.values())
 
 
-# -- a step's declaration ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Ask:
-    """How a GPT step asks (its shape) and what it accepts (its checks, after the COMMON ones)."""
+def _counted(items: list[str], context: Context) -> Failure | None:
+    """Fail fewer items than asked (or more, where `items` were not cut to the count): `count` or `duplicates`."""
+    usable, unique = [item for item in items if item], distinct(items)
+    asked, got = context.count, len(unique)
+    if len(usable) < asked:
+        return Failure("count", f"asked for {asked} items, got {len(usable)}",
+                       f"上次的回答只有 {len(usable)} 项可用，需要正好 {asked} 项，每项都不能为空。")
+    if got < asked:
+        return Failure("duplicates", f"asked for {asked} distinct items, got {got}: some repeat",
+                       f"上次的回答有重复的内容，只有 {got} 项互不相同：需要 {asked} 项，每一项都必须不同。")
+    if got > asked and not context.more_ok:
+        return Failure("count", f"asked for {asked} items, got {got}",
+                       f"上次给出了 {got} 项，需要正好 {asked} 项，与给出的内容一一对应。")
+    return None
 
-    shape: Shape
-    checks: tuple[Check, ...]
 
-    def run(self, items: list[str], context: Context) -> list[Failure]:
-        """Return every failure of `items`, COUNT first."""
-        return [failure for check in (*COMMON, *self.checks) if (failure := check(items, context))]
-
-    @property
-    def names(self) -> list[str]:
-        """The names of the checks run, in order."""
-        return [check.name for check in (*COMMON, *self.checks)]
+COUNT = Check("count", _counted)
+FIRST = (REFUSAL, COUNT)  # every step's checks before its own
+LAST = (MARKUP, CHATTER)  # and after them
 
 
 def summary(failures: Sequence[Failure]) -> str:
@@ -367,9 +373,46 @@ def correction(prompt: str, failures: Sequence[Failure]) -> str:
     return f"{prompt}\n\n上一次的回答没有通过检查：\n{lines}\n请改正以上问题，按原来的要求重新回答。"
 
 
+# -- a step's declaration ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Ask:
+    """How a GPT step asks (its shape) and what it accepts (its checks, between FIRST and LAST).
+
+    `more_ok`: the items are independent ideas, so extra ones are dropped; elsewhere items pair
+    with the inputs (one per product, scheme, scene), and more than asked is a `count` failure.
+    """
+
+    shape: Shape
+    checks: tuple[Check, ...]
+    more_ok: bool = False
+
+    @property
+    def all_checks(self) -> tuple[Check, ...]:
+        """Every check the step runs, in order."""
+        return (*FIRST, *self.checks, *LAST)
+
+    @property
+    def names(self) -> list[str]:
+        """The kinds of the checks run, in order."""
+        return [check.name for check in self.all_checks]
+
+    def read(self, items: list[str], context: Context) -> tuple[list[str], list[Failure]]:
+        """Return the items kept (distinct, at most `count`) and every failure, the one that names it first.
+
+        COUNT looks at all the items (blank ones are missing ones); the other checks at those kept.
+        """
+        context = replace(context, more_ok=self.more_ok)
+        kept = distinct(items)[:context.count] if self.more_ok else distinct(items)
+        failures = [failure for check in self.all_checks if (failure := check(items if check is COUNT else kept,
+                                                                              context))]
+        failures.sort(key=lambda f: PRECEDENCE.index(f.check) if f.check in PRECEDENCE else len(PRECEDENCE))
+        return kept[:context.count], failures
+
+
 # The kinds of answer the templates ask for (the lengths are each template's own).
-NAMES = Ask(Items("一个产品名称"), (LENGTH, NAME, LABEL, DISTINCT))
-SCENES = Ask(Items("一个使用场景，一句话"), (LENGTH, LABEL, DISTINCT))
-PRINCIPLES = Ask(Items("一句工作原理，不含产品名称"), (LENGTH, LABEL, NO_PRODUCT, DISTINCT))
-FEATURES_OF_PRODUCTS = Ask(Items("一段功能特征描述，不含产品名称"), (LENGTH, FEATURES, NO_PRODUCT, DISTINCT))
-SD_PROMPTS = Ask(Items("一条英文关键词提示词"), (ENGLISH, SD_PLAIN, KEYWORDS, DISTINCT))
+NAMES = Ask(Items("一个产品名称"), (TOO_LONG, SENTENCE, TOO_SHORT, LABEL))
+IDEAS = Ask(NAMES.shape, NAMES.checks, more_ok=True)  # independent product ideas: extra ones are dropped
+SCENES = Ask(Items("一个使用场景，一句话"), (TOO_LONG, TOO_SHORT, LABEL))
+PRINCIPLES = Ask(Items("一句工作原理，不含产品名称"), (TOO_LONG, PRODUCT_NAMED, TOO_SHORT, LABEL))
+FEATURES_OF_PRODUCTS = Ask(Items("一段功能特征描述，不含产品名称"), (TOO_LONG, PRODUCT_NAMED, TOO_SHORT, FEATURES))
+SD_PROMPTS = Ask(Items("一条英文关键词提示词"), (NOT_ENGLISH, SD_SYNTAX, KEYWORDS))

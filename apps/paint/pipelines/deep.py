@@ -8,7 +8,7 @@ Step graph:
 from __future__ import annotations
 
 from apps.paint.pipelines.answers import (
-    FEATURES_OF_PRODUCTS, LABEL, LENGTH, NAME, NAMES, PRINCIPLES, RECOGNISED, SCENES, SD_PROMPTS, Ask, Named,
+    FEATURES_OF_PRODUCTS, IDEAS, IDENTIFIED, LABEL, PRINCIPLES, SCENES, SD_PROMPTS, SENTENCE, TOO_LONG, Ask, Named,
 )
 from apps.paint.pipelines.contract import (
     Answer, Creative, SchemeId, Sketch, Task, abstract_image, abstract_text, concrete_text,
@@ -19,8 +19,8 @@ RELATED = 3  # related products per sketch (the contract's count)
 CARD_TYPE = 2  # deep
 ASKS = {
     # A sketch that cannot be told is an answer of its own (null), never a sentence in the name.
-    "deep.identify": Ask(Named("草图所画产品的名称；实在无法判断时为 null"), (RECOGNISED, LENGTH, NAME, LABEL)),
-    "deep.products": NAMES, "deep.scenes": SCENES, "deep.sd_prompts": SD_PROMPTS, "deep.abstracts": PRINCIPLES,
+    "deep.identify": Ask(Named("草图所画产品的名称；实在无法判断时为 null"), (IDENTIFIED, TOO_LONG, SENTENCE, LABEL)),
+    "deep.products": IDEAS, "deep.scenes": SCENES, "deep.sd_prompts": SD_PROMPTS, "deep.abstracts": PRINCIPLES,
     "deep.concretes": FEATURES_OF_PRODUCTS,
 }
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,11 +153,15 @@ class PromptBook:
     """The checked templates of one settings directory."""
 
     def __init__(self, settings_dir: Path, specs: Mapping[str, TemplateSpec] = SPECS,
-                 needs: Mapping[str, Collection[str]] | None = None) -> None:
-        """Load and check every template; `needs` names the Limits fields each must state (for its checks)."""
+                 asks: Mapping[str, Any] | None = None) -> None:
+        """Load and check every template.
+
+        `asks` maps a template to its GPT step's declaration (an answers.Ask, from the pipeline
+        modules): the template must state every limit the step's checks read (`Check.needs`).
+        """
         self.settings_dir = Path(settings_dir)
         self.specs = dict(specs)
-        self.needs = dict(needs or {})
+        self.asks = dict(asks or {})
         # What each template asks of an item, from its sample rendering (never a participant's words).
         self.limits: dict[str, Limits] = {}
         self._env = jinja2.Environment(
@@ -170,7 +174,7 @@ class PromptBook:
         )
         problems = [problem for name in self.specs if (problem := self._check(name))]
         problems += [f"{self.path(name)}: a pipeline step asks with it, but SPECS has no such template"
-                     for name in self.needs if name not in self.specs]
+                     for name in self.asks if name not in self.specs]
         if problems:
             raise TemplateCheckError("prompt templates failed the startup check:\n  "
                                      + "\n  ".join(problems))
@@ -213,7 +217,9 @@ class PromptBook:
             return (f"{where}: must end its request with '共 {{{{ count }}}} 项' "
                     "(the last '共 N 项' tells the model, the parser and the simulator how many items)")
         limits = self.limits[name] = Limits.stated(text)
-        missing = sorted(need for need in self.needs.get(name, ()) if getattr(limits, need) is None)
+        ask = self.asks.get(name)
+        needs = {check.needs for check in ask.checks if check.needs} if ask is not None else set()
+        missing = sorted(need for need in needs if getattr(limits, need) is None)
         if missing:
             return (f"{where}: its step checks the {' and '.join(missing)} of each item, but the template "
                     "states no such limit (write e.g. '不超过 12 个字', '20 到 40 字', '8 到 15 个' keywords, "

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from types import TracebackType
@@ -34,10 +34,10 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from agent.errors import BackendError, GPTError, SDError, step_context
-from agent.gpt import STRUCTURED, ChatAnswer, GPTClient
+from agent.gpt import REPHRASE, ChatAnswer, GPTClient
 from agent.pool import SDInstancePool
 from agent.sd import build_payload
-from apps.paint.pipelines.answers import Ask, Context, Failure, answer_items, correction, schema_failure, summary
+from apps.paint.pipelines.answers import Ask, Context, Failure, answer_items, correction, summary
 from apps.paint.pipelines.parsing import split_items
 from apps.paint.pipelines.settings import PromptBook, SDOptions
 from apps.records import Trace
@@ -50,31 +50,46 @@ T = TypeVar("T")
 
 
 class AnswerRejected(BackendError):
-    """GPT answered, but not with what the step asked for, even when asked again."""
+    """GPT answered, but not with what the step asked for, even when asked again.
+
+    `kind` names why, as tests/corpus/README.md names failure kinds (`cut_off`, `count`, ...).
+    """
 
     backend = "gpt"
     http_status = 502  # the upstream answered, but not with what was asked
+    kind = "rejected"
 
 
 class CheckFailed(AnswerRejected):
     """The items failed the step's checks, and again after the corrective retry."""
 
     def __init__(self, failures: Sequence[Failure]) -> None:
-        super().__init__(f"GPT's answer failed its checks again after a corrective retry ({summary(failures)})")
+        super().__init__(f"GPT's answer failed its checks again after a corrective retry ({summary(failures)})"
+                         + (f"; {REPHRASE}" if self.caused_by_input else ""))
         self.failures = list(failures)
+        self.kind = failures[0].check  # the failure that names it (answers.PRECEDENCE)
 
     @classmethod
     def of(cls, failures: Sequence[Failure]) -> CheckFailed:
-        """Return the error for the failures of the last attempt (ShortAnswer when items were missing)."""
-        return (ShortAnswer if failures[0].check == "count" else cls)(failures)
+        """Return the error for the failures of the last attempt: a class of its own for a count or a refusal."""
+        return {"count": ShortAnswer, "refusal": RefusedInText}.get(failures[0].check, cls)(failures)
 
 
 class ShortAnswer(CheckFailed):
-    """GPT gave fewer usable items than the step asked for, twice."""
+    """GPT gave fewer usable items than the step asked for (or, where items pair with inputs, more), twice."""
+
+
+class RefusedInText(CheckFailed):
+    """GPT's text refused the task, twice: like a refusal in `message.refusal`, the participant can rephrase."""
+
+    http_status = 422
+    caused_by_input = True
 
 
 class AnswerCut(AnswerRejected):
     """The answer was cut at its token budget, and again with the larger one."""
+
+    kind = "cut_off"
 
     def __init__(self, max_tokens: int | None) -> None:
         super().__init__(f"GPT's answer was cut at max_tokens={max_tokens} (finish_reason length), also after "
@@ -153,7 +168,7 @@ class Flow:
 
 @dataclass
 class Steps:
-    """What the steps of one request share: templates, options, clients, trace, flow and step declarations."""
+    """What the steps of one request share: templates (with their steps' declarations), options, clients, trace and flow."""
 
     book: PromptBook
     sd_options: SDOptions
@@ -161,7 +176,6 @@ class Steps:
     pool: SDInstancePool
     trace: Trace
     flow: Flow
-    asks: Mapping[str, Ask]  # every GPT step's declaration (the pipeline modules' ASKS)
 
     def ask(self, step: str, count: int, *, images: Sequence[Image] = (),
             keep: Callable[[list[str]], list[str]] | None = None, **variables: Any) -> list[str]:
@@ -170,7 +184,7 @@ class Steps:
         `keep` filters the items before they are checked (the selection keeps the candidates).
         """
         template = step.replace(".", "/")
-        declared = self.asks[step]
+        declared = self.book.asks[template]  # the pipeline module's ASKS, checked with its template
         call = _Call(step, template, self.book.render(template, count=count, **variables), images,
                      declared.shape.model(step.replace(".", "_"), count, variables))
         context = Context(count, self.book.limits[template], tuple(variables.get("products", ())))
@@ -192,9 +206,7 @@ class Steps:
                 log.warning("step %s: answer %s; asking again with %dx the budget", call.step, cut, BUDGET_GROWTH)
                 budget, reason = (answer.max_tokens or self.gpt.max_tokens) * BUDGET_GROWTH, "budget"
                 continue
-            items = self._items(answer, declared, keep)
-            failures = [schema_failure()] if items is None else declared.run(items, context)
-            usable = [item for item in items or () if item][:context.count]
+            usable, failures = declared.read(self._items(answer, declared, keep), context)
             said = summary(failures) or None
             self._trace_llm(call, prompt, attempt, reason, answer=answer, items=usable, error=said,
                             checks=declared.names, failed=[{"check": f.check, "detail": f.detail} for f in failures])
@@ -207,11 +219,9 @@ class Steps:
             prompt, reason = correction(call.prompt, failures), "correction"
 
     @staticmethod
-    def _items(answer: ChatAnswer, declared: Ask, keep: Callable[[list[str]], list[str]] | None) -> list[str] | None:
-        """Return the items of an answer (blank ones kept in place), or None for a structured answer with none."""
-        if answer.protocol == STRUCTURED:
-            if answer.parsed is None:
-                return None
+    def _items(answer: ChatAnswer, declared: Ask, keep: Callable[[list[str]], list[str]] | None) -> list[str]:
+        """Return the items of an answer: the parsed model's (blank ones kept in place), else the text's."""
+        if answer.parsed is not None:
             items = answer_items(declared.shape, answer.parsed)
         else:
             items = split_items(answer.text)
