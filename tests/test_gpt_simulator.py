@@ -210,14 +210,14 @@ def test_messy_answer_holds_the_same_items_decorated(chat_sim):
 
 
 def test_script_replays_a_whole_message_until_cleared(chat_sim):
-    chat_sim.script = Scripted("好的，以下是3个产品创意：\nA#B#可收", finish_reason="length")
+    cut = "好的，以下是3个产品创意：\nA#B#可收"
+    chat_sim.script = Scripted(cut, finish_reason="length")
     for _ in range(2):  # every later call, not just the next one
         status, _, body = openai_post(chat_sim, ask("共 3 项"))
         assert status == 200
         choice = body["choices"][0]
         assert choice["finish_reason"] == "length"
-        assert choice["message"] == {"role": "assistant", "content": "好的，以下是3个产品创意：\nA#B#可收",
-                                     "refusal": None}
+        assert choice["message"] == {"role": "assistant", "content": cut, "refusal": None}
     chat_sim.script = Scripted(None, refusal="I'm sorry, I can't help with that.")
     message = azure(chat_sim, ask("共 3 项"))[2]["choices"][0]["message"]
     assert message["content"] is None and message["refusal"] == "I'm sorry, I can't help with that."
