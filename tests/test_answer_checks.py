@@ -6,9 +6,9 @@ import pytest
 
 from apps.paint.pipelines import ASKS
 from apps.paint.pipelines.answers import (
-    CHATTER, COUNT, FEATURES, IDEAS, IDENTIFIED, KEYWORDS, LABEL, MARKUP, NAMES, NOT_ENGLISH, PRODUCT_NAMED, REFUSAL,
-    SCENES, SD_SYNTAX, SENTENCE, TOO_LONG, TOO_SHORT, Choices, Context, Items, Named, PerScheme, answer_items,
-    correction,
+    CHATTER, CLIPPED, COUNT, FEATURES, IDEAS, IDENTIFIED, KEYWORDS, LABEL, MARKUP, NAMES, NOT_ENGLISH, PRODUCT_NAMED, REFUSAL,
+    SCENES, SD_PROMPTS, SD_SYNTAX, SENTENCE, TOO_LONG, TOO_SHORT, Choices, Context, Items, Named, PerScheme,
+    answer_items, correction,
 )
 from apps.paint.pipelines.settings import Limits
 from simulators.chat import strict_problem
@@ -79,15 +79,17 @@ def test_a_length_failure_names_the_item_in_both_languages():
 
 @pytest.mark.parametrize("item, bad", [
     ("方案1：折叠计数训练凳", True), ("产品名称：折叠凳", True), ("**原理**：借助弹性形变", True),
-    ("Prompt 1: folding bench", True), ("智能跳绳：在客厅里记录次数", True),
+    ("Prompt 1: folding bench", True), ("智能跳绳：在客厅里记录次数", True), ("形态一：铝合金框架、三段折叠", True),
+    ("智能跳绳 客厅里孩子记录次数", True),  # a header line run into the scene
     ("14:00的开放式办公室里", False), ("清晨6:30，小区花园里跳绳", False), ("利用杠杆原理：以小力撬动大阻力", False),
 ])
 def test_labels_are_told_from_colons_in_the_text(item, bad):
     assert (failed(LABEL, [item], names=["智能跳绳"]) is not None) == bad
 
 
-@pytest.mark.parametrize("item, bad", [("折叠计数凳", False), ("可折叠、可计数的凳子", False),
-                                       ("折叠凳，适合小空间", True), ("折叠凳。", False)])
+@pytest.mark.parametrize("item, bad", [("折叠计数凳", False), ("可折叠、可计数的凳子", False), ("AR 健身镜", False),
+                                       ("折叠凳，适合小空间", True), ("折叠凳。", False),
+                                       ("运动辅助产品创意 智能计数跳绳", True)])  # a header run into the name
 def test_a_name_is_no_sentence(item, bad):
     assert (failed(SENTENCE, [item.rstrip("。")]) is not None) == bad
 
@@ -117,7 +119,7 @@ def test_the_count_drops_repeats_and_fails_missing_or_unpaired_extra_items(ask, 
 
 def test_the_first_failure_by_precedence_names_it():
     long_sentence = "一款可以折叠收纳，并且能够自动记录训练次数的多功能训练凳"
-    assert read(NAMES, ["好的，以下是创意", long_sentence], 3)[1] == ["count", "too_long", "sentence", "chatter"]
+    assert read(NAMES, ["好的，以下是创意", long_sentence], 3)[1] == ["count", "sentence", "too_long", "chatter"]
     assert read(SCENES, ["抱歉，我无法协助完成这个请求"], 1, SCENE_LIMITS)[1][0] == "refusal"
     assert COUNT.name == "count"
 
@@ -170,7 +172,27 @@ def test_the_corrective_prompt_is_the_original_and_what_was_wrong():
     (MARKUP, "```json"), (MARKUP, '折叠凳", "夜行护膝'), (MARKUP, '["折叠凳"'), (MARKUP, "<b>折叠凳</b>"),
     (CHATTER, "好的，以下是6个产品创意： 折叠凳"), (CHATTER, "发光护膝 希望这些创意对你有帮助！"),
     (CHATTER, "夜跑时照亮前方路面。如需调整请告诉我"), (CHATTER, "Here are the prompts: folding bench"),
+    (CHATTER, "透气网孔内衬 以上形态可以根据成本进一步取舍"),
 ])
 def test_formatting_and_chatter_glued_to_an_item_are_caught(check, item):
     assert failed(check, ["折叠训练凳", item]).detail.startswith("item 2: ")
     assert failed(check, ["折叠训练凳", "清晨的公园里，孩子希望多跳几下"]) is None
+
+
+def test_a_clock_time_read_as_a_list_number_is_caught():
+    raw = "14:00的开放式办公室里，员工在桌下轻踩踏板#午休时的工位上，坐垫提醒久坐的人起身"
+    items = ["00的开放式办公室里，员工在桌下轻踩踏板", "午休时的工位上，坐垫提醒久坐的人起身"]
+    failure = CLIPPED(items, Context(2, SCENE_LIMITS, raw=raw))
+    assert failure.check == "clipped" and failure.detail == "item 1: lost '14:' from its start when read"
+    assert CLIPPED(["1.5米伸缩晾衣杆"], Context(1, NAME_LIMITS, raw="1.5米伸缩晾衣杆")) is None
+
+
+def test_more_items_than_asked_yield_to_what_the_items_hold():
+    lines = [f"{part}: folding bench, city park, morning light, minimal, wide angle, soft shadows, clean lines, {n}"
+             for n in ("photo", "film") for part in ("Positive", "Negative")]
+    assert read(SD_PROMPTS, lines, 2, Limits(keywords=(8, 15)))[1][:2] == ["sd_syntax", "count"]
+
+
+def test_a_selection_naming_one_candidate_twice_is_duplicates():
+    kept, failures = NAMES.read(["夜跑发光护膝"], Context(2, NAME_LIMITS, offered=2))  # the filter merged a repeat
+    assert [failure.check for failure in failures][0] == "duplicates"

@@ -343,7 +343,7 @@ def test_every_step_asks_with_its_schema_and_records_how_it_was_answered(generat
         assert entry.usage["total_tokens"] > 0 and entry.checks[:2] == ["refusal", "count"] and entry.failed == []
     identify, = [e for e in llm if e.step == "deep.identify"]
     assert identify.checks == ["refusal", "count", "unidentifiable", "too_long", "sentence", "label", "markup",
-                               "chatter"]
+                               "chatter", "clipped"]
     assert json.loads(identify.raw) == {"product": identify.items[0]}
 
 

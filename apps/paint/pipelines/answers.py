@@ -118,6 +118,7 @@ class Failure:
     check: str
     detail: str  # English: for the record, the log and the error
     correction: str  # Chinese: what the corrective retry tells the model
+    rank: str | None = None  # the PRECEDENCE entry it sorts by, when not `check`
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,8 @@ class Context:
     limits: Limits
     names: tuple[str, ...] = ()  # the request's product names, which an item must not repeat
     more_ok: bool = False  # more items than asked are dropped (Ask.more_ok), not a failure
+    raw: str = ""  # a text-protocol answer as it came, to see where an item was cut out of it
+    offered: int | None = None  # items the answer offered before a step's filter merged repeats (the selection)
 
 
 @dataclass(frozen=True)
@@ -143,9 +146,11 @@ class Check:
 
 
 # When several checks fail, the first of these names the failure: what the answer says of itself
-# before what its text holds, the count before single items. Other kinds follow, as run.
-PRECEDENCE = ("refusal", "unidentifiable", "count", "duplicates", "too_long", "sentence", "product_named",
-              "not_english", "sd_syntax")
+# before what its text holds, missing items before single items; prose where a name was asked
+# before its length; more items than asked after what the items hold (the extra ones are often
+# parts of items split apart: an SD prompt's "Negative:" line). Other kinds follow, as run.
+PRECEDENCE = ("refusal", "unidentifiable", "count", "duplicates", "sentence", "too_long", "product_named",
+              "not_english", "sd_syntax", "too_many")
 
 
 def _positions(indexes: Sequence[int]) -> str:
@@ -202,22 +207,25 @@ TOO_SHORT = _too("too_short", lambda n, bounds: n < bounds[0], "太短了")
 # word ("产品名称：", "场景："), or one of the request's product names ("智能跳绳：…").
 _LABEL_WORDS = ("产品名称|方案名称|创意名称|产品名|名称|方案|产品|创意|使用场景|场景|工作原理|原理|功能特征|特征|提示词|答案|回答"
                 "|prompt|scene|product|name")
-_LABEL = re.compile(rf"^\s*(?:\*\*[^*]{{1,20}}\*\*|[^\s，。！？；,.!?;:：]{{0,12}}?\s*\d{{1,2}}\s*[项个条号]?|{_LABEL_WORDS})"
-                    r"\s*[:：](?!\d)", re.IGNORECASE)
+_LABEL = re.compile(rf"^\s*(?:\*\*[^*]{{1,20}}\*\*|[^\s，。！？；,.!?;:：]{{0,12}}?\s*(?:\d{{1,2}}|[一二三四五六七八九十]{{1,3}})"
+                    rf"\s*[项个条号]?|{_LABEL_WORDS})\s*[:：](?!\d)", re.IGNORECASE)
 
 
 def _label(item: str, context: Context) -> str | None:
+    """Return the label an item starts with; a product name before a colon, a dash or a space is one too."""
     if m := _LABEL.match(item):
         return m[0].strip()
-    return next((name for name in context.names if item.startswith(name)
-                 and item[len(name):].lstrip()[:1] in (":", "：")), None)
+    return next((name for name in context.names if item.startswith(name) and len(item) > len(name)
+                 and (item[len(name)] in ":：—-" or item[len(name)].isspace())), None)
 
 
 LABEL = _per_item(
     "label", _label, lambda label, c: f"starts with the label {label!r}",
     lambda label, c: f"以“{label}”这样的标签开头：不要加编号、标签或前缀，只写内容本身。")
 
-_SENTENCE = re.compile(r"[，,。！？!?；;:：]|——")
+# Prose where a name was asked: sentence punctuation, a dash, or two lines run together (a
+# space between Chinese characters: a header and the name, the name and its explanation).
+_SENTENCE = re.compile(r"[，,。！？!?；;:：]|——|(?<=[\u4e00-\u9fff])\s+(?=[\u4e00-\u9fff])")
 SENTENCE = _per_item(
     "sentence", lambda item, c: m[0] if (m := _SENTENCE.search(item)) else None,
     lambda mark, c: f"a sentence, not a name (it has {mark!r})",
@@ -246,7 +254,7 @@ NOT_ENGLISH = _per_item(
 # LoRA tags, Midjourney-style flags, a label or markdown. Weights are not stripped: they would
 # change the emphasis the study's prompts give every participant alike.
 _WEBUI = re.compile(r"negative\s*prompt|\([^()]*:\s*\d+(?:\.\d+)?\s*\)|<\s*lora:|(?:^|\s)--[a-z]"
-                    r"|^\s*(?:positive\s+)?prompt\s*\d*\s*[:：]|\*\*|`", re.IGNORECASE)
+                    r"|^\s*(?:(?:positive|negative)\s*)?(?:prompt)?\s*\d*\s*[:：]|\*\*|`", re.IGNORECASE)
 SD_SYNTAX = _per_item(
     "sd_syntax", lambda item, c: m[0].strip() if (m := _WEBUI.search(item)) else None,
     lambda found, c: f"has WebUI or markdown syntax {found!r}",
@@ -319,10 +327,11 @@ MARKUP = _per_item(
     lambda found, c: f"混入了格式符号（“{found}”）：不要用代码块、JSON 或其他标记，只写内容本身。")
 
 # A model talking to the reader instead of answering: a preamble or a closing remark glued to an item.
+# (A remark on a line of its own and glued to the last item follows it after a space.)
 _CHATTER = re.compile(r"^(?:好的|当然|没问题|以下是|下面是|这里是|以下为)|以下是|以上(?:就是|是|这些|内容)"
                       r"|希望(?:这些|以上|对你|对您)|如需|如果(?:你|您)(?:需要|想要|还)|供(?:你|您)参考|仅供参考"
-                      r"|祝(?:你|您)|\bhere (?:are|is)\b|^sure\b|\bi hope\b|\blet me know\b|\bas an ai\b",
-                      re.IGNORECASE)
+                      r"|祝(?:你|您)|(?:^|\s)(?:以上|希望|如有|注[:：]|备注|说明[:：]|总结|整体来看)"
+                      r"|\bhere (?:are|is)\b|^sure\b|\bi hope\b|\blet me know\b|\bas an ai\b", re.IGNORECASE)
 CHATTER = _per_item(
     "chatter", lambda item, c: m[0] if (m := _CHATTER.search(item)) else None,
     lambda found, c: f"holds a preamble or remark ({found!r})",
@@ -345,21 +354,36 @@ def _counted(items: list[str], context: Context) -> Failure | None:
     """Fail fewer items than asked (or more, where `items` were not cut to the count): `count` or `duplicates`."""
     usable, unique = [item for item in items if item], distinct(items)
     asked, got = context.count, len(unique)
-    if len(usable) < asked:
-        return Failure("count", f"asked for {asked} items, got {len(usable)}",
-                       f"上次的回答只有 {len(usable)} 项可用，需要正好 {asked} 项，每项都不能为空。")
+    offered = len(usable) if context.offered is None else context.offered
+    if offered < asked:
+        return Failure("count", f"asked for {asked} items, got {offered}",
+                       f"上次的回答只有 {offered} 项可用，需要正好 {asked} 项，每项都不能为空。")
     if got < asked:
         return Failure("duplicates", f"asked for {asked} distinct items, got {got}: some repeat",
                        f"上次的回答有重复的内容，只有 {got} 项互不相同：需要 {asked} 项，每一项都必须不同。")
     if got > asked and not context.more_ok:
         return Failure("count", f"asked for {asked} items, got {got}",
-                       f"上次给出了 {got} 项，需要正好 {asked} 项，与给出的内容一一对应。")
+                       f"上次给出了 {got} 项，需要正好 {asked} 项，与给出的内容一一对应。", rank="too_many")
     return None
 
 
 COUNT = Check("count", _counted)
+
+
+def _clipped(item: str, context: Context) -> str | None:
+    """Return the number an item lost to list-number stripping ("14:00的…" read as "00的…"), if any."""
+    if not context.raw or not item[:1].isdigit():
+        return None
+    where = context.raw.find(item[:8])
+    before = context.raw[max(0, where - 3):where] if where > 0 else ""
+    return m[0] if (m := re.search(r"\d{1,2}[:：.．]$", before)) else None
+
+
+CLIPPED = _per_item(
+    "clipped", _clipped, lambda number, c: f"lost {number!r} from its start when read",
+    lambda number, c: f"开头的“{number}”被误读成了编号：请不要用编号，时间请写成“下午两点”这样的文字。")
 FIRST = (REFUSAL, COUNT)  # every step's checks before its own
-LAST = (MARKUP, CHATTER)  # and after them
+LAST = (MARKUP, CHATTER, CLIPPED)  # and after them
 
 
 def summary(failures: Sequence[Failure]) -> str:
@@ -405,7 +429,8 @@ class Ask:
         kept = distinct(items)[:context.count] if self.more_ok else distinct(items)
         failures = [failure for check in self.all_checks if (failure := check(items if check is COUNT else kept,
                                                                               context))]
-        failures.sort(key=lambda f: PRECEDENCE.index(f.check) if f.check in PRECEDENCE else len(PRECEDENCE))
+        failures.sort(key=lambda f: PRECEDENCE.index(f.rank or f.check) if (f.rank or f.check) in PRECEDENCE
+                      else len(PRECEDENCE))
         return kept[:context.count], failures
 
 
@@ -414,5 +439,5 @@ NAMES = Ask(Items("一个产品名称"), (TOO_LONG, SENTENCE, TOO_SHORT, LABEL))
 IDEAS = Ask(NAMES.shape, NAMES.checks, more_ok=True)  # independent product ideas: extra ones are dropped
 SCENES = Ask(Items("一个使用场景，一句话"), (TOO_LONG, TOO_SHORT, LABEL))
 PRINCIPLES = Ask(Items("一句工作原理，不含产品名称"), (TOO_LONG, PRODUCT_NAMED, TOO_SHORT, LABEL))
-FEATURES_OF_PRODUCTS = Ask(Items("一段功能特征描述，不含产品名称"), (TOO_LONG, PRODUCT_NAMED, TOO_SHORT, FEATURES))
+FEATURES_OF_PRODUCTS = Ask(Items("一段功能特征描述，不含产品名称"), (TOO_LONG, PRODUCT_NAMED, TOO_SHORT, FEATURES, LABEL))
 SD_PROMPTS = Ask(Items("一条英文关键词提示词"), (NOT_ENGLISH, SD_SYNTAX, KEYWORDS))

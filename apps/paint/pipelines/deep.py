@@ -19,7 +19,9 @@ RELATED = 3  # related products per sketch (the contract's count)
 CARD_TYPE = 2  # deep
 ASKS = {
     # A sketch that cannot be told is an answer of its own (null), never a sentence in the name.
-    "deep.identify": Ask(Named("草图所画产品的名称；实在无法判断时为 null"), (IDENTIFIED, TOO_LONG, SENTENCE, LABEL)),
+    # Lines after the name explain it: the first is the answer (more_ok).
+    "deep.identify": Ask(Named("草图所画产品的名称；实在无法判断时为 null"), (IDENTIFIED, TOO_LONG, SENTENCE, LABEL),
+                         more_ok=True),
     "deep.products": IDEAS, "deep.scenes": SCENES, "deep.sd_prompts": SD_PROMPTS, "deep.abstracts": PRINCIPLES,
     "deep.concretes": FEATURES_OF_PRODUCTS,
 }

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -206,7 +206,9 @@ class Steps:
                 log.warning("step %s: answer %s; asking again with %dx the budget", call.step, cut, BUDGET_GROWTH)
                 budget, reason = (answer.max_tokens or self.gpt.max_tokens) * BUDGET_GROWTH, "budget"
                 continue
-            usable, failures = declared.read(self._items(answer, declared, keep), context)
+            items, offered = self._items(answer, declared, keep)
+            seen = replace(context, raw=answer.text if answer.parsed is None else "", offered=offered)
+            usable, failures = declared.read(items, seen)
             said = summary(failures) or None
             self._trace_llm(call, prompt, attempt, reason, answer=answer, items=usable, error=said,
                             checks=declared.names, failed=[{"check": f.check, "detail": f.detail} for f in failures])
@@ -219,13 +221,17 @@ class Steps:
             prompt, reason = correction(call.prompt, failures), "correction"
 
     @staticmethod
-    def _items(answer: ChatAnswer, declared: Ask, keep: Callable[[list[str]], list[str]] | None) -> list[str]:
-        """Return the items of an answer: the parsed model's (blank ones kept in place), else the text's."""
+    def _items(answer: ChatAnswer, declared: Ask,
+               keep: Callable[[list[str]], list[str]] | None) -> tuple[list[str], int | None]:
+        """Return the items of an answer (the parsed model's, blank ones kept in place, else the text's) and,
+        with `keep`, how many of them it would keep one by one (repeats counted, which `keep` merges)."""
         if answer.parsed is not None:
             items = answer_items(declared.shape, answer.parsed)
         else:
             items = split_items(answer.text)
-        return keep(items) if keep is not None else items
+        if keep is None:
+            return items, None
+        return keep(items), sum(1 for item in items if keep([item]))
 
     def draw(self, step: str, pipeline: str, kind: str, keywords: str) -> Image:
         """Return one image of `kind` ("scene" or "product") for GPT's `keywords`."""
