@@ -37,3 +37,11 @@ def test_bad_number_names_the_variable():
     with pytest.raises(ValueError, match="PORT"):
         config.from_env({"PORT": "eighty"})
 
+
+
+def test_gpt_protocol_and_budget():
+    settings = config.from_env({})
+    assert (settings["GPT_STRUCTURED"], settings["GPT_MAX_TOKENS"]) == ("auto", 2000)
+    assert config.from_env({"GPT_STRUCTURED": " Off "})["GPT_STRUCTURED"] == "off"
+    with pytest.raises(ValueError, match="GPT_STRUCTURED must be one of auto, on, off, got 'yes'"):
+        config.from_env({"GPT_STRUCTURED": "yes"})
