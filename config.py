@@ -44,6 +44,14 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ValueError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """Return the variable, lower-cased, if it is one of `choices`; unset means the first choice."""
+    raw = (env.get(name) or "").strip().lower() or choices[0]
+    if raw not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {env.get(name)!r}")
+    return raw
+
+
 def _list(env: Mapping[str, str], name: str) -> list[str]:
     return [item.strip() for item in (env.get(name) or "").split(",") if item.strip()]
 
@@ -117,6 +125,11 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "GPT_TIMEOUT": _float(env, "GPT_TIMEOUT", 60.0),
         "GPT_MAX_RETRIES": _int(env, "GPT_MAX_RETRIES", 2),
         "GPT_MAX_CONCURRENCY": _int(env, "GPT_MAX_CONCURRENCY", 10),
+        # How a step asks GPT: "auto" structured outputs (a JSON schema per step), falling back to
+        # the text protocol for a deployment that refuses schemas; "on" never falls back; "off" text only.
+        "GPT_STRUCTURED": _choice(env, "GPT_STRUCTURED", ("auto", "on", "off")),
+        # Tokens an answer may take; an answer cut at this budget is asked again once with twice as many.
+        "GPT_MAX_TOKENS": _int(env, "GPT_MAX_TOKENS", 2000),
         # Stable Diffusion WebUI instances, shared by every request of the server.
         "SD_ENDPOINTS": _list(env, "SD_ENDPOINTS"),
         "SD_CONNECT_TIMEOUT": _float(env, "SD_CONNECT_TIMEOUT", 3.0),

@@ -1,7 +1,10 @@
 """Every error of the backend clients, in one tree; import them from here.
 
 A route turns any `BackendError` into the envelope with code 2, HTTP 503 (504 for a
-timeout) and a message naming the backend, the step when known, and the cause.
+timeout) and a message naming the backend, the step when known, and the cause. The
+errors a participant's own input causes (`caused_by_input`: the content filter, a
+refusal) answer code 1 with HTTP 422 instead: asking again with the same words would
+meet the same answer, rephrasing them may not.
 
 BackendError                 a generative backend could not give an answer (503)
 ├── BackendTimeout           it did not answer in time (504); every timeout below is one too
@@ -11,9 +14,13 @@ BackendError                 a generative backend could not give an answer (503)
 │   ├── GPTRateLimited       HTTP 429 beyond the SDK's retries
 │   ├── GPTAuthError         the key was refused (401/403)
 │   ├── GPTBadRequest        the request itself was rejected (other 4xx)
+│   │   └── GPTSchemaRefused the deployment cannot answer with a JSON schema (GPT_STRUCTURED=on)
 │   ├── GPTServerError       HTTP 5xx beyond the SDK's retries
 │   ├── GPTConnectionError   the endpoint could not be reached
-│   └── GPTEmptyAnswer       an answer with no text
+│   ├── GPTEmptyAnswer       an answer with no text
+│   └── GPTDeclined          the deployment declined the prompt (422, code 1)
+│       ├── GPTContentFiltered  Azure's content filter (HTTP 400 or finish_reason)
+│       └── GPTRefused       the model's own refusal (`message.refusal`)
 └── SDError                  a Stable Diffusion WebUI call failed (agent.sd, agent.pool)
     ├── SDConnectionError *  the connection was refused, reset or dropped
     ├── SDTimeout *          no connection or answer in time (also a BackendTimeout)
@@ -27,7 +34,8 @@ BackendError                 a generative backend could not give an answer (503)
 
 * INSTANCE_FAILURES: they say something about the instance, so the job may go to another one.
 
-The pipelines add `ShortAnswer` (apps.paint.pipelines.steps) under BackendError.
+The pipelines add `CheckFailed` and `AnswerCut` (apps.paint.pipelines.steps) under BackendError:
+an answer that came back but is not what the step asked for (502).
 Messages name the deployment or instance and the cause, never a key or a password.
 
 Context is attached once, where it is known: an SDError raised by the pool carries its
@@ -45,6 +53,7 @@ class BackendError(Exception):
 
     backend = "backend"
     http_status = 503
+    caused_by_input = False  # True: the participant's words caused it, so they can act (code 1)
     step: str | None = None  # the pipeline step that failed, named by step_context
 
     def describe(self) -> str:
@@ -117,6 +126,12 @@ class GPTBadRequest(GPTError):
     kind = "bad_request"
 
 
+class GPTSchemaRefused(GPTBadRequest):
+    """The deployment refused a JSON-schema answer format (an older model or api-version)."""
+
+    kind = "schema_refused"
+
+
 class GPTServerError(GPTError):
     """The deployment failed on its side (HTTP 5xx, after the SDK's retries)."""
 
@@ -133,6 +148,36 @@ class GPTEmptyAnswer(GPTError):
     """The deployment answered, but with no choices or only whitespace."""
 
     kind = "empty_answer"
+
+
+class GPTDeclined(GPTError):
+    """The deployment would not answer this prompt: the same words would be declined again.
+
+    `answer` is what came back with the decline (an agent.gpt.ChatAnswer), when anything did.
+    """
+
+    http_status = 422
+    caused_by_input = True
+
+    def __init__(self, deployment: str | None, cause: str, *, answer: object = None, **kwargs: object) -> None:
+        super().__init__(deployment, cause, **kwargs)
+        self.answer = answer
+
+
+class GPTContentFiltered(GPTDeclined):
+    """Azure's content filter blocked the prompt (HTTP 400) or the answer (finish_reason)."""
+
+    kind = "content_filter"
+
+
+class GPTRefused(GPTDeclined):
+    """The model refused the request (`message.refusal`)."""
+
+    kind = "refusal"
+
+
+# Kinds of GPT failure that say something about a participant's input, not about the deployment.
+DECLINED_KINDS = frozenset(cls.kind for cls in GPTDeclined.__subclasses__())
 
 
 # -- Stable Diffusion ------------------------------------------------------------------------

@@ -77,13 +77,20 @@ LongText = Annotated[str, BeforeValidator(_cut)]
 
 
 # -- the trace -------------------------------------------------------------------------------
+class CheckFailure(Document):
+    """One check an answer failed: its name and what was wrong."""
+
+    check: str
+    detail: LongText
+
+
 class LLMStep(Document):
-    """One GPT call of a step (successful or not)."""
+    """One GPT call of a step (successful or not); a retry of the step is an entry of its own."""
 
     kind: Literal["llm"] = "llm"
     step: str
     template: str | None = None
-    prompt: LongText | None = None
+    prompt: LongText | None = Field(None, description="The prompt sent (a corrective retry's says what was wrong)")
     images: list[str] = Field(default_factory=list, description="SHA-256 of each image sent")
     raw: LongText | None = None
     items: list[LongText] | None = None
@@ -91,6 +98,15 @@ class LLMStep(Document):
     latency: float | None = None
     retries: int = 0
     attempt: int = 1
+    reason: Literal["correction", "budget"] | None = Field(
+        None, description="Why this attempt was made: a corrective retry after failed checks, or a larger "
+                          "max_tokens budget after a cut answer; null for the first")
+    protocol: Literal["structured", "text"] | None = None
+    finish_reason: str | None = None
+    max_tokens: int | None = None
+    usage: dict[str, Any] | None = Field(None, description="Token usage as the deployment reported it")
+    checks: list[str] = Field(default_factory=list, description="The checks the answer's items were put to")
+    failed: list[CheckFailure] = Field(default_factory=list, description="The checks that failed")
     error: LongText | None = None
 
 

@@ -48,7 +48,7 @@ def readyz():
     ready, readiness, message = monitoring.readiness(current_app)
     database = readiness.database
     code = CODE_STORAGE if not database.reachable or database.disk_full else CODE_BACKEND
-    data = readiness.model_dump(exclude_none=True)
+    data = readiness.model_dump()
     if not is_researcher():  # instance names and errors tell a stranger what runs behind the server
         data, message = None, ("ready" if ready else "not ready") + DETAILS_WITHHELD
     if ready:

@@ -132,7 +132,8 @@ def _broken_body(error: ParseException) -> Response:
 
 def _backend_error(error: BackendError) -> Response:
     log.warning("backend failure: %s", error.describe())
-    return fail(error.describe(), status=error.http_status, code=CODE_BACKEND)
+    code = CODE_BUSINESS if error.caused_by_input else CODE_BACKEND  # the participant can rephrase
+    return fail(error.describe(), status=error.http_status, code=code)
 
 
 # How stores say they ran out of space: MongoDB's OutOfDiskSpace code, SQLite's SQLITE_FULL

@@ -31,7 +31,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 from flask import Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -39,6 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field
 
+from agent.errors import DECLINED_KINDS
 from agent.gpt import NOT_CONFIGURED, GPTClient
 from agent.pool import BUSY, InstanceState, SDInstancePool
 from core import logs
@@ -109,6 +110,9 @@ class Metrics:
         self.step_seconds = Histogram("refinity_step_duration_seconds", "Duration of pipeline steps "
                                       "(kind llm or image; step name without its index)", ["kind", "step"],
                                       buckets=BUCKETS, registry=self.registry)
+        self.check_failures = Counter("refinity_answer_check_failures", "GPT answers that failed a check of "
+                                      "their step, by step and check (count, length, label, ...)",
+                                      ["step", "check"], registry=self.registry)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
@@ -118,11 +122,14 @@ class Metrics:
 
     def observe_generation(self, appid: Any, type_: Any, status: str, seconds: float,
                            entries: list[Any]) -> None:
-        """Record one finished generation and the latency of each of its trace entries (apps.records)."""
+        """Record one finished generation, the latency of each of its trace entries (apps.records) and the
+        checks its GPT answers failed."""
         self.pipeline_seconds.labels(str(appid), str(type_), status).observe(seconds)
         for entry in entries:
             if entry.latency is not None:
                 self.step_seconds.labels(entry.kind, step_label(entry.step)).observe(entry.latency)
+            for failed in getattr(entry, "failed", ()):
+                self.check_failures.labels(step_label(entry.step), failed.check).inc()
 
     def render(self) -> bytes:
         """Return every metric in the Prometheus text format."""
@@ -332,6 +339,13 @@ class SDStatus(BaseModel):
     instances: list[InstanceStatus]
 
 
+class DeploymentProtocol(BaseModel):
+    """How the steps ask one GPT deployment."""
+
+    protocol: Literal["structured", "text"]
+    fallback: str | None = Field(description="Why it fell back to the text protocol, if it did.")
+
+
 class GPTStatus(BaseModel):
     """The GPT client: its provider and deployments, and its failures by kind, recent and in all."""
 
@@ -339,6 +353,9 @@ class GPTStatus(BaseModel):
     provider: str = Field(description="azure or openai; none when GPT is not configured.")
     chat_deployment: str
     vision_deployment: str
+    structured: Literal["auto", "on", "off"] = Field(description="GPT_STRUCTURED: how steps ask GPT.")
+    protocols: dict[str, DeploymentProtocol] = Field(description="Per deployment: how a step asks it, and "
+                                                                 "after a fallback, why.")
     deployments: dict[str, dict[str, Any]] = Field(description="The client's counters per deployment, as "
                                                                "/metrics shows them.")
     recent_failures: dict[str, int] = Field(description="Failures by kind over the last `recent_seconds`.")
@@ -380,7 +397,11 @@ def sd_status(app: Flask) -> SDStatus:
 
 
 def gpt_status(app: Flask) -> GPTStatus:
-    """Summarise the GPT client: provider, deployments, and failures by kind (recent and total)."""
+    """Summarise the GPT client: provider, deployments and their protocol, and failures by kind.
+
+    Recent failures leave out the kinds a participant's input causes (the content filter, a
+    refusal): they say nothing about the deployment's health.
+    """
     gpt = app.extensions[GPT]
     snap = gpt.snapshot()
     totals: dict[str, int] = {}
@@ -388,9 +409,10 @@ def gpt_status(app: Flask) -> GPTStatus:
         for kind, count in counters["failures"].items():
             totals[kind] = totals.get(kind, 0) + count
     window: RecentFailures = app.extensions.setdefault("readiness_gpt_failures", RecentFailures())
-    recent, over = window.update(totals)
+    recent, over = window.update({kind: n for kind, n in totals.items() if kind not in DECLINED_KINDS})
     return GPTStatus(configured=snap["configured"], provider=snap["provider"],
                      chat_deployment=gpt.chat_deployment, vision_deployment=gpt.vision_deployment,
+                     structured=snap["structured"], protocols=snap["protocols"],
                      deployments=snap["deployments"], recent_failures=recent,
                      recent_seconds=max(1, math.ceil(over)), failures_total=totals)
 

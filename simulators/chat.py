@@ -16,17 +16,30 @@ user message (its text parts joined by newlines):
   index, or English comma-separated keywords when the prompt contains `英文` or `English`.
   Items of one answer always differ.
 - Items are joined by `#`: no numbering, no trailing separator.
+- Items are as long as the prompt asks: its first `A 到 B 字` / `A 到 B 个汉字` / `不超过 N 个字`
+  (longer bounds give clauses joined by `，`; with `至少 N 个` and `顿号`, N or more features
+  joined by `、`); an English answer has as many keywords as the first `A 到 B 个` asks (A).
+- A body with `response_format` `{"type": "json_schema", ...}` is answered with JSON of that
+  schema: the same items fill its string properties in order, an `enum` property takes a
+  distinct value of its enum. On Azure, an api-version before `schemas_from` answers 400 as
+  Azure does; so does, on either route, a deployment or model named in `no_schema` (one that
+  predates structured outputs); a strict schema that is not strict-valid (`additionalProperties: false` and every
+  property required, on every object) is a 400 `Invalid schema` on both routes.
+- An answer longer than the body's `max_tokens` (about two characters a token, like its usage)
+  is cut there, with finish_reason `length`.
 Every answer depends on the prompt text alone, so the same prompt always gets the same answer.
 
 `requests` records every request to a chat route (with the status answered, before the
 client gets it); `calls` counts every POST. Valid requests pass the fault switches in order: `fail_next` (answer an error
 status with `Retry-After` and `retry-after-ms`, which the SDK honours), `hang_next` (hold
-until `release()`, `fail_held()`, `hang_timeout` or `stop()`), the latency, and
-`short_next` / `messy` / `script` (which change the answer). `release(n)` lets the `n` oldest held
-calls go; `fail_held(text)` answers an error to the held call whose prompt contains
+until `release()`, `fail_held()`, `hang_timeout` or `stop()`), `filter_next` (Azure's 400
+`content_filter`), the latency, and `short_next` / `messy` / `queue` / `script` (which change the
+answer). `release(n)` lets the `n` oldest held calls go; `fail_held(text)` answers an error to the held call whose prompt contains
 `text`, so a test picks which of several calls in flight fails. `script` (a `Scripted`, or
 None) answers every later call with that message exactly, its `finish_reason` and `refusal`
-included: a recorded model answer replayed through the real client. Run standalone with
+included: a recorded model answer replayed through the real client; `queue(*messages)` answers
+the next calls with those messages, one each (None: as usual), before `script` or the generated
+answers. Run standalone with
 `python -m simulators.chat --port 8001 --latency 0.15 --api-key sim-key`.
 """
 from __future__ import annotations
@@ -69,6 +82,7 @@ class ChatRecord:
     prompt: str  # the text of the last user message
     images: int
     status: int
+    schema: str | None = None  # the name of the json_schema asked for, if one was
 
 
 @dataclass(frozen=True)
@@ -97,9 +111,9 @@ class ChatSimulator:
     """A chat-completions server for tests, benchmarks and the offline demo (never a real study).
 
     It keeps `requests` (a `ChatRecord` per request to a chat route), `calls`, `in_flight`,
-    `peak_in_flight` and `held`; `latency`, `messy`, `script` and the methods below steer it. Everything
-    is guarded by one condition variable, so tests may flip switches from any thread while
-    handler threads read them.
+    `peak_in_flight` and `held`; `latency`, `messy`, `script`, `schemas_from`, `no_schema` and the
+    methods below steer it. Everything is guarded by one condition variable, so tests may flip
+    switches from any thread while handler threads read them.
     """
 
     def __init__(self, api_key: str = "sim-key", latency: float = 0.0, host: str = "127.0.0.1",
@@ -108,6 +122,9 @@ class ChatSimulator:
         self.latency = latency
         self.messy = False
         self.script: Scripted | None = None
+        self._queued: list[Scripted | None] = []  # `queue`: messages for the next calls, before `script`
+        self.schemas_from = SCHEMAS_FROM  # the first Azure api-version that takes a json_schema
+        self.no_schema: set[str] = set()  # deployments (or OpenAI models) that refuse json_schema
         self.hang_timeout = hang_timeout
         self.requests: list[ChatRecord] = []
         self.calls = 0  # every POST, valid or not
@@ -117,7 +134,7 @@ class ChatSimulator:
         self._listener: Listener | None = None
         self._lock = threading.Condition()
         self._fail: tuple[int, int, float | None] = (0, 0, None)  # (count, status, retry_after)
-        self._short = 0
+        self._credits = {"short": 0, "filter": 0}  # answers left to shorten / to filter
         self._hang = 0
         self._holds: list[_Hold] = []  # held calls, oldest first
         self._stopping = threading.Event()
@@ -168,7 +185,12 @@ class ChatSimulator:
     def short_next(self, n: int) -> None:
         """Answer the next `n` valid calls with one item fewer than asked (1 asked: empty)."""
         with self._lock:
-            self._short = n
+            self._credits["short"] = n
+
+    def filter_next(self, n: int) -> None:
+        """Answer the next `n` valid calls with Azure's 400 `content_filter` error (violence filtered)."""
+        with self._lock:
+            self._credits["filter"] = n
 
     def hang_next(self, n: int) -> None:
         """Hold the next `n` valid calls until `release()`, `hang_timeout` or `stop()`."""
@@ -205,7 +227,7 @@ class ChatSimulator:
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         info: dict[str, Any] = {"route": "", "deployment": "", "api_version": None,
-                                "text": "", "prompt": "", "images": 0}
+                                "text": "", "prompt": "", "images": 0, "schema": None}
         status = 500  # recorded when answering fails
         try:
             reply = self._answer(request, info)
@@ -232,8 +254,14 @@ class ChatSimulator:
             if not info["deployment"]:
                 raise BadRequest("model is required")
             info["text"], info["prompt"], info["images"] = summarize(body.get("messages"))
+            schema = requested_schema(body.get("response_format"))
+            info["schema"] = schema["name"] if schema is not None else None
         except ValueError as e:  # json.JSONDecodeError and BadRequest
             return _error(400, "invalid_request_error", "bad_request", f"Invalid request: {e}")
+        if schema is not None:
+            refused = self._refuse_schema(info, schema)
+            if refused is not None:
+                return refused
         fault = self._take_fault()
         if fault is None:
             fault = self._hold_if_asked(info["prompt"])
@@ -241,14 +269,43 @@ class ChatSimulator:
             status, retry_after = fault
             kind, code, message = _FAULTS.get(status, ("server_error", str(status), "Simulated failure."))
             return _error(status, kind, code, message, retry_after)
+        if self._take("filter"):
+            return _content_filtered()
         if self.latency > 0:
             self._stopping.wait(self.latency)  # stop() cuts the wait short
         short, messy, script = self._take_answer_style()
         if script is not None:
             return _reply(200, completion(info["deployment"], script.content, info["text"],
                                           finish_reason=script.finish_reason, refusal=script.refusal))
-        content = answer_text(info["prompt"], short=short, messy_style=messy)
-        return _reply(200, completion(info["deployment"], content, info["text"]))
+        if schema is not None:
+            content = answer_json(info["prompt"], schema, short=short, messy_style=messy)
+        else:
+            content = answer_text(info["prompt"], short=short, messy_style=messy)
+        content, finish_reason = within_budget(content, body.get("max_tokens"))
+        return _reply(200, completion(info["deployment"], content, info["text"], finish_reason=finish_reason))
+
+    def _refuse_schema(self, info: dict[str, Any], schema: dict[str, Any]) -> Reply | None:
+        """Return the 400 a json_schema request gets from this deployment and api-version, or None."""
+        version = info["api_version"]
+        if info["route"] == "azure" and version and version[:10] < self.schemas_from[:10]:
+            return _error(400, "", "BadRequest", f"response_format value as json_schema is enabled only for "
+                          f"api versions {self.schemas_from} and later", param="")
+        if info["deployment"] in self.no_schema:
+            return _error(400, "invalid_request_error", None, "Invalid parameter: 'response_format' of type "
+                          "'json_schema' is not supported with this model (simulated).", param="response_format")
+        problem = strict_problem(schema.get("schema"))
+        if schema.get("strict") and problem:
+            return _error(400, "invalid_request_error", None, f"Invalid schema for response_format "
+                          f"'{schema.get('name')}': {problem}", param="response_format")
+        return None
+
+    def _take(self, name: str) -> bool:
+        """Consume one `name` credit ("short" or "filter"); say whether there was one."""
+        with self._lock:
+            if self._credits[name] <= 0:
+                return False
+            self._credits[name] -= 1
+            return True
 
     def _check_route_and_key(self, request: Request, info: dict[str, Any]) -> Reply | None:
         """Return the 404, 401 or 400 (no api-version on Azure) to answer; None when all is well."""
@@ -278,13 +335,17 @@ class ChatSimulator:
             self._fail = (count - 1, status, retry_after)
             return status, retry_after
 
-    def _take_answer_style(self) -> tuple[bool, bool, Scripted | None]:
-        """Return (short, messy, script) for this answer, consuming one `short_next` credit."""
+    def queue(self, *messages: Scripted | None) -> None:
+        """Answer the next calls with `messages`, one each in order (None: as usual), then as before."""
         with self._lock:
-            short = self._short > 0
-            if short:
-                self._short -= 1
-            return short, self.messy, self.script
+            self._queued.extend(messages)
+
+    def _take_answer_style(self) -> tuple[bool, bool, Scripted | None]:
+        """Return (short, messy, script) for this answer, consuming one `short_next` credit or queued message."""
+        short = self._take("short")
+        with self._lock:
+            queued = self._queued.pop(0) if self._queued else None
+            return short, self.messy, queued or self.script
 
     def _hold_if_asked(self, prompt: str) -> tuple[int, float | None] | None:
         """Block while this call is held by `hang_next`; return (status, None) when `fail_held` failed it."""
@@ -311,13 +372,24 @@ def _refusal(request: Request, azure: bool) -> str:
     return f"Incorrect API key provided: {shown}."
 
 
-def _error(status: int, kind: str, code: str, message: str, retry_after: float | None = None) -> Reply:
-    """Return an OpenAI-style error reply, with the retry headers the SDK honours when given."""
+def _error(status: int, kind: str, code: str | None, message: str, retry_after: float | None = None,
+           **more: Any) -> Reply:
+    """Return an OpenAI-style error reply (with `more` error fields), and the retry headers the SDK honours."""
     headers = {}
     if retry_after is not None:
         headers = {"Retry-After": str(max(1, math.ceil(retry_after))),
                    "retry-after-ms": str(max(1, round(retry_after * 1000)))}
-    return _reply(status, {"error": {"message": message, "type": kind, "code": code}}, headers)
+    return _reply(status, {"error": {"message": message, "type": kind, "code": code, **more}}, headers)
+
+
+def _content_filtered() -> Reply:
+    """Return Azure's 400 for a prompt its content filter blocked, naming the category (violence)."""
+    verdicts = {name: {"filtered": False, "severity": "safe"} for name in ("hate", "self_harm", "sexual")}
+    verdicts["violence"] = {"filtered": True, "severity": "medium"}
+    return _reply(400, {"error": {
+        "message": "The prompt was filtered by the content management policy (simulated); modify the prompt and "
+                   "retry.", "type": None, "param": "prompt", "code": "content_filter", "status": 400,
+        "innererror": {"code": "ResponsibleAIPolicyViolation", "content_filter_result": verdicts}}})
 
 
 def _reply(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Reply:
@@ -392,6 +464,12 @@ def completion(model: str, content: str | None, prompt_text: str, *, finish_reas
 COUNT_RE = re.compile(r"共\s*(\d+)\s*项")
 CANDIDATES_RE = re.compile(r"^[ \t]*候选[:：][ \t]*(.*)$", re.MULTILINE)
 SEPARATORS_RE = re.compile(r"[#＃]")
+RANGE_RE = re.compile(r"(\d+)\s*到\s*(\d+)\s*个?汉?字")
+AT_MOST_RE = re.compile(r"不超过\s*(\d+)\s*个?字")
+KEYWORDS_RE = re.compile(r"(\d+)\s*到\s*(\d+)\s*个(?![汉字])")
+FEATURES_RE = re.compile(r"至少\s*(\d+)\s*个")
+NAME_MOST = 12  # longer items are clauses, not names
+SCHEMAS_FROM = "2024-08-01-preview"  # Azure's first api-version with json_schema
 
 # Small built-in vocabularies: enough combinations that a few dozen items never repeat.
 _ZH_QUALITIES = ["可折叠", "轻便", "智能", "防水", "便携", "模块化", "自清洁", "低噪",
@@ -402,6 +480,13 @@ _EN_WORDS = ["folding frame", "city park", "morning light", "minimal", "soft sha
              "matte plastic", "wooden table", "sports field", "close-up", "clean lines",
              "aluminium body", "blue hour", "studio light", "kitchen counter", "river bank",
              "wide angle", "pastel colours", "rubber grip", "glass surface", "mountain trail"]
+_ZH_CLAUSES = ["清晨的城市公园里", "借助弹性形变储存能量", "在狭小的出租屋客厅", "通过磁吸结构快速固定",
+               "下班后的地铁站台旁", "把重复动作变成看得见的进度", "利用重心变化自动调节", "周末午后的社区球场",
+               "用分段反馈降低上手难度", "雨后湿滑的跑道边", "靠声音提示保持节奏", "夜晚灯光昏暗的楼道",
+               "让身体的力量就地循环利用", "办公室午休的片刻", "以软材料贴合不同体型", "窗边洒满阳光的书房"]
+_ZH_FEATURES = ["铝合金框架", "三段折叠", "防滑硅胶底", "磁吸快拆", "高度可调", "USB-C充电", "透气网布",
+                "隐藏式收纳", "LED状态灯", "抗菌涂层", "一键锁止", "静音轴承", "可拆洗外套", "碳纤维杆",
+                "触控面板", "防水密封圈"]
 _CIRCLED = "①②③④⑤⑥⑦⑧⑨⑩"
 
 
@@ -435,13 +520,55 @@ def _pick(prompt: str, pool: list[str], count: int) -> list[str]:
     return sorted(pool, key=lambda item: _digest(prompt, item))[:count]
 
 
-def _fake_item(prompt: str, index: int, attempt: int, english: bool) -> str:
+@dataclass(frozen=True)
+class _Ask:
+    """What the prompt asks each item to be: English keywords, a name, clauses or features, and how long."""
+
+    english: bool
+    fewest: int  # characters (keywords when English)
+    most: int
+    features: int  # at least this many features joined by 、 (0: not a feature list)
+
+    @classmethod
+    def of(cls, prompt: str) -> _Ask:
+        if wants_english(prompt):
+            keywords = KEYWORDS_RE.search(prompt)
+            return cls(True, int(keywords[1]) if keywords else 4, 0, 0)
+        span, at_most = RANGE_RE.search(prompt), AT_MOST_RE.search(prompt)
+        fewest, most = (int(span[1]), int(span[2])) if span else (0, int(at_most[1]) if at_most else NAME_MOST)
+        features = FEATURES_RE.search(prompt) if "顿号" in prompt else None
+        if most > NAME_MOST and not span:
+            fewest = most // 2
+        return cls(False, fewest, most, int(features[1]) if features else 0)
+
+
+def _joined(seed: int, pool: list[str], joiner: str, ask: _Ask, parts: int) -> str:
+    """Join `pool` phrases in `seed`'s order until `parts` of them and `ask.fewest` characters; cut at `ask.most`."""
+    text, used = "", 0
+    for phrase in _pick(str(seed), pool, len(pool)):
+        if used >= parts and len(text) >= ask.fewest:
+            break
+        candidate = f"{text}{joiner}{phrase}" if text else phrase
+        if len(candidate) > ask.most and used >= parts:
+            break
+        text, used = candidate, used + 1
+    return text[:ask.most].rstrip(joiner)
+
+
+def _fake_item(prompt: str, index: int, attempt: int, ask: _Ask) -> str:
     """Return one fake item for position `index` (another one for each `attempt`)."""
     seed = _digest(prompt, f"{index}/{attempt}")
-    if english:
-        words = _pick(str(seed), _EN_WORDS, 4)
-        return ", ".join(words)
-    return _ZH_QUALITIES[seed % len(_ZH_QUALITIES)] + _ZH_THINGS[(seed // 97) % len(_ZH_THINGS)]
+    if ask.english:
+        return ", ".join(_pick(str(seed), _EN_WORDS, ask.fewest))
+    if ask.features:
+        return _joined(seed, _ZH_FEATURES, "、", ask, ask.features)
+    if ask.most > NAME_MOST:
+        return _joined(seed, _ZH_CLAUSES, "，", ask, 1)
+    name = _ZH_QUALITIES[seed % len(_ZH_QUALITIES)] + _ZH_THINGS[(seed // 97) % len(_ZH_THINGS)]
+    while len(name) < ask.fewest:  # a longer name: one more quality in front
+        seed //= 7
+        name = _ZH_QUALITIES[seed % len(_ZH_QUALITIES)] + name
+    return name[-ask.most:]
 
 
 def answer_items(prompt: str, count: int | None = None) -> list[str]:
@@ -450,10 +577,10 @@ def answer_items(prompt: str, count: int | None = None) -> list[str]:
     pool = candidates(prompt)
     if pool is not None:
         return _pick(prompt, pool, min(count, len(pool)))
-    english, items = wants_english(prompt), []
+    ask, items = _Ask.of(prompt), []
     for index in range(count):
         for attempt in range(20):
-            item = _fake_item(prompt, index, attempt, english)
+            item = _fake_item(prompt, index, attempt, ask)
             if item not in items:
                 break
         else:  # vocabulary exhausted: make it unique by its position
@@ -462,17 +589,24 @@ def answer_items(prompt: str, count: int | None = None) -> list[str]:
     return items
 
 
+_STYLES = [
+    lambda i, s: f"{i + 1}. {s}",
+    lambda i, s: f"{_CIRCLED[i % len(_CIRCLED)]}{s}",
+    lambda i, s: f"- {s}",
+    lambda i, s: f"“{s}”",
+    lambda i, s: f' "{s}" ',
+    lambda i, s: f"• {s}",
+]
+
+
+def decorate(index: int, item: str) -> str:
+    """Return item `index` the way a chatty model writes it: numbered, bulleted or quoted."""
+    return _STYLES[index % len(_STYLES)](index, item)
+
+
 def messy(items: list[str]) -> str:
     """Join `items` the way a chatty model would: numbering, bullets, quotes, blanks, mixed `#`."""
-    styles = [
-        lambda i, s: f"{i + 1}. {s}",
-        lambda i, s: f"{_CIRCLED[i % len(_CIRCLED)]}{s}",
-        lambda i, s: f"- {s}",
-        lambda i, s: f"“{s}”",
-        lambda i, s: f' "{s}" ',
-        lambda i, s: f"• {s}",
-    ]
-    parts = [styles[i % len(styles)](i, item) for i, item in enumerate(items)]
+    parts = [decorate(i, item) for i, item in enumerate(items)]
     if parts:
         parts.insert(1, "  ")  # a blank item between the first two
     text = ""
@@ -486,6 +620,103 @@ def answer_text(prompt: str, *, short: bool = False, messy_style: bool = False) 
     count = requested_count(prompt)
     items = answer_items(prompt, max(count - 1, 0) if short else count)
     return messy(items) if messy_style else "#".join(items)
+
+
+# -- structured outputs -------------------------------------------------------------------
+def requested_schema(response_format: Any) -> dict[str, Any] | None:
+    """Return the `json_schema` object of a json_schema response_format (None for text or none)."""
+    if response_format is None:
+        return None
+    if not isinstance(response_format, dict) or not isinstance(response_format.get("type"), str):
+        raise BadRequest("response_format must be an object with a type")
+    if response_format["type"] != "json_schema":
+        return None
+    schema = response_format.get("json_schema")
+    if not isinstance(schema, dict) or not isinstance(schema.get("schema"), dict) or not schema.get("name"):
+        raise BadRequest("response_format.json_schema needs a name and a schema")
+    return schema
+
+
+def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    """Follow a local `$ref` (`#/$defs/Name`) to the node it names."""
+    while "$ref" in node:
+        target: Any = root
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def strict_problem(schema: Any, root: dict[str, Any] | None = None, where: str = "()") -> str | None:
+    """Return why `schema` breaks strict mode's rules for objects, or None when it keeps them."""
+    if not isinstance(schema, dict):
+        return f"In context={where}, a schema must be an object"
+    root = schema if root is None else root
+    node = _resolve(schema, root)
+    if node.get("type") == "object":
+        if node.get("additionalProperties") is not False:
+            return f"In context={where}, 'additionalProperties' is required to be supplied and to be false"
+        properties = node.get("properties") or {}
+        if set(node.get("required") or ()) != set(properties):
+            return f"In context={where}, 'required' is required to be supplied and to list every property"
+        children = [(name, child) for name, child in properties.items()]
+    else:
+        children = [("items", node["items"])] if "items" in node else []
+        children += [(f"anyOf[{i}]", child) for i, child in enumerate(node.get("anyOf") or ())]
+    for name, child in children:
+        problem = strict_problem(child, root, f"{where}.{name}")
+        if problem:
+            return problem
+    return None
+
+
+def _slots(node: dict[str, Any], root: dict[str, Any], path: tuple[Any, ...] = ()) -> list[tuple[tuple, Any]]:
+    """Return (path, leaf schema) of every leaf of `node` in property order."""
+    node = _resolve(node, root)
+    if node.get("type") == "object":
+        return [slot for name, child in (node.get("properties") or {}).items()
+                for slot in _slots(child, root, (*path, name))]
+    if "anyOf" in node:  # a nullable value: answer the branch that is not null
+        branch = next((b for b in node["anyOf"] if _resolve(b, root).get("type") != "null"), node["anyOf"][0])
+        return _slots(branch, root, path)
+    return [(path, node)]
+
+
+def _put(target: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
+    for name in path[:-1]:
+        target = target.setdefault(name, {})
+    target[path[-1]] = value
+
+
+def answer_json(prompt: str, schema: dict[str, Any], *, short: bool = False, messy_style: bool = False) -> str:
+    """Return JSON of `schema` answering `prompt`: its items in the string leaves, distinct enum values."""
+    root = schema["schema"]
+    slots = _slots(root, root)
+    texts = [i for i, (_, leaf) in enumerate(slots) if leaf.get("type") == "string" and "enum" not in leaf]
+    items = answer_items(prompt, len(texts))
+    if short and items:
+        items[-1] = ""  # strict mode cannot leave a key out: a model with one idea too few leaves it blank
+    if messy_style:
+        items = [decorate(i, item) if item else item for i, item in enumerate(items)]
+    filled = dict(zip(texts, items, strict=True))
+    answer: dict[str, Any] = {}
+    for index, (path, leaf) in enumerate(slots):
+        if index in filled:
+            value: Any = filled[index]
+        elif "enum" in leaf:
+            picks = _pick(prompt, list(leaf["enum"]), len(leaf["enum"]))
+            value = picks[sum("enum" in slot for _, slot in slots[:index]) % len(picks)]
+        else:
+            value = {"boolean": True, "integer": 1, "number": 1}.get(leaf.get("type"), "")
+        _put(answer, path, value)
+    return json.dumps(answer, ensure_ascii=False)
+
+
+def within_budget(content: str, max_tokens: Any) -> tuple[str, str]:
+    """Return `content` cut to `max_tokens` (about two characters a token) and its finish_reason."""
+    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and len(content) // 2 + 1 > max_tokens:
+        return content[:max(0, max_tokens * 2)], "length"
+    return content, "stop"
 
 
 def main(argv: list[str] | None = None) -> None:

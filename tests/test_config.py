@@ -69,3 +69,11 @@ def test_participant_register_is_off_unless_switched_on(raw, expected):
 def test_a_word_that_is_no_switch_names_the_variable():
     with pytest.raises(ValueError, match="PARTICIPANT_REGISTER"):
         config.from_env({"PARTICIPANT_REGISTER": "maybe"})
+
+
+def test_gpt_protocol_and_budget():
+    settings = config.from_env({})
+    assert (settings["GPT_STRUCTURED"], settings["GPT_MAX_TOKENS"]) == ("auto", 2000)
+    assert config.from_env({"GPT_STRUCTURED": " Off "})["GPT_STRUCTURED"] == "off"
+    with pytest.raises(ValueError, match="GPT_STRUCTURED must be one of auto, on, off, got 'yes'"):
+        config.from_env({"GPT_STRUCTURED": "yes"})

@@ -15,6 +15,7 @@ import bson
 import pytest
 from werkzeug.serving import make_server
 
+from simulators.chat import Scripted
 from tests.helpers import ITEM_KEYS, PROMPTS, SKETCH, all_records, body, check_item, image_steps, wait_until
 
 ENVELOPE = {"success", "data", "code", "message"}
@@ -229,3 +230,34 @@ def test_unconfigured_gpt_is_503_naming_the_step(make_app):
     answer = response.get_json()
     assert response.status_code == 503 and answer["code"] == 2
     assert answer["message"].startswith("rapid.products: ") and "not configured" in answer["message"]
+
+
+@pytest.mark.parametrize("decline, kind", [
+    (lambda chat: chat.filter_next(1), "GPTContentFiltered"),
+    (lambda chat: setattr(chat, "script", Scripted(None, refusal="I'm sorry, but I can't help with that.")),
+     "GPTRefused"),
+])
+def test_a_declined_prompt_is_422_code_1_asking_to_rephrase(gen_client, sims, decline, kind):
+    decline(sims.chat)
+    response = gen_client.post("/generate", json=body(0, PROMPTS[0]))
+    answer = response.get_json()
+    assert response.status_code == 422 and answer["code"] == 1 and answer["success"] is False
+    assert answer["message"].startswith("rapid.products: ") and "请换一种说法" in answer["message"]
+    (listed,) = gen_client.get("/generations?username=alice").get_json()["data"]["items"]
+    assert listed["status"] == "failed" and listed["error"]["kind"] == kind
+    assert sims.chat.calls == 1  # the same words would be declined again: no retry
+
+
+def test_an_answer_failing_its_checks_twice_is_502_code_2_naming_step_and_check(gen_client, gen_db, sims):
+    names = json.dumps({f"item_{i}": "方案" for i in range(1, 4)}, ensure_ascii=False)  # three times the same
+    sims.chat.script = Scripted(names)
+    response = gen_client.post("/generate", json=body(2, PROMPTS[2]))
+    answer = response.get_json()
+    assert response.status_code == 502 and answer["code"] == 2
+    assert answer["message"].startswith("naming.names: GPT's answer failed its checks again")
+    assert "duplicates" in answer["message"]
+    (doc,) = all_records(gen_db)
+    attempts = [(s["attempt"], s["reason"], [f["check"] for f in s["failed"]]) for s in doc["steps"]]
+    assert attempts == [(1, None, ["duplicates", "too_short"]), (2, "correction", ["duplicates", "too_short"])]
+    assert doc["steps"][1]["prompt"].startswith(doc["steps"][0]["prompt"]) and doc["steps"][1]["raw"] == names
+    assert all(s["protocol"] == "structured" and s["usage"]["total_tokens"] > 0 for s in doc["steps"])

@@ -1,19 +1,22 @@
 """The GPT client through the real `openai` SDK against the chat simulator over loopback."""
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
 
 import openai
+import pydantic
 import pytest
 
 from agent.errors import (
-    BackendError, BackendTimeout, GPTAuthError, GPTBadRequest, GPTConnectionError, GPTEmptyAnswer,
-    GPTNotConfigured, GPTRateLimited, GPTServerError, GPTTimeout,
+    BackendError, BackendTimeout, GPTAuthError, GPTBadRequest, GPTConnectionError, GPTContentFiltered,
+    GPTEmptyAnswer, GPTNotConfigured, GPTRateLimited, GPTRefused, GPTSchemaRefused, GPTServerError, GPTTimeout,
 )
-from agent.gpt import ChatAnswer, GPTClient
+from agent.gpt import STRUCTURED, TEXT, ChatAnswer, GPTClient
 from config import from_env
+from simulators.chat import Scripted
 from tests.helpers import API_VERSION, PNG_1PX, SKETCH, wait_until
 
 
@@ -179,3 +182,110 @@ def test_each_deployment_has_its_own_limit(chat_sim, make_gpt):
     for caller in callers:
         caller.join(timeout=10)
     assert sorted(r.deployment for r in chat_sim.requests) == ["gpt-4o", "gpt-4o", "gpt-vision"]
+
+
+# -- structured outputs, finish reasons and declines -------------------------------------------
+class Names(pydantic.BaseModel):
+    """A strict answer model, as a pipeline step builds one."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    item_1: str
+    item_2: str
+
+
+def test_a_schema_is_sent_as_structured_outputs_and_parsed(chat_sim, make_gpt):
+    answer = make_gpt().chat("给出两个产品名称，不超过 12 个字，共 2 项", schema=Names)
+    assert answer.protocol == STRUCTURED and isinstance(answer.parsed, Names)
+    assert json.loads(answer.text) == answer.parsed.model_dump() and answer.parsed.item_1 != answer.parsed.item_2
+    assert (answer.finish_reason, answer.refusal, answer.max_tokens) == ("stop", None, 2000)
+    assert answer.usage["completion_tokens"] > 0
+    assert chat_sim.requests[-1].schema == "Names"
+
+
+@pytest.mark.parametrize("setting, refuse", [
+    ({}, "model"),  # a model before gpt-4o 2024-08-06
+    ({"AZURE_OPENAI_API_VERSION": "2024-06-01"}, "version"),  # an api-version before 2024-08-01-preview
+])
+def test_auto_falls_back_to_text_once_per_deployment_and_says_so(chat_sim, make_gpt, caplog, setting, refuse):
+    if refuse == "model":
+        chat_sim.no_schema = {"gpt-4o"}
+    gpt = make_gpt(AZURE_OPENAI_VISION_DEPLOYMENT="gpt-vision", **setting)
+    with caplog.at_level(logging.WARNING, logger="agent.gpt"):
+        first, second = (gpt.chat("共 2 项", schema=Names) for _ in range(2))
+    assert (first.protocol, first.parsed, len(first.text.split("#"))) == (TEXT, None, 2)
+    assert second.protocol == TEXT
+    assert [(r.status, r.schema) for r in chat_sim.requests] == [(400, "Names"), (200, None), (200, None)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "'gpt-4o'" in warnings[0] and "text protocol" in warnings[0]
+    protocols = gpt.snapshot()["protocols"]
+    assert protocols["gpt-4o"]["protocol"] == TEXT and "HTTP 400" in protocols["gpt-4o"]["fallback"]
+    assert protocols["gpt-vision"] == {"protocol": STRUCTURED, "fallback": None}  # each deployment on its own
+    assert gpt.snapshot()["deployments"]["gpt-4o"]["failures"] == {}  # a fallback is no failure
+
+
+def test_on_never_falls_back(chat_sim, make_gpt):
+    chat_sim.no_schema = {"gpt-4o"}
+    gpt = make_gpt(GPT_STRUCTURED="on")
+    with pytest.raises(GPTSchemaRefused) as caught:
+        gpt.chat("共 2 项", schema=Names)
+    assert caught.value.status == 400 and caught.value.http_status == 503 and "not supported" in str(caught.value)
+    assert chat_sim.calls == 1 and gpt.protocol("gpt-4o") == STRUCTURED
+    assert gpt.snapshot()["deployments"]["gpt-4o"]["failures"] == {"schema_refused": 1}
+
+
+def test_an_answer_that_ignores_the_schema_comes_back_as_text(chat_sim, make_gpt):
+    chat_sim.script = Scripted("折叠计数凳#夜行护膝")  # a service that does not honour response_format
+    answer = make_gpt().chat("共 2 项", schema=Names)
+    assert (answer.protocol, answer.parsed, answer.text) == (TEXT, None, "折叠计数凳#夜行护膝")
+    assert chat_sim.requests[-1].schema == "Names"
+
+
+def test_off_sends_no_schema(chat_sim, make_gpt):
+    answer = make_gpt(GPT_STRUCTURED="off").chat("共 2 项", schema=Names)
+    assert (answer.protocol, answer.parsed) == (TEXT, None) and chat_sim.requests[-1].schema is None
+
+
+class Loose(pydantic.BaseModel):
+    """A model whose schema strict mode rejects (a free-form object)."""
+
+    notes: dict[str, str]
+
+
+def test_an_invalid_schema_is_our_error_not_a_fallback(chat_sim, make_gpt):
+    gpt = make_gpt()
+    with pytest.raises(GPTBadRequest) as caught:
+        gpt.chat("共 1 项", schema=Loose)
+    assert not isinstance(caught.value, GPTSchemaRefused) and "Invalid schema" in str(caught.value)
+    assert gpt.protocol("gpt-4o") == STRUCTURED
+
+
+def test_a_cut_answer_is_returned_with_finish_reason_length_and_never_parsed(chat_sim, make_gpt):
+    answer = make_gpt().chat("共 2 项", schema=Names, max_tokens=5)
+    assert (answer.finish_reason, answer.parsed, answer.max_tokens) == ("length", None, 5)
+    assert len(answer.text) == 10 and answer.protocol == STRUCTURED
+
+
+def test_azure_content_filter_400_is_a_decline_the_participant_can_act_on(chat_sim, make_gpt):
+    gpt = make_gpt()
+    chat_sim.filter_next(1)
+    with pytest.raises(GPTContentFiltered) as caught:
+        gpt.chat("共 1 项", schema=Names)
+    error = caught.value
+    assert (error.http_status, error.caused_by_input, error.kind) == (422, True, "content_filter")
+    assert "(violence)" in str(error) and "请换一种说法" in str(error) and chat_sim.calls == 1
+    assert gpt.snapshot()["deployments"]["gpt-4o"]["failures"] == {"content_filter": 1}
+
+
+@pytest.mark.parametrize("message, error_class", [
+    (Scripted('{"item_1": "折叠', finish_reason="content_filter"), GPTContentFiltered),
+    (Scripted(None, refusal="I'm sorry, I can't help with that request."), GPTRefused),
+])
+def test_filtered_or_refused_answers_are_declines_carrying_the_answer(chat_sim, make_gpt, message, error_class):
+    chat_sim.script = message
+    with pytest.raises(error_class) as caught:
+        make_gpt().chat("共 2 项", schema=Names)
+    error = caught.value
+    assert error.http_status == 422 and error.caused_by_input
+    assert error.answer.finish_reason == message.finish_reason and error.answer.parsed is None
+    if message.refusal:
+        assert message.refusal in str(error) and error.answer.refusal == message.refusal

@@ -278,3 +278,99 @@ def _swallow(sim: ChatSimulator) -> None:
         azure(sim, ask("x"))
     except OSError:
         pass
+
+
+# -- structured outputs and the lengths a prompt asks for ---------------------------------------
+def schema_format(schema: dict, name: str = "answer") -> dict:
+    """Return a strict json_schema response_format around `schema`."""
+    return {"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": schema}}
+
+
+def strict_object(**properties: dict) -> dict:
+    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+
+
+TEXT = {"type": "string"}
+
+
+def test_json_schema_is_answered_with_json_of_it(chat_sim):
+    schema = strict_object(
+        scheme_1={"$ref": "#/$defs/Scheme"}, scheme_2={"$ref": "#/$defs/Scheme"},
+        pick={"enum": ["甲", "乙"], "type": "string"}, product={"anyOf": [TEXT, {"type": "null"}]})
+    schema["$defs"] = {"Scheme": strict_object(item_1=TEXT, item_2=TEXT)}
+    status, _, body = azure(chat_sim, {**ask("每个不超过 12 个字，共 4 项"), "response_format": schema_format(schema)})
+    assert status == 200 and chat_sim.requests[-1].schema == "answer"
+    content = json.loads(body["choices"][0]["message"]["content"])
+    assert set(content) == {"scheme_1", "scheme_2", "pick", "product"} and content["pick"] in ("甲", "乙")
+    texts = [content["scheme_1"]["item_1"], content["scheme_1"]["item_2"], content["scheme_2"]["item_1"],
+             content["scheme_2"]["item_2"], content["product"]]
+    assert len(set(texts)) == 5 and all(0 < len(text) <= 12 for text in texts)
+    plain = answer(chat_sim, "每个不超过 12 个字，共 4 项").split("#")
+    assert texts[:4] == plain  # the same items as the text protocol's
+
+
+def test_enum_slots_take_distinct_candidates_and_short_leaves_the_last_text_blank(chat_sim):
+    picks = strict_object(choice_1={"enum": ["甲", "乙", "丙"]}, choice_2={"enum": ["甲", "乙", "丙"]})
+    body = azure(chat_sim, {**ask("共 2 项"), "response_format": schema_format(picks)})[2]
+    content = json.loads(body["choices"][0]["message"]["content"])
+    assert content["choice_1"] != content["choice_2"]
+    chat_sim.short_next(1)
+    items = strict_object(item_1=TEXT, item_2=TEXT)
+    content = json.loads(azure(chat_sim, {**ask("共 2 项"), "response_format": schema_format(items)})[2]
+                         ["choices"][0]["message"]["content"])
+    assert content["item_1"] and content["item_2"] == ""
+
+
+@pytest.mark.parametrize("version, deployment, message", [
+    ("2024-06-01", "gpt-4o", "enabled only for api versions 2024-08-01-preview and later"),
+    ("2024-10-21", "gpt-4o-old", "'response_format' of type 'json_schema' is not supported"),
+])
+def test_old_api_versions_and_models_refuse_schemas_like_azure(chat_sim, version, deployment, message):
+    chat_sim.no_schema = {"gpt-4o-old"}
+    request = {**ask("共 1 项"), "response_format": schema_format(strict_object(item_1=TEXT))}
+    status, _, body = azure(chat_sim, request, version=version, deployment=deployment)
+    assert status == 400 and message in body["error"]["message"]
+    assert azure(chat_sim, ask("共 1 项"), version=version, deployment=deployment)[0] == 200  # text still works
+
+
+def test_a_schema_strict_mode_rejects_is_a_400_invalid_schema(chat_sim):
+    loose = {"type": "object", "properties": {"a": TEXT, "b": TEXT}, "required": ["a"]}
+    status, _, body = openai_post(chat_sim, {**ask("共 1 项"), "response_format": schema_format(loose)})
+    assert status == 400 and body["error"]["message"].startswith("Invalid schema for response_format 'answer'")
+    assert body["error"]["param"] == "response_format"
+
+
+def test_filter_next_answers_azures_content_filter_error(chat_sim):
+    chat_sim.filter_next(1)
+    status, _, body = azure(chat_sim, ask("共 1 项"))
+    error = body["error"]
+    assert status == 400 and error["code"] == "content_filter" and error["param"] == "prompt"
+    assert error["innererror"]["content_filter_result"]["violence"]["filtered"] is True
+    assert azure(chat_sim, ask("共 1 项"))[0] == 200
+
+
+def test_an_answer_over_max_tokens_is_cut_with_finish_reason_length(chat_sim):
+    full = answer(chat_sim, "共 6 项")
+    body = azure(chat_sim, {**ask("共 6 项"), "max_tokens": 3})[2]
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "length" and choice["message"]["content"] == full[:6]
+
+
+def test_queued_messages_answer_the_next_calls_in_order(chat_sim):
+    chat_sim.queue(Scripted("甲"), Scripted("乙", finish_reason="length"))
+    replies = [azure(chat_sim, ask("共 2 项"))[2]["choices"][0] for _ in range(3)]
+    assert [(r["message"]["content"], r["finish_reason"]) for r in replies[:2]] == [("甲", "stop"), ("乙", "length")]
+    assert len(replies[2]["message"]["content"].split("#")) == 2
+
+
+@pytest.mark.parametrize("prompt, check", [
+    ("每个场景 20 到 40 字，共 4 项", lambda item: 20 <= len(item) <= 40 and "，" in item),
+    ("5 到 8 个汉字，共 4 项", lambda item: 5 <= len(item) <= 8),
+    ("每句不超过 30 字，共 4 项", lambda item: 15 <= len(item) <= 30),
+    ("列出至少 3 个特征，特征之间用顿号隔开，每段 20 到 50 字，共 4 项",
+     lambda item: len(item.split("、")) >= 3 and 20 <= len(item) <= 50),
+    ("用英文关键词，8 到 15 个，共 4 项", lambda item: item.isascii() and len(item.split(", ")) == 8),
+])
+def test_items_are_as_long_as_the_prompt_asks(chat_sim, prompt, check):
+    items = answer(chat_sim, prompt).split("#")
+    assert len(set(items)) == 4 and all(check(item) for item in items), items

@@ -8,10 +8,8 @@ the chat simulator over loopback HTTP; the simulator answers the entry's whole m
 (content, finish_reason, refusal) on every attempt. What comes back, the items or the error,
 is compared with the entry's expectation.
 
-Entries the current code gets wrong are listed in KNOWN_WRONG and run as xfail, so the suite
-stays green while the gap stays visible; every other entry must pass. Issue 10 will empty it.
-`python -m tests.test_model_answers` prints how many entries the current code gets right,
-per step and per mode, and where KNOWN_WRONG no longer matches.
+Every entry must pass. `python -m tests.test_model_answers` prints how many entries the
+current code gets right, per step and per mode, and each one it gets wrong.
 """
 from __future__ import annotations
 
@@ -32,7 +30,7 @@ from agent.gpt import GPTClient
 from apps.paint.pipelines import PaintApp
 from apps.paint.pipelines.parsing import match_choices
 from apps.paint.pipelines.settings import PromptBook, stated_count
-from apps.paint.pipelines.steps import Flow, ShortAnswer, Steps
+from apps.paint.pipelines.steps import Flow, Steps
 from apps.records import Trace
 from config import from_env
 from core.image_store import decode_image
@@ -47,49 +45,6 @@ FailureKind = Literal["count", "duplicates", "too_long", "sentence", "product_na
                       "unidentifiable", "refusal", "cut_off", "content_filter"]
 Deviation = Literal["clean", "list_style", "preamble", "closing_remark", "label", "markdown", "explanation",
                     "code_fence", "json", "per_scheme", "reason", "clock_time", "decimal"]
-
-# Entries the current code gets wrong: silent garbage, or a failure of the wrong kind.
-# Issue 10 ("Stimuli that survive a real model") will empty this set.
-KNOWN_WRONG: set[str] = {
-    "deep-abstracts-bold-product-labels", "deep-abstracts-product-named",
-    "deep-abstracts-product-named-once", "deep-concretes-paragraphs",
-    "deep-concretes-product-named",
-    "deep-identify-cannot-tell", "deep-identify-cannot-tell-asks-back", "deep-identify-cannot-tell-short",
-    "deep-identify-content-filter-empty", "deep-identify-name-dash-explanation",
-    "deep-identify-refusal-field", "deep-identify-sentence", "deep-identify-too-long",
-    "deep-products-cut-off", "deep-products-numbered-with-explanations",
-    "deep-scenes-cut-off",
-    "deep-scenes-refusal-in-text", "deep-sd-prompts-chinese-product-names",
-    "deep-sd-prompts-positive-negative-pairs",
-    "group-two-concretes-cut-off", "group-two-concretes-paragraphs",
-    "group-two-product-prompts-chinese-names",
-    "group-two-product-prompts-flags",
-    "group-two-product-prompts-quality-weights", "group-two-scene-prompts-chinese",
-    "group-two-scene-prompts-content-filter-partial",
-    "group-two-scene-prompts-negative-inline",
-    "naming-names-cut-off", "naming-names-duplicates",
-    "naming-names-forty-characters", "naming-names-one-extra",
-    "naming-names-with-explanations",
-    "naming-select-duplicate",
-    "naming-select-too-many",
-    "rapid-abstracts-bold-product-labels", "rapid-abstracts-paragraphs",
-    "rapid-abstracts-product-labels",
-    "rapid-abstracts-product-named", "rapid-abstracts-product-named-once",
-    "rapid-products-bold-name-with-explanation",
-    "rapid-products-content-filter-partial", "rapid-products-cut-off", "rapid-products-duplicate-padding",
-    "rapid-products-duplicates", "rapid-products-forty-character-name",
-    "rapid-products-refusal-field", "rapid-products-refusal-in-text",
-    "rapid-scenes-cut-off",
-    "rapid-scenes-product-prefix", "rapid-scenes-two-for-first-product",
-    "rapid-sd-prompts-aspect-flag", "rapid-sd-prompts-attention-weights", "rapid-sd-prompts-chinese",
-    "rapid-sd-prompts-cut-off",
-    "rapid-sd-prompts-negative-lines",
-}
-
-# The failure kind each error of the current code stands for. An error not listed here is
-# no kind the corpus knows: today a refusal or a filtered answer with no text is a
-# GPTEmptyAnswer ("empty answer"), which names neither.
-KIND_OF_ERROR: dict[type[BackendError], str] = {ShortAnswer: "count"}
 
 TRAILING = "。；;，,、.．!！"
 
@@ -284,7 +239,7 @@ class Replayer:
             try:
                 items = steps.ask(entry.step, entry.count, images=images, keep=keep, **variables)
             except BackendError as error:
-                return Outcome(failure=KIND_OF_ERROR.get(type(error)), error=f"{type(error).__name__}: {error}")
+                return Outcome(failure=getattr(error, "kind", None), error=f"{type(error).__name__}: {error}")
         return Outcome(items=items)
 
 
@@ -323,18 +278,7 @@ def test_corpus_covers_every_gpt_template_and_holds_enough_entries(paint: PaintA
     assert len(entries) >= MIN_ENTRIES
 
 
-def test_known_wrong_lists_only_corpus_entries():
-    unknown = KNOWN_WRONG - {raw.get("id") for raw in load_raw()}
-    assert not unknown, f"KNOWN_WRONG names entries the corpus does not hold: {sorted(unknown)}"
-
-
-def _params() -> list[Any]:
-    wrong = pytest.mark.xfail(strict=False, reason="issue 10: the current parsing and checks get this answer wrong")
-    return [pytest.param(raw, id=raw.get("id"), marks=wrong if raw.get("id") in KNOWN_WRONG else ())
-            for raw in load_raw()]
-
-
-@pytest.mark.parametrize("raw", _params())
+@pytest.mark.parametrize("raw", load_raw(), ids=lambda raw: raw.get("id"))
 def test_answer_gives_the_expected_items_or_failure(raw: dict[str, Any], replayer: Replayer):
     entry = Entry.model_validate(raw)
     difference = verdict(entry, replayer.replay(entry))
@@ -343,7 +287,7 @@ def test_answer_gives_the_expected_items_or_failure(raw: dict[str, Any], replaye
 
 # -- the report ------------------------------------------------------------------------------
 def main() -> int:
-    """Print how many corpus entries the current code gets right, per step and mode; 1 if KNOWN_WRONG drifted."""
+    """Print how many corpus entries the current code gets right, per step and mode; 1 if any is wrong."""
     logging.basicConfig(level=logging.ERROR)  # not the steps' warnings about every short answer
     entries = load()
     with Replayer(PaintApp()) as replaying:
@@ -362,11 +306,9 @@ def main() -> int:
     print("wrong, by expectation:")
     for kind, n in Counter(getattr(e.expect, "failure", "items") for e in entries if e.id in wrong).most_common():
         print(f"  {kind:16} {n:3}")
-    drift = sorted(set(wrong) ^ KNOWN_WRONG)
-    for entry_id in drift:
-        print(f"KNOWN_WRONG drift: {entry_id} is {'wrong' if entry_id in wrong else 'right'}"
-              + (f": {wrong[entry_id]}" if entry_id in wrong else ""))
-    return 1 if drift else 0
+    for entry_id, difference in sorted(wrong.items()):
+        print(f"wrong: {entry_id}: {difference}")
+    return 1 if wrong else 0
 
 
 if __name__ == "__main__":

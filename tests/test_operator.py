@@ -6,6 +6,7 @@ labels an alert rule can use, and never a key or a password.
 """
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -13,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from core.embedded_store import free_port
 from core.monitoring import RecentFailures, step_label
+from simulators.chat import Scripted
 from simulators.webui import SDWebUISimulator
 from tests.helpers import PROMPTS, SIM_KEY, body
 
@@ -58,7 +60,9 @@ def test_readyz_ready_with_everything_up(gen_client, sims):
     assert response.status_code == 200 and set(answer) == ENVELOPE
     assert answer["success"] is True and answer["message"] == "ready"
     data = answer["data"]
-    assert data["database"] == {"reachable": True}
+    # An external MongoDB (MONGO_URI): nothing to say of an embedded store's restarts or disk.
+    assert data["database"] == {"reachable": True, "supervised": None, "restarts": None, "disk_free_mb": None,
+                                "disk_full": None}
     assert (data["sd"]["total"], data["sd"]["healthy"], data["sd"]["busy"]) == (3, 3, 0)
     assert [i["name"] for i in data["sd"]["instances"]] == names(sims)
     assert {i["state"] for i in data["sd"]["instances"]} == {"idle"}
@@ -76,7 +80,7 @@ def test_readyz_names_an_unreachable_database_within_seconds(make_gen_app):
     answer = response.get_json()
     assert response.status_code == 503 and answer["success"] is False and answer["code"] == 3
     assert answer["message"] == "not ready: database unreachable"
-    assert answer["data"]["database"] == {"reachable": False} and answer["data"]["sd"]["healthy"] == 3
+    assert answer["data"]["database"]["reachable"] is False and answer["data"]["sd"]["healthy"] == 3
     assert elapsed < 5, elapsed  # far below the 10 s the store's own timeout would take
 
 
@@ -168,6 +172,35 @@ def test_a_gpt_429_that_a_retry_absorbs_counts_as_a_retry(gen_client, sims):
     samples = scrape(gen_client)
     assert value(samples, "refinity_gpt_retries_total", deployment="gpt-4o") == 1
     assert series(samples, "refinity_gpt_failures_total") == {}
+
+
+def test_failed_answer_checks_are_counted_by_step_and_check(gen_client, sims):
+    names = json.dumps({f"item_{i}": f"{i}号方案名称之长远远超过八个字的限制" for i in range(1, 4)}, ensure_ascii=False)
+    sims.chat.queue(Scripted(names))  # the corrective retry is answered as usual
+    assert gen_client.post("/generate", json=body(2, PROMPTS[2])).status_code == 200
+    samples = scrape(gen_client)
+    failures = series(samples, "refinity_answer_check_failures_total")
+    assert failures == {frozenset({("step", "naming.names"), ("check", "too_long")}): 1}
+
+
+def test_readyz_shows_each_deployments_protocol_and_a_fallback(gen_client, sims):
+    ready = gen_client.get("/readyz").get_json()["data"]["gpt"]
+    assert ready["structured"] == "auto" and ready["protocols"] == {"gpt-4o": {"protocol": "structured",
+                                                                                "fallback": None}}
+    sims.chat.no_schema = {"gpt-4o"}
+    assert gen_client.post("/generate", json=body(2, PROMPTS[2])).status_code == 200
+    answer = gen_client.get("/readyz").get_json()
+    protocol = answer["data"]["gpt"]["protocols"]["gpt-4o"]
+    assert protocol["protocol"] == "text" and "not supported" in protocol["fallback"]
+    assert answer["message"] == "ready"  # a fallback is how auto works, not a failure
+
+
+def test_a_filtered_prompt_does_not_make_gpt_look_degraded(gen_client, sims):
+    sims.chat.filter_next(1)
+    assert gen_client.post("/generate", json=body(2, PROMPTS[2])).status_code == 422
+    answer = gen_client.get("/readyz").get_json()
+    assert answer["message"] == "ready" and answer["data"]["gpt"]["failures_total"] == {"content_filter": 1}
+    assert value(scrape(gen_client), "refinity_gpt_failures_total", deployment="gpt-4o", kind="content_filter") == 1
 
 
 def test_no_key_token_or_password_is_exposed(make_gen_app, sims):

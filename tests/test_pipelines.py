@@ -5,19 +5,20 @@ and an SD pool on `sims` (three WebUI simulators), validating the prompts like t
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from agent.errors import BackendError
+from agent.errors import BackendError, GPTContentFiltered
 from agent.gpt import GPTClient
 from agent.pool import SDInstancePool
 from apps.paint.pipelines import PaintApp
-from apps.paint.pipelines.steps import ShortAnswer
+from apps.paint.pipelines.steps import AnswerCut, CheckFailed, RefusedInText, ShortAnswer
 from apps.records import Trace
-from simulators.chat import ChatSimulator
+from simulators.chat import ChatSimulator, Scripted
 from simulators.png import read_png_header
 from simulators.webui import SDWebUISimulator
 from tests.helpers import SKETCH, TASK, Worker, check_item, decode_png, wait_until
@@ -37,6 +38,12 @@ class Backends:
 def backends(sims, make_gpt, sd_pools) -> Backends:
     """Three SD simulators in a pool and a GPT client, all on loopback."""
     return Backends(sims.chat, sims.sds, make_gpt(), sd_pools([sd.url for sd in sims.sds]))
+
+
+@pytest.fixture
+def gpt(backends: Backends) -> GPTClient:
+    """The GPT client of `backends`."""
+    return backends.gpt
 
 
 @pytest.fixture
@@ -303,3 +310,185 @@ def test_sequential_mode_runs_one_step_at_a_time(paint, backends):
     assert len(answer.result) == 2
     assert backends.chat.peak_in_flight == 1
     assert max(sd.max_in_flight for sd in backends.sds) == 1 and sum(len(sd.jobs) for sd in backends.sds) == 4
+
+
+# -- structured outputs, answer checks and corrective retries -----------------------------------
+def run_with(paint: PaintApp, gpt: GPTClient, backends: Backends, type_: int, prompts: dict[str, Any],
+             *, sequential: bool = False) -> tuple[dict[str, Any], Trace]:
+    """Run one pipeline with `gpt` (one step after another when `sequential`, so queued answers meet known steps)."""
+    trace = Trace()
+    answer = paint.run(type_, paint.read(type_, prompts), gpt, backends.pool, trace, sequential=sequential)
+    return answer.model_dump(mode="json", by_alias=True), trace
+
+
+def entries(trace: Trace, step: str) -> list[Any]:
+    """Return the trace's LLM entries of `step`, in order."""
+    return [entry for entry in trace.entries if entry.kind == "llm" and entry.step == step]
+
+
+def as_json(**items: Any) -> Scripted:
+    """Return a whole structured answer with these keys."""
+    return Scripted(json.dumps(items, ensure_ascii=False))
+
+
+LONG_NAME = "一款能够折叠收纳并自动记录每次训练次数的多功能家用健身训练凳"  # 30 characters for "5 到 8 个汉字"
+
+
+def test_every_step_asks_with_its_schema_and_records_how_it_was_answered(generate, backends):
+    _, trace = generate(1, deep_prompts())
+    assert all(record.schema for record in backends.chat.requests)
+    llm = [entry for entry in trace.entries if entry.kind == "llm"]
+    assert {(e.protocol, e.finish_reason, e.reason, e.max_tokens) for e in llm} == {("structured", "stop", None, 2000)}
+    for entry in llm:
+        assert entry.usage["total_tokens"] > 0 and entry.checks[:2] == ["refusal", "count"] and entry.failed == []
+    identify, = [e for e in llm if e.step == "deep.identify"]
+    assert identify.checks == ["refusal", "count", "unidentifiable", "too_long", "sentence", "label", "markup",
+                               "chatter", "clipped"]
+    assert json.loads(identify.raw) == {"product": identify.items[0]}
+
+
+@pytest.mark.parametrize("structured", ["auto", "off"])
+def test_messy_answers_are_parsed_in_both_protocols(paint, make_gpt, backends, structured):
+    backends.chat.messy = True
+    data, trace = run_with(paint, make_gpt(GPT_STRUCTURED=structured), backends, 2, naming_prompts(5, 3))
+    llm = [entry for entry in trace.entries if entry.kind == "llm"]
+    assert {entry.protocol for entry in llm} == {"text" if structured == "off" else "structured"}
+    assert all(entry.attempt == 1 and entry.failed == [] for entry in llm)
+    assert len(data["selected"]) == 3 and set(data["selected"]) <= set(data["names"])
+    assert all(name[0] not in "0123456789①-•“\"" for name in data["names"])
+
+
+def test_a_deployment_that_refuses_schemas_is_asked_by_text_from_then_on(paint, make_gpt, backends):
+    backends.chat.no_schema = {"gpt-4o"}
+    gpt = make_gpt()
+    data, trace = run_with(paint, gpt, backends, 0, {"task": TASK, "num": 2})
+    assert data["count"] == 2
+    requests = backends.chat.requests
+    assert (requests[0].status, requests[0].schema) == (400, "rapid_products")
+    assert [(r.status, r.schema) for r in requests[1:]] == [(200, None)] * 4  # remembered after the first
+    assert {entry.protocol for entry in trace.entries if entry.kind == "llm"} == {"text"}
+    assert gpt.snapshot()["protocols"]["gpt-4o"]["protocol"] == "text"
+
+
+def test_a_failed_check_is_asked_again_once_saying_what_was_wrong(generate, backends):
+    backends.chat.queue(as_json(item_1="折叠计数凳", item_2=LONG_NAME, item_3="夜行发光护膝"))
+    data, trace = generate(2, naming_prompts(schemes=3, select=2))
+    first, second = entries(trace, "naming.names")
+    assert (first.attempt, first.reason, [f.check for f in first.failed]) == (1, None, ["too_long"])
+    assert "item 2: 30 characters, asked for 5 to 8 characters" in first.error
+    assert (second.attempt, second.reason, second.failed, second.error) == (2, "correction", [], None)
+    assert second.prompt.startswith(first.prompt) and "第2项：有 30 个字" in second.prompt
+    assert "5 到 8 个字" in second.prompt.removeprefix(first.prompt)
+    assert backends.chat.requests[1].prompt == second.prompt and data["names"] == second.items
+    assert LONG_NAME not in data["names"]
+
+
+def test_a_second_failure_is_a_502_naming_the_step_and_the_check(generate, backends):
+    bad = as_json(item_1="折叠计数凳", item_2=LONG_NAME, item_3="夜行发光护膝")
+    backends.chat.queue(bad, bad)
+    trace = Trace()
+    with pytest.raises(CheckFailed) as caught:
+        generate(2, naming_prompts(schemes=3), trace)
+    error = caught.value
+    assert not isinstance(error, ShortAnswer) and (error.step, error.http_status) == ("naming.names", 502)
+    assert error.kind == "too_long"
+    assert error.describe().startswith("naming.names: GPT's answer failed its checks again") and "too_long" in str(error)
+    assert [e.attempt for e in trace.entries] == [1, 2] and backends.chat.calls == 2
+
+
+def test_a_principle_may_not_name_its_product(paint, gpt, backends):
+    product = "桌下静音踏步机"
+    backends.chat.queue(as_json(item_1=product, item_2="智能计数跳绳"),
+                        as_json(item_1=f"{product}：把微小的重复动作嵌入久坐时间", item_2="用计数反馈让训练看得见"))
+    data, trace = run_with(paint, gpt, backends, 0, {"task": TASK, "num": 2}, sequential=True)
+    first, second = entries(trace, "rapid.abstracts")
+    assert {f.check for f in first.failed} >= {"product_named"} and second.failed == []
+    assert f"出现了产品名称“{product}”" in second.prompt
+    assert not any(product in card["items"][1]["text"] for card in data["result"])
+
+
+@pytest.mark.parametrize("keywords, check", [
+    ("折叠凳, 城市公园, morning light, minimal, wooden bench, soft shadows, wide angle, clean lines", "not_english"),
+    ("folding bench, city park, morning light, minimal, wide angle, soft shadows, clean lines, Negative prompt: "
+     "blurry", "sd_syntax"),
+    ("(masterpiece:1.2), folding bench, city park, morning light, minimal, wide angle, soft shadows, clean lines",
+     "sd_syntax"),
+    ("folding bench, city park, morning light, minimal, wide angle, soft shadows, clean lines --ar 16:9", "sd_syntax"),
+    ("folding bench, park", "keywords"),
+])
+def test_sd_prompts_must_be_plain_english_keywords(paint, gpt, backends, keywords, check):
+    good = "folding bench, city park, morning light, minimal, wide angle, soft shadows, clean lines, photo"
+    backends.chat.queue(None, None, None, as_json(item_1=keywords, item_2=good))  # products, abstracts, scenes
+    data, trace = run_with(paint, gpt, backends, 0, {"task": TASK, "num": 2}, sequential=True)
+    first, second = entries(trace, "rapid.sd_prompts")
+    assert [f.check for f in first.failed] == [check] and second.failed == []
+    prompts = [job.payload["prompt"] for sd in backends.sds for job in sd.jobs]
+    assert len(prompts) == 2 and not any(keywords in prompt for prompt in prompts)
+
+
+@pytest.mark.parametrize("structured, answer", [
+    ("auto", as_json(product=None)),  # the schema's own "can't tell"
+    ("off", Scripted("抱歉，我无法从这张草图中准确判断它画的是什么产品。")),
+])
+def test_identify_that_cannot_tell_is_asked_for_its_best_guess(paint, make_gpt, backends, structured, answer):
+    backends.chat.queue(answer)
+    data, trace = run_with(paint, make_gpt(GPT_STRUCTURED=structured), backends, 1, deep_prompts(), sequential=True)
+    first, second = entries(trace, "deep.identify")
+    assert first.failed[0].check == "unidentifiable" and second.failed == []
+    assert "给出最可能的产品名称" in second.prompt and second.items and "抱歉" not in second.items[0]
+    (products,) = entries(trace, "deep.products")
+    assert f"设计者正在深化的方案：{second.items[0]}\n" in products.prompt and data["count"] == 3
+
+
+def test_group_two_answers_one_list_per_scheme_in_scheme_order(paint, gpt, backends):
+    scenes = {"scheme_1": {"item_1": "清晨的公园长椅旁，训练凳折叠后立在一边", "item_2": "客厅角落里，孩子用它记录跳绳的次数"},
+              "scheme_2": {"item_1": "夜跑的河边步道上，护膝的灯带照亮前方", "item_2": "雨后的操场跑道边，灯光提醒来往的行人"}}
+    backends.chat.queue(Scripted(json.dumps(scenes, ensure_ascii=False)))
+    data, trace = run_with(paint, gpt, backends, 3, group_two_prompts(schemes=2, num=2), sequential=True)
+    (entry,) = entries(trace, "group_two.scenes")
+    flat = [text for scheme in scenes.values() for text in scheme.values()]
+    assert entry.items == flat and len(data["result"]) == 4
+    (prompts,) = entries(trace, "group_two.scene_prompts")
+    assert all(f"{i}. {scene}\n" in prompts.prompt for i, scene in enumerate(flat, 1))
+
+
+def test_a_cut_answer_is_asked_again_with_a_larger_budget(paint, make_gpt, backends):
+    # A name answer is 19 to 22 characters of JSON (10 to 12 tokens): cut at 8 tokens, whole at 16.
+    data, trace = run_with(paint, make_gpt(GPT_MAX_TOKENS=8), backends, 2, naming_prompts(schemes=1, select=1))
+    for step in ("naming.names", "naming.select"):
+        first, second = entries(trace, step)
+        assert (first.finish_reason, first.max_tokens, first.items) == ("length", 8, None)
+        assert "cut at max_tokens=8" in first.error
+        assert (second.reason, second.finish_reason, second.max_tokens, second.error) == ("budget", "stop", 16, None)
+    assert len(data["names"]) == 1 and data["selected"] == data["names"]
+
+
+def test_an_answer_cut_twice_fails_naming_the_cause(generate, backends):
+    backends.chat.script = Scripted('{"item_1": "可收', finish_reason="length")
+    trace = Trace()
+    with pytest.raises(AnswerCut) as caught:
+        generate(2, naming_prompts(schemes=2), trace)
+    assert (caught.value.step, caught.value.http_status, caught.value.kind) == ("naming.names", 502, "cut_off")
+    assert "max_tokens=4000" in str(caught.value) and "GPT_MAX_TOKENS" in str(caught.value)
+    assert [(e.max_tokens, e.reason) for e in trace.entries] == [(2000, None), (4000, "budget")]
+    assert all(e.items is None for e in trace.entries)
+
+
+def test_a_refusal_written_as_text_is_asked_again_then_a_decline(generate, backends):
+    backends.chat.script = Scripted("抱歉，我无法协助完成这个请求。")
+    trace = Trace()
+    with pytest.raises(RefusedInText) as caught:
+        generate(0, {"task": TASK, "num": 2}, trace)
+    error = caught.value
+    assert (error.kind, error.http_status, error.caused_by_input) == ("refusal", 422, True)
+    assert [e.protocol for e in trace.entries] == ["text", "text"]  # JSON was asked for; the text is read as text
+
+
+def test_a_filtered_prompt_is_a_decline_naming_the_step(generate, backends):
+    backends.chat.filter_next(1)
+    trace = Trace()
+    with pytest.raises(GPTContentFiltered) as caught:
+        generate(0, {"task": TASK, "num": 2}, trace)
+    assert caught.value.step == "rapid.products" and caught.value.http_status == 422
+    (entry,) = trace.entries
+    assert "content filter" in entry.error and backends.chat.calls == 1

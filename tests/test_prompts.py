@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from apps.paint.pipelines import SETTINGS_DIR, PaintApp
-from apps.paint.pipelines.settings import SPECS, SettingsError, TemplateCheckError, stated_count
+from apps.paint.pipelines.settings import SPECS, Limits, SettingsError, TemplateCheckError, stated_count
 
 # Steps whose answer feeds Stable Diffusion: they must ask for English keywords.
 ENGLISH = {"rapid/sd_prompts", "deep/sd_prompts", "group_two/scene_prompts", "group_two/product_prompts"}
@@ -132,3 +132,21 @@ def test_sd_options_that_are_not_json_stop_startup(settings):
     (settings / "sd_options.json").write_text("{width: 1024", encoding="utf-8")
     with pytest.raises(SettingsError, match=r"settings/sd_options\.json: not valid JSON"):
         PaintApp(settings)
+
+
+def test_each_step_checks_the_lengths_its_template_states(paint):
+    limits = paint.book.limits
+    assert limits["rapid/products"] == Limits(chars=(None, 12))
+    assert limits["rapid/scenes"].chars == (20, 40) and limits["naming/names"].chars == (5, 8)
+    assert limits["deep/concretes"] == Limits(chars=(20, 50), features=3)
+    assert limits["group_two/product_prompts"] == Limits(keywords=(8, 15))
+
+
+def test_a_template_that_stops_stating_a_checked_length_stops_startup(settings):
+    edit(settings, "rapid/scenes", "20 到 40 字", "二十到四十个字")
+    edit(settings, "deep/sd_prompts", "8 到 15 个", "若干个")
+    with pytest.raises(TemplateCheckError) as caught:
+        PaintApp(settings)
+    message = str(caught.value)
+    assert "settings/rapid/scenes.j2: its step checks the chars of each item" in message
+    assert "settings/deep/sd_prompts.j2: its step checks the keywords of each item" in message

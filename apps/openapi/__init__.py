@@ -194,6 +194,19 @@ RESPONSES = {
         "unreachable (code 3).",
         failure(CODE_BACKEND, CODE_STORAGE),
         {"backend": example("rapid.images: no Stable Diffusion instance is available", CODE_BACKEND)}),
+    "InputDeclined": json_response(
+        "GPT declined the participant's words (Azure's content filter, or the model's refusal): code 1, "
+        "since asking again unchanged meets the same answer; the message names the step and asks the "
+        "participant to rephrase the design task or notes.",
+        failure(CODE_BUSINESS), {"filtered": example(
+            "rapid.products: GPT deployment 'gpt-4o': the content filter blocked the prompt (violence); "
+            "请换一种说法描述设计任务或草图标注后再试")}),
+    "AnswerRejected": json_response(
+        "GPT answered, but not with what the step asked for, even after one corrective retry (a failed "
+        "answer check, named in the message) or after one retry with a larger token budget (a cut answer).",
+        failure(CODE_BACKEND), {"check": example(
+            "naming.names: GPT's answer failed its checks again after a corrective retry (length: item 2: "
+            "41 characters, asked for 5 to 8 characters)", CODE_BACKEND)}),
     "BackendTimeout": json_response(
         "A generative backend did not answer in time; the message names the step.",
         failure(CODE_BACKEND), {"timeout": example("rapid.products: GPT timed out", CODE_BACKEND)}),
@@ -226,13 +239,15 @@ def _text(description: str, example: str, media: str = TEXT) -> dict:
     return {"description": description, "content": {media: {"schema": {"type": "string"}, "example": example}}}
 
 
-READY_EXAMPLE = {"database": {"reachable": True},
+READY_EXAMPLE = {"database": {"reachable": True, "supervised": True, "restarts": 0, "disk_free_mb": 20480,
+                              "disk_full": False},
                  "sd": {"total": 1, "healthy": 1, "busy": 0, "waiting": 0, "closed": False, "instances": [
                      {"name": "http://sd-1:7860", "state": "idle", "healthy": True,
                       "cooldown_remaining": 0, "last_error": ""}]},
                  "gpt": {"configured": True, "provider": "azure", "chat_deployment": "gpt-4o",
-                         "vision_deployment": "gpt-4o", "deployments": {}, "recent_failures": {},
-                         "recent_seconds": 300, "failures_total": {}}}
+                         "vision_deployment": "gpt-4o", "structured": "auto",
+                         "protocols": {"gpt-4o": {"protocol": "structured", "fallback": None}}, "deployments": {},
+                         "recent_failures": {}, "recent_seconds": 300, "failures_total": {}}}
 
 NOT_READY_EXAMPLE = {**READY_EXAMPLE, "sd": {"total": 0, "healthy": 0, "busy": 0, "waiting": 0, "closed": False,
                                              "instances": []}}
@@ -409,7 +424,8 @@ GENERATE_PATHS = {
             "schema": Schema(GENERATE_REQUEST, "validation"),
             "examples": {name: {"value": value} for name, value in REQUEST_EXAMPLES.items()}}}},
         "responses": {"200": {**ok("The creatives.", GENERATE_DATA, RESPONSE_EXAMPLES["type 0"])},
-                      **errors(400, 403, 405, 413, 429, 504, _503="BackendUnavailable")},
+                      **errors(400, 403, 405, 413, 429, 504, _503="BackendUnavailable", _422="InputDeclined",
+                               _502="AnswerRejected")},
     }},
     "/generations": {"get": {
         "tags": ["records"], "operationId": "listGenerations",

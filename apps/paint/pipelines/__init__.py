@@ -21,6 +21,7 @@ from typing import Any
 from agent.gpt import GPTClient
 from agent.pool import SDInstancePool
 from apps.paint.pipelines import deep, group_two, naming, rapid
+from apps.paint.pipelines.answers import Ask
 from apps.paint.pipelines.contract import Answer
 from apps.paint.pipelines.settings import PromptBook, load_sd_options
 from apps.paint.pipelines.steps import Flow, Steps
@@ -40,14 +41,17 @@ class Pipeline:
     answer: type[Answer]
     run: Callable[[Steps, Any], Answer]
     workers: Callable[[Any], int]  # tasks of one request that can run at once
+    asks: dict[str, Ask]  # its GPT steps: how each asks and what it accepts
 
 
 PIPELINES: dict[int, Pipeline] = {
-    0: Pipeline(rapid.RapidPrompts, rapid.RapidAnswer, rapid.run, rapid.workers),
-    1: Pipeline(deep.DeepPrompts, deep.DeepAnswer, deep.run, deep.workers),
-    2: Pipeline(naming.NamingPrompts, naming.NamingAnswer, naming.run, naming.workers),
-    3: Pipeline(group_two.GroupTwoPrompts, group_two.GroupTwoAnswer, group_two.run, group_two.workers),
+    0: Pipeline(rapid.RapidPrompts, rapid.RapidAnswer, rapid.run, rapid.workers, rapid.ASKS),
+    1: Pipeline(deep.DeepPrompts, deep.DeepAnswer, deep.run, deep.workers, deep.ASKS),
+    2: Pipeline(naming.NamingPrompts, naming.NamingAnswer, naming.run, naming.workers, naming.ASKS),
+    3: Pipeline(group_two.GroupTwoPrompts, group_two.GroupTwoAnswer, group_two.run, group_two.workers,
+                group_two.ASKS),
 }
+ASKS: dict[str, Ask] = {step: ask for pipeline in PIPELINES.values() for step, ask in pipeline.asks.items()}
 
 
 class PaintApp:
@@ -57,7 +61,8 @@ class PaintApp:
 
     def __init__(self, settings_dir: Path | None = None) -> None:
         self.settings_dir = Path(settings_dir) if settings_dir is not None else SETTINGS_DIR
-        self.book = PromptBook(self.settings_dir)  # raises TemplateCheckError naming the template
+        # Raises TemplateCheckError naming the template (a step's template must state what its checks read).
+        self.book = PromptBook(self.settings_dir, asks={step.replace(".", "/"): ask for step, ask in ASKS.items()})
         self.sd_options = load_sd_options(self.settings_dir)  # raises SettingsError
         log.info("paint pipelines ready: %d templates checked in %s", len(self.book.specs), self.settings_dir)
 

@@ -7,6 +7,9 @@ Step graph:
 """
 from __future__ import annotations
 
+from apps.paint.pipelines.answers import (
+    FEATURES_OF_PRODUCTS, IDEAS, IDENTIFIED, LABEL, PRINCIPLES, SCENES, SD_PROMPTS, SENTENCE, TOO_LONG, Ask, Named,
+)
 from apps.paint.pipelines.contract import (
     Answer, Creative, SchemeId, Sketch, Task, abstract_image, abstract_text, concrete_text,
 )
@@ -14,6 +17,14 @@ from apps.paint.pipelines.steps import Steps
 
 RELATED = 3  # related products per sketch (the contract's count)
 CARD_TYPE = 2  # deep
+ASKS = {
+    # A sketch that cannot be told is an answer of its own (null), never a sentence in the name.
+    # Lines after the name explain it: the first is the answer (more_ok).
+    "deep.identify": Ask(Named("草图所画产品的名称；实在无法判断时为 null"), (IDENTIFIED, TOO_LONG, SENTENCE, LABEL),
+                         more_ok=True, reads_names=True),
+    "deep.products": IDEAS, "deep.scenes": SCENES, "deep.sd_prompts": SD_PROMPTS, "deep.abstracts": PRINCIPLES,
+    "deep.concretes": FEATURES_OF_PRODUCTS,
+}
 
 
 class DeepPrompts(Sketch):

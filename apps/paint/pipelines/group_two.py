@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from apps.paint.pipelines.answers import FEATURES, LABEL, SCENES, SD_PROMPTS, TOO_LONG, TOO_SHORT, Ask, PerScheme
 from apps.paint.pipelines.contract import (
     MAX_COUNT, Answer, Count, Creative, Item, Notes, abstract_image, concrete_image, concrete_text,
 )
@@ -20,6 +21,12 @@ from core.image_store import Image
 from core.validation import Body
 
 CARD_TYPE = 4  # convergence group two
+ASKS = {  # scenes and features come as one list per scheme, so no scheme's items can slide into another's
+    "group_two.scenes": Ask(PerScheme("一个使用场景，一句话"), SCENES.checks),
+    "group_two.scene_prompts": SD_PROMPTS,
+    "group_two.concretes": Ask(PerScheme("一段功能特征描述"), (TOO_LONG, TOO_SHORT, FEATURES, LABEL)),
+    "group_two.product_prompts": SD_PROMPTS,
+}
 
 
 class GroupTwoPrompts(Body):

@@ -10,10 +10,16 @@ from typing import Annotated
 
 from pydantic import Field
 
+from apps.paint.pipelines.answers import NAMES, Ask, Choices
 from apps.paint.pipelines.contract import MAX_COUNT, Answer, Count, Sketch, Task
 from apps.paint.pipelines.parsing import match_choices
 from apps.paint.pipelines.steps import Steps
 from core.validation import Body
+
+
+# The selection is an enum of the names (structured outputs), or the names it matches (text).
+ASKS = {"naming.names": NAMES, "naming.select": Ask(Choices("一个选中的方案名称，与候选完全一致"), (),
+                                                                 reads_names=True)}
 
 
 class NamingPrompts(Body):

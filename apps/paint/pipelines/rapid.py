@@ -11,11 +11,14 @@ from typing import Annotated
 
 from pydantic import Field
 
+from apps.paint.pipelines.answers import IDEAS, PRINCIPLES, SCENES, SD_PROMPTS
 from apps.paint.pipelines.contract import Answer, Count, Creative, Task, abstract_image, abstract_text
 from apps.paint.pipelines.steps import Steps
 from core.validation import NOT_BLANK, Body
 
 CARD_TYPE = 0  # rapid abstract
+ASKS = {"rapid.products": IDEAS, "rapid.scenes": SCENES, "rapid.sd_prompts": SD_PROMPTS,
+        "rapid.abstracts": PRINCIPLES}
 
 
 class RapidPrompts(Body):

@@ -8,6 +8,9 @@ settings/rapid/products.j2). `SPECS` below is the one list of templates: the var
 may use (with the sample values the startup check renders it with) and the answer it asks
 for. Undefined variables are errors (StrictUndefined), and `counted` templates must state
 their item count as `共 {count} 项` (the parser and the chat simulator both rely on it).
+The lengths a template asks of each item (`不超过 12 个字`, `20 到 40 字`, `8 到 15 个`
+keywords, `至少 3 个` features) are read from its text once, at startup (`Limits`): the
+answer checks hold items to exactly what the model was told.
 
 **Image options** come from settings/sd_options.json: a `defaults` object and, per pipeline,
 one object per image kind (`scene`, `product`) whose keys override the defaults. It is the
@@ -113,6 +116,13 @@ SPECS: dict[str, TemplateSpec] = {
 
 SUFFIX = ".j2"
 COUNT = re.compile(r"共\s*(\d+)\s*项")
+# How a template states the length of each item: characters ("不超过 12 个字", "20 到 40 字",
+# "5 到 8 个汉字"), keywords of an SD prompt ("8 到 15 个"), features ("至少 3 个").
+CHARS_RANGE = re.compile(r"(\d+)\s*到\s*(\d+)\s*个?汉?字")
+CHARS_AT_MOST = re.compile(r"不超过\s*(\d+)\s*个?字")
+KEYWORDS_RANGE = re.compile(r"(\d+)\s*到\s*(\d+)\s*个(?![汉字])")
+FEATURES_AT_LEAST = re.compile(r"至少\s*(\d+)\s*个")
+Span = tuple[int | None, int]  # (fewest or None, most)
 
 
 def stated_count(text: str) -> int | None:
@@ -121,12 +131,39 @@ def stated_count(text: str) -> int | None:
     return int(found[-1]) if found else None
 
 
+@dataclass(frozen=True)
+class Limits:
+    """The lengths a template asks of each item; None where it states none."""
+
+    chars: Span | None = None
+    keywords: Span | None = None
+    features: int | None = None
+
+    @classmethod
+    def stated(cls, text: str) -> Limits:
+        """Return the limits the first statement of each kind in `text` gives."""
+        span, at_most = CHARS_RANGE.search(text), CHARS_AT_MOST.search(text)
+        chars = (int(span[1]), int(span[2])) if span else (None, int(at_most[1])) if at_most else None
+        keywords, features = KEYWORDS_RANGE.search(text), FEATURES_AT_LEAST.search(text)
+        return cls(chars, (int(keywords[1]), int(keywords[2])) if keywords else None,
+                   int(features[1]) if features else None)
+
+
 class PromptBook:
     """The checked templates of one settings directory."""
 
-    def __init__(self, settings_dir: Path, specs: Mapping[str, TemplateSpec] = SPECS) -> None:
+    def __init__(self, settings_dir: Path, specs: Mapping[str, TemplateSpec] = SPECS,
+                 asks: Mapping[str, Any] | None = None) -> None:
+        """Load and check every template.
+
+        `asks` maps a template to its GPT step's declaration (an answers.Ask, from the pipeline
+        modules): the template must state every limit the step's checks read (`Check.needs`).
+        """
         self.settings_dir = Path(settings_dir)
         self.specs = dict(specs)
+        self.asks = dict(asks or {})
+        # What each template asks of an item, from its sample rendering (never a participant's words).
+        self.limits: dict[str, Limits] = {}
         self._env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(self.settings_dir)),
             undefined=jinja2.StrictUndefined,
@@ -136,6 +173,8 @@ class PromptBook:
             keep_trailing_newline=False,
         )
         problems = [problem for name in self.specs if (problem := self._check(name))]
+        problems += [f"{self.path(name)}: a pipeline step asks with it, but SPECS has no such template"
+                     for name in self.asks if name not in self.specs]
         if problems:
             raise TemplateCheckError("prompt templates failed the startup check:\n  "
                                      + "\n  ".join(problems))
@@ -177,6 +216,14 @@ class PromptBook:
         if spec.counted and stated_count(text) != spec.sample["count"]:
             return (f"{where}: must end its request with '共 {{{{ count }}}} 项' "
                     "(the last '共 N 项' tells the model, the parser and the simulator how many items)")
+        limits = self.limits[name] = Limits.stated(text)
+        ask = self.asks.get(name)
+        needs = {check.needs for check in ask.checks if check.needs} if ask is not None else set()
+        missing = sorted(need for need in needs if getattr(limits, need) is None)
+        if missing:
+            return (f"{where}: its step checks the {' and '.join(missing)} of each item, but the template "
+                    "states no such limit (write e.g. '不超过 12 个字', '20 到 40 字', '8 到 15 个' keywords, "
+                    "'至少 3 个' features)")
         return None
 
     def _warn_unused(self) -> None:
