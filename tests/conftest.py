@@ -74,12 +74,6 @@ def app(make_app) -> Flask:
 
 
 @pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    """A test client of `app`."""
-    return app.test_client()
-
-
-@pytest.fixture
 def database_of() -> Iterator[Callable[[Flask], Database]]:
     """Return `database_of(app)`: a separate pymongo handle on the app's database, closed after the test."""
     opened: list[MongoClient] = []
@@ -106,12 +100,6 @@ def wire_gate(mongo_uri: str) -> Iterator[TcpGate]:
 def gated_app(make_app, wire_gate: TcpGate) -> Flask:
     """An app on a fresh database that it reaches through `wire_gate`."""
     return make_app(MONGO_URI=wire_gate.uri)
-
-
-@pytest.fixture
-def db(app: Flask, database_of) -> Database:
-    """A separate pymongo handle on `app`'s database, to check what was really written."""
-    return database_of(app)
 
 
 @pytest.fixture(scope="session")
@@ -205,13 +193,23 @@ def gen_app(make_gen_app) -> Flask:
     return make_gen_app()
 
 
-@pytest.fixture
-def gen_client(gen_app: Flask) -> FlaskClient:
-    """A test client of `gen_app`."""
-    return gen_app.test_client()
+# -- a client and a database handle of each app fixture --------------------------------------
+def _client_and_db(app: str) -> tuple[Any, Any]:
+    """Return the fixtures `<prefix>client` and `<prefix>db` of the app fixture `<prefix>app`."""
+    prefix = app.removesuffix("app")
+
+    @pytest.fixture(name=f"{prefix}client")
+    def client_of(request: pytest.FixtureRequest) -> FlaskClient:
+        """A test client of the app."""
+        return request.getfixturevalue(app).test_client()
+
+    @pytest.fixture(name=f"{prefix}db")
+    def db_of(request: pytest.FixtureRequest, database_of) -> Database:
+        """A separate pymongo handle on the app's database, to check what was really written."""
+        return database_of(request.getfixturevalue(app))
+
+    return client_of, db_of
 
 
-@pytest.fixture
-def gen_db(gen_app: Flask, database_of) -> Database:
-    """A separate pymongo handle on `gen_app`'s database, to check what was really written."""
-    return database_of(gen_app)
+client, db = _client_and_db("app")
+gen_client, gen_db = _client_and_db("gen_app")
