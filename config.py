@@ -55,6 +55,9 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 32 * MB),
         # /paint/save carries a participant's whole session, every sketch included.
         "SAVE_MAX_CONTENT_LENGTH": _int(env, "SAVE_MAX_CONTENT_LENGTH", 512 * MB),
+        # Memory every request body together may hold at once; a body costs twice its size
+        # while it is read (core/request_body.py), so the default holds one largest save.
+        "BODY_MEMORY_BUDGET": _int(env, "BODY_MEMORY_BUDGET", 1536 * MB),
         "CORS_ORIGINS": _list(env, "CORS_ORIGINS") or ["*"],
         "API_TOKEN": env.get("API_TOKEN") or None,
         # Reverse proxies in front of the server whose X-Forwarded-For may be believed.

@@ -58,9 +58,14 @@ class StorageUnavailable(ApiError):
     code = CODE_STORAGE
 
 
+def document(data=None, *, success: bool = True, code: int = CODE_OK, message: str = "") -> dict:
+    """Return the envelope as a plain value, for answers written outside a Flask request too."""
+    return {"success": success, "data": data, "code": code, "message": message}
+
+
 def envelope(data=None, *, success: bool = True, code: int = CODE_OK, message: str = "", status: int = 200) -> Response:
     """Return a JSON response in the envelope."""
-    response = jsonify({"success": success, "data": data, "code": code, "message": message})
+    response = jsonify(document(data, success=success, code=code, message=message))
     response.status_code = status
     return response
 

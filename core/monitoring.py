@@ -9,7 +9,8 @@ header value, key, token or image.
 default registry is never used). Requests are counted after every response, generations
 when POST /generate ends, and the SD pool and GPT client are read at scrape time by two
 collectors that only turn their `snapshot()` (no network, no credentials) into metric
-families, so GET /metrics always shows their state at that moment. Labels are bounded:
+families, as the body memory budget's reservations are by a gauge, so GET /metrics always
+shows their state at that moment. Labels are bounded:
 route patterns, never concrete paths; step names without their "[i]" index.
 
 **Readiness** (GET /readyz) is cheap by design: one MongoDB ping with a short timeout, and
@@ -34,13 +35,14 @@ from contextlib import contextmanager
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent.gpt import NOT_CONFIGURED, GPTClient
 from agent.pool import SDInstancePool
 from core.backends import GPT, SD_POOL
+from core.request_body import EXTENSION as BODY_MEMORY
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +156,9 @@ def _count_requests(app: Flask) -> Metrics:
     metrics = Metrics()
     metrics.registry.register(PoolCollector(app.extensions[SD_POOL]))
     metrics.registry.register(GPTCollector(app.extensions[GPT]))
+    budget = app.extensions[BODY_MEMORY]
+    Gauge("refinity_body_memory_reserved_bytes", "Bytes of BODY_MEMORY_BUDGET that request bodies hold now",
+          registry=metrics.registry).set_function(lambda: budget.used)
     app.extensions[EXTENSION] = metrics
     app.after_request(_after)
     return metrics
