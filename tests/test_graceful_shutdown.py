@@ -11,9 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,62 +21,28 @@ from pymongo import MongoClient
 from pymongo.errors import ConnectionFailure
 
 from apps.records import COLLECTION
-from config import from_env
 from core.embedded_store import free_port
 from core.factory import close_app, create_app
 from simulators.chat import ChatSimulator
 from simulators.webui import SDWebUISimulator
 from tests.helpers import RAPID_TWO, Worker, body, check_rapid, save_body, scheme, wait_until
+from tests.production_server import Gunicorn, pings, production_env
 from tests.tcp_gate import TcpGate
 
-ROOT = Path(__file__).resolve().parents[1]
 KEY = "graceful-sim-key"
 GRACEFUL_TIMEOUT = 10
 USERS = ("alice", "bob")
 
 
-class Gunicorn:
-    """The production server as a subprocess, its output collected line by line."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.lines: list[str] = []
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"], cwd=ROOT, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    def said(self, text: str) -> bool:
-        """Return whether any output line so far contains `text`."""
-        return any(text in line for line in list(self.lines))
-
-    def close(self) -> None:
-        """Kill the server if it still runs and collect its output."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(10)
-        self._reader.join(10)
-        self.process.stdout.close()
-
-
 def server_env(port: int, store_port: int, db_name: str, chat: ChatSimulator, sds, data_dir: Path) -> dict[str, str]:
     """Return the environment of the production server, every backend on loopback."""
-    # Every setting the server reads is set here (empty means its default), so neither the
-    # caller's environment nor a .env file can change what this test runs.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GUNICORN_")}
-    env.update({name: "" for name in from_env({})})
-    env.update({
-        "HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": "INFO",
-        "MONGO_URI": f"mongodb://127.0.0.1:{store_port}/", "MONGO_DB": db_name, "MONGO_TIMEOUT_MS": "5000",
-        "DATA_DIR": str(data_dir), "SD_ENDPOINTS": ",".join(sd.endpoint for sd in sds),
-        "AZURE_OPENAI_ENDPOINT": chat.url, "AZURE_OPENAI_API_KEY": KEY,
-        "GUNICORN_GRACEFUL_TIMEOUT": str(GRACEFUL_TIMEOUT), "GUNICORN_THREADS": "16",
-    })
-    return env
+    return production_env(
+        HOST="127.0.0.1", PORT=str(port), LOG_LEVEL="INFO",
+        MONGO_URI=f"mongodb://127.0.0.1:{store_port}/", MONGO_DB=db_name, MONGO_TIMEOUT_MS="5000",
+        DATA_DIR=str(data_dir), SD_ENDPOINTS=",".join(sd.endpoint for sd in sds),
+        AZURE_OPENAI_ENDPOINT=chat.url, AZURE_OPENAI_API_KEY=KEY,
+        GUNICORN_GRACEFUL_TIMEOUT=str(GRACEFUL_TIMEOUT), GUNICORN_THREADS="16",
+    )
 
 
 def post(base: str, path: str, sent: dict) -> tuple[int, dict]:
@@ -112,7 +75,7 @@ def test_sigterm_lets_requests_in_flight_finish(mongo_uri, tmp_path):
             TcpGate(("127.0.0.1", store_port)) as gate:
         server = Gunicorn(server_env(port, gate.port, db_name, chat, [sd1, sd2], tmp_path / "var"))
         try:
-            wait_until(lambda: _pings(base), 20, "gunicorn to answer")
+            wait_until(lambda: pings(base), 20, "gunicorn to answer")
             for name in USERS:
                 assert post(base, "/paint/start", {"username": name})[0] == 200
                 assert post(base, "/paint/save", save_body(name, rapid=[scheme("old")], task="old"))[0] == 200
@@ -146,13 +109,6 @@ def test_sigterm_lets_requests_in_flight_finish(mongo_uri, tmp_path):
     output = "".join(server.lines)
     assert "Traceback" not in output and "could not write" not in output, output
     check_stored(mongo_uri, db_name)
-
-
-def _pings(base: str) -> bool:
-    try:
-        return requests.get(base + "/ping", timeout=1).text == "pong"
-    except requests.RequestException:  # not listening yet, or the worker is still booting
-        return False
 
 
 def _ok() -> dict:

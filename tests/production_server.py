@@ -1,0 +1,61 @@
+"""The production server, `gunicorn -c gunicorn.conf.py app:app`, as a subprocess of a test."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import requests
+
+from config import from_env
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def production_env(**settings: str) -> dict[str, str]:
+    """Return the server's environment: every setting it reads set, to `settings` or empty (its default).
+
+    So neither the caller's environment nor a .env file can change what a test runs.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUNICORN_")}
+    env.update({name: "" for name in from_env({})})
+    env.update(settings)
+    return env
+
+
+class Gunicorn:
+    """The production server as a subprocess, its output collected line by line."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"], cwd=ROOT, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def said(self, text: str) -> bool:
+        """Return whether any output line so far contains `text`."""
+        return any(text in line for line in list(self.lines))
+
+    def close(self) -> None:
+        """Kill the server if it still runs and collect its output."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+        self._reader.join(10)
+        self.process.stdout.close()
+
+
+def pings(base: str) -> bool:
+    """Return whether the server at `base` answers /ping (False while it is still starting)."""
+    try:
+        return requests.get(base + "/ping", timeout=1).text == "pong"
+    except requests.RequestException:  # not listening yet, or the worker is still booting
+        return False
