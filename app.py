@@ -13,6 +13,7 @@ import signal
 import sys
 
 from core.factory import close_app, create_app
+from core.request_body import return_freed_bodies
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     # stops the embedded store cleanly; Python's default would skip it and orphan the store.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     server = create_app(overrides)
+    return_freed_bodies()  # so the process's memory follows BODY_MEMORY_BUDGET
     try:
         server.run(host=server.config["HOST"], port=server.config["PORT"], threaded=True)
     finally:

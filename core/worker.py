@@ -158,6 +158,8 @@ class BufferedThreadWorker(ThreadWorker):
         self._min_rate: int = settings["REQUEST_MIN_RATE"]
         self._largest = request_body.largest_body(settings)
         self._raise_file_limit()
+        if not request_body.return_freed_bodies():
+            self.log.warning("could not make malloc return freed request bodies; memory may exceed BODY_MEMORY_BUDGET")
         super().run()
 
     def _raise_file_limit(self) -> None:
@@ -192,7 +194,12 @@ class BufferedThreadWorker(ThreadWorker):
             if not data:  # the client went away
                 self._close(conn)
                 return
-            if not self._take(conn, incoming, data):
+            try:
+                if not self._take(conn, incoming, data):
+                    return
+            except Exception:  # one connection's trouble must not stop the loop every connection needs
+                self.log.exception("could not read a request from %s", conn.client)
+                self._close(conn)
                 return
 
     def _take(self, conn, incoming: _Incoming, data: bytes) -> bool:
@@ -260,7 +267,7 @@ class BufferedThreadWorker(ThreadWorker):
         if not body.done:
             return True
         read = ReadBody(self._budget, body.pieces, incoming.reserved)
-        incoming.reserved = 0
+        body.pieces, incoming.reserved = [], 0  # the thread's join frees the pieces: nothing else holds them
         self._dispatch(conn, _Ready(incoming.head + rest, read))
         return False
 
