@@ -5,10 +5,12 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import requests
 
+from bench import proc_stats
 from config import from_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,10 +30,11 @@ def production_env(**settings: str) -> dict[str, str]:
 class Gunicorn:
     """The production server as a subprocess, its output collected line by line."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], args: Sequence[str] = ()) -> None:
+        """Start it with `env`, and `args` for gunicorn's command line (they override gunicorn.conf.py)."""
         self.lines: list[str] = []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"], cwd=ROOT, env=env,
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *args, "app:app"], cwd=ROOT, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -43,6 +46,10 @@ class Gunicorn:
     def said(self, text: str) -> bool:
         """Return whether any output line so far contains `text`."""
         return any(text in line for line in list(self.lines))
+
+    def worker(self) -> int:
+        """Return the process id of its one worker."""
+        return proc_stats.only_child(self.process.pid, "gunicorn")
 
     def close(self) -> None:
         """Kill the server if it still runs and collect its output."""
