@@ -8,6 +8,9 @@
   and sent again after `Retry-After` while the server is busy.
 - `Bystander`: a participant calling /ping and /paint/start in turn, each on a new connection,
   every answer timed.
+
+`largest_saves` and `slow_clients` run the scenarios of bench/hostile_bench.py and of the
+load tests (tests/test_hostile_clients.py) with them.
 """
 from __future__ import annotations
 
@@ -19,11 +22,13 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import requests
 
+from bench import proc_stats
 from tests.helpers import save_body
 from tests.raw_http import Connection, request_head
 
@@ -203,3 +208,55 @@ class Bystander(threading.Thread):
         """Stop after the call in progress."""
         self._stop_event.set()
         self.join(self.timeout + 5)
+
+
+# -- the scenarios, for the benchmark and the load tests ---------------------------------------------
+@dataclass
+class SavesRun:
+    """What `largest_saves` saw: each save's outcome, the worker's memory in KiB, the time, the bystander."""
+
+    outcomes: list[SaveOutcome]
+    start_kb: int
+    peak_kb: int
+    seconds: float
+    bystander: Bystander
+
+
+def largest_saves(server, count: int, size: int, limit: float, bystander_timeout: float = 30.0) -> SavesRun:
+    """Have `count` participants send a `size` save to `server` (a tests.production_server.Gunicorn) at once."""
+    save, port = LargestSave(size), server.port
+    names = [f"saver-{i:04d}" for i in range(count)]
+    for name in names:
+        requests.post(f"http://127.0.0.1:{port}/paint/start", json={"username": name}, timeout=30).raise_for_status()
+    worker = server.worker()
+    start_kb = proc_stats.memory_kb(worker)[0]
+    sampler = proc_stats.Sampler({"worker": worker}, interval=0.05).start()
+    bystander = Bystander(port, timeout=bystander_timeout)
+    bystander.start()
+    began = time.monotonic()
+    try:
+        with ThreadPoolExecutor(count) as pool:
+            outcomes = list(pool.map(lambda name: send_save(port, save, name, began + limit), names))
+    finally:
+        seconds = time.monotonic() - began
+        bystander.stop()
+        peak_kb = sampler.stop()["worker"].peak_rss_kb
+    return SavesRun(outcomes, start_kb, peak_kb, seconds, bystander)
+
+
+def slow_clients(port: int, count: int, seconds: float, until: Callable[[SlowClients], bool] | None = None,
+                 bystander_timeout: float = 30.0) -> tuple[SlowClients, Bystander]:
+    """Open `count` slow connections, then have a bystander call for `seconds` (or until `until(slow)`)."""
+    slow = SlowClients(port, count)
+    slow.start()
+    opening = time.monotonic() + 60
+    while slow.opened < count and time.monotonic() < opening:
+        time.sleep(0.1)
+    bystander = Bystander(port, timeout=bystander_timeout)
+    bystander.start()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not (until and until(slow)):
+        time.sleep(0.1)
+    bystander.stop()
+    slow.stop()
+    return slow, bystander

@@ -1,18 +1,19 @@
 """The production worker: gunicorn's gthread, except that each request is read whole before a thread serves it.
 
 gunicorn's gthread worker gives a connection to a thread as soon as it is readable, and the
-thread then blocks reading the head and the body as slowly as the client sends them: 64
-clients sending a byte every two seconds hold all 64 threads, and nobody else is served.
+thread then blocks reading the head and the body as slowly as the client sends them: as many
+clients as there are threads, each sending a byte every two seconds, hold every thread, and
+nobody else is served.
 This worker reads requests on its event loop (the one thread that accepts connections),
 without blocking, as a reverse proxy in front of the threads would:
 
 - A request's head must arrive within REQUEST_READ_TIMEOUT seconds of the connection (or of
   the previous answer on it); its body within that time again, plus a second for every
   REQUEST_MIN_RATE bytes of it that arrive. A slower client gets 408 and is disconnected.
-- Every byte held is reserved first from the app's body memory budget (`core.request_body`):
-  a head as it arrives, a body by its Content-Length before any of it is read (a chunked one
-  as it arrives). A body that cannot be reserved is not read: the request goes to the app
-  at once, which answers 503 (or 413). So is one above the largest body any route takes.
+- What the loop holds counts against the app's body memory budget (`core.request_body`): a
+  head's bytes as they arrive, a body by its Content-Length before any of it is read (a
+  chunked one as it arrives). A body that cannot be reserved is not read: the request goes to
+  the app at once, which answers 503 (or 413); so does one above the largest body any route takes.
 - A thread gets a request once all of it is in memory, so threads only ever wait for the app.
 - A connection that closes lingers on the loop, draining what the client still sends so that
   a reset does not cut off its answer (gunicorn lingers up to 2 s in the loop's own thread).
@@ -111,8 +112,8 @@ class _ChunkedBody:
 class _Incoming:
     """A request arriving on one connection: its head's bytes, then its body."""
 
-    def __init__(self, data: bytes, deadline: float) -> None:
-        self.buffer = bytearray(data)  # the head, and whatever came with it
+    def __init__(self, deadline: float) -> None:
+        self.buffer = bytearray()  # the head, and whatever came with it
         self.deadline = deadline
         self.held = 0  # head bytes reserved from the budget
         self.head = b""
@@ -177,7 +178,7 @@ class BufferedThreadWorker(ThreadWorker):
         """Read the connection's next request on the loop (gunicorn would give it to a thread now)."""
         data = conn.parser.unreader.take_buffered() if conn.parser else b""
         conn.sock.setblocking(False)
-        incoming = self._incoming[conn] = _Incoming(b"", time.monotonic() + self._timeout)
+        incoming = self._incoming[conn] = _Incoming(time.monotonic() + self._timeout)
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
         if data:
             self._take(conn, incoming, data)

@@ -1,17 +1,20 @@
-"""The production server, `gunicorn -c gunicorn.conf.py app:app`, as a subprocess of a test."""
+"""The production server, `gunicorn -c gunicorn.conf.py app:app`, as a subprocess of a test or a benchmark."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
 
 from bench import proc_stats
 from config import from_env
+from core.embedded_store import free_port
+from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,6 +36,7 @@ class Gunicorn:
     def __init__(self, env: dict[str, str], args: Sequence[str] = ()) -> None:
         """Start it with `env`, and `args` for gunicorn's command line (they override gunicorn.conf.py)."""
         self.lines: list[str] = []
+        self.port = int(env["PORT"])
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *args, "app:app"], cwd=ROOT, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -66,3 +70,16 @@ def pings(base: str) -> bool:
         return requests.get(base + "/ping", timeout=1).text == "pong"
     except requests.RequestException:  # not listening yet, or the worker is still booting
         return False
+
+
+@contextmanager
+def serving(args: Sequence[str] = (), **settings: str) -> Iterator[Gunicorn]:
+    """Run the server on a free loopback port with `settings` (and gunicorn `args`) for the block, then stop it."""
+    server = Gunicorn(production_env(HOST="127.0.0.1", PORT=str(free_port()), **settings), args)
+    try:
+        wait_until(lambda: pings(f"http://127.0.0.1:{server.port}"), 120, "gunicorn to answer")
+        yield server
+        server.process.terminate()  # gracefully: the worker stops what it started
+        server.process.wait(150)
+    finally:
+        server.close()

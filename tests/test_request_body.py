@@ -15,7 +15,8 @@ import requests
 from werkzeug.serving import make_server
 
 from core.request_body import EXTENSION, PARSE_FACTOR, RETRY_AFTER
-from tests.helpers import save_body, scheme
+from tests.helpers import PROMPTS, body, save_body, scheme
+from tests.openapi_support import check_response
 
 MB = 1024 * 1024
 BUDGET = 4 * MB
@@ -112,3 +113,16 @@ def test_a_chunked_body_reserves_as_it_arrives(served):
     too_big = json.dumps(save_body("dave", rapid=[sketch_of(3 * MB)])).encode()
     assert requests.post(base + "/paint/save", data=chunked(too_big), headers=headers).status_code == 413
     assert budget.used == 0
+
+
+@pytest.mark.parametrize("path,value", [
+    ("/paint/start", {"username": "erin"}),
+    ("/paint/save", save_body("erin")),
+    ("/generate", body(0, PROMPTS[0])),
+])
+def test_busy_answers_are_as_the_document_says(make_app, path, value):
+    app = make_app(BODY_MEMORY_BUDGET=BUDGET)
+    assert app.extensions[EXTENSION].reserve(BUDGET)
+    answer = app.test_client().post(path, json=value)
+    assert answer.status_code == 503 and answer.get_json()["code"] == 1
+    check_response(path, "post", answer)

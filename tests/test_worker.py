@@ -6,17 +6,20 @@ threads, a 2 s read timeout and an 8 MB body budget, on the session's store.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import requests
+from gunicorn.config import Config
+from gunicorn.errors import ConfigError
 
-from core.embedded_store import free_port
 from core.request_body import RETRY_AFTER
-from tests.helpers import save_body, scheme, wait_until
-from tests.production_server import Gunicorn, pings, production_env
+from core.worker import BufferedThreadWorker
+from tests.helpers import save_body, scheme
+from tests.production_server import serving
 from tests.raw_http import Connection, json_request, request_head
 
 MB = 1024 * 1024
@@ -29,20 +32,13 @@ JSON = "application/json"
 
 @pytest.fixture(scope="module")
 def port(mongo_uri, tmp_path_factory) -> Iterator[int]:
-    """Start the production server for the module and return its port."""
-    port = free_port()
-    server = Gunicorn(production_env(
-        HOST="127.0.0.1", PORT=str(port), MONGO_URI=mongo_uri, MONGO_DB=f"worker_{uuid.uuid4().hex[:12]}",
-        DATA_DIR=str(tmp_path_factory.mktemp("worker")), GUNICORN_THREADS=str(THREADS),
-        REQUEST_READ_TIMEOUT=str(READ_TIMEOUT), BODY_MEMORY_BUDGET=str(BUDGET), SAVE_MAX_CONTENT_LENGTH=str(SAVE_MAX)))
-    try:
-        wait_until(lambda: pings(f"http://127.0.0.1:{port}"), 30, "gunicorn to answer")
-        yield port
-        server.process.terminate()
-        server.process.wait(30)
-    finally:
-        server.close()
-    assert "Traceback" not in "".join(server.lines), "".join(server.lines)
+    """Run the production server for the module and return its port."""
+    with serving(MONGO_URI=mongo_uri, MONGO_DB=f"worker_{uuid.uuid4().hex[:12]}",
+                 DATA_DIR=str(tmp_path_factory.mktemp("worker")), GUNICORN_THREADS=str(THREADS),
+                 REQUEST_READ_TIMEOUT=str(READ_TIMEOUT), BODY_MEMORY_BUDGET=str(BUDGET),
+                 SAVE_MAX_CONTENT_LENGTH=str(SAVE_MAX)) as server:
+        yield server.port
+    assert not server.said("Traceback"), "".join(server.lines)
 
 
 def post(port: int, path: str, value) -> requests.Response:
@@ -178,3 +174,13 @@ def test_bodies_are_read_only_within_the_budget(port):
         connection.send(request_head("POST", "/paint/save", too_large, Content_Type=JSON))
         assert connection.answer().status == 413
     assert reserved(port) == 0
+
+
+@pytest.mark.parametrize("setting,value", [("certfile", "server.pem"), ("http_protocols", "h1,h2"),
+                                           ("http2_cleartext", "upgrade")])
+def test_the_worker_refuses_to_start_on_what_its_loop_cannot_read(setting, value):
+    cfg = Config()
+    BufferedThreadWorker.check_config(cfg, logging.getLogger(__name__))  # gunicorn.conf.py's plain HTTP/1.1
+    cfg.set(setting, value)
+    with pytest.raises(ConfigError, match="plain HTTP/1.1"):
+        BufferedThreadWorker.check_config(cfg, logging.getLogger(__name__))
