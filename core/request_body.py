@@ -211,6 +211,8 @@ def largest_body(config) -> int:
 
 def init_app(app: Flask) -> None:
     """Give `app` its body memory budget, released by every request as it ends."""
+    if app.config["BODY_MEMORY_BUDGET"] <= 0:
+        raise ValueError("BODY_MEMORY_BUDGET must be a positive number of bytes")
     budget = BodyMemoryBudget(app.config["BODY_MEMORY_BUDGET"])
     app.extensions[EXTENSION] = budget
     app.teardown_request(_release)

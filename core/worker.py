@@ -158,6 +158,8 @@ class BufferedThreadWorker(ThreadWorker):
         self._timeout: float = settings["REQUEST_READ_TIMEOUT"]
         self._min_rate: int = settings["REQUEST_MIN_RATE"]
         self._largest = request_body.largest_body(settings)
+        if self._timeout <= 0 or self._min_rate <= 0:
+            raise ConfigError("REQUEST_READ_TIMEOUT and REQUEST_MIN_RATE must be positive")
         self._raise_file_limit()
         if not request_body.return_freed_bodies():
             self.log.warning("could not make malloc return freed request bodies; memory may exceed BODY_MEMORY_BUDGET")

@@ -126,3 +126,8 @@ def test_busy_answers_are_as_the_document_says(make_app, path, value):
     answer = app.test_client().post(path, json=value)
     assert answer.status_code == 503 and answer.get_json()["code"] == 1
     check_response(path, "post", answer)
+
+
+def test_a_budget_must_be_positive(make_app):
+    with pytest.raises(ValueError, match="BODY_MEMORY_BUDGET"):
+        make_app(BODY_MEMORY_BUDGET=0)
