@@ -1,6 +1,7 @@
 """JSON in and out of the API: request bodies read with jiter, answers written with orjson.
 
-`read_body` keeps the guarantees the server always gave: a body must be sent as
+`read_body` takes the body's bytes from `core.request_body`, within the body memory budget,
+and keeps the guarantees the server always gave: a body must be sent as
 application/json, be strict UTF-8 (a leading BOM is allowed) and hold one JSON object;
 NaN, Infinity, lone surrogate escapes and nesting deeper than the parser goes are refused
 with 400 "body: ...". It reads with jiter (pydantic-core's parser, `from_json`), which

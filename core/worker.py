@@ -38,6 +38,7 @@ from gunicorn.http.errors import NoMoreData
 from gunicorn.http.message import Request
 from gunicorn.http.unreader import IterUnreader
 from gunicorn.workers.gthread import ThreadWorker
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from core import json_codec, request_body
 from core.envelope import CODE_BUSINESS, document
@@ -242,7 +243,7 @@ class BufferedThreadWorker(ThreadWorker):
                 return False
             try:
                 incoming.reserved = self._budget.admit(length)
-            except Exception as error:  # 413 or 503, for the app to answer
+            except (RequestEntityTooLarge, BodyMemoryFull) as error:  # for the app to answer
                 self._refuse(conn, incoming, error, unread=length - len(rest))
                 return False
             incoming.body = _LengthBody(length)
@@ -262,9 +263,9 @@ class BufferedThreadWorker(ThreadWorker):
         if isinstance(body, _ChunkedBody) and taken:
             try:
                 if body.size > self._largest:
-                    raise request_body.RequestEntityTooLarge()
+                    raise RequestEntityTooLarge()
                 incoming.reserved += self._budget.admit(taken)
-            except Exception as error:
+            except (RequestEntityTooLarge, BodyMemoryFull) as error:
                 self._refuse(conn, incoming, error)
                 return False
         if not body.done:
