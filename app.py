@@ -1,9 +1,11 @@
 """Entry point of the Refinity API server.
 
-`python app.py` serves on HOST:PORT with Flask's threaded server; `python app.py --demo`
-does the same with simulated GPT and Stable Diffusion backends, for a machine with no
-keys and no GPU. Under gunicorn (`gunicorn -c gunicorn.conf.py app:app`) the module
-attribute `app` is built on first access, so importing this module starts nothing.
+`python app.py` serves on HOST:PORT (loopback unless HOST says otherwise) with Werkzeug's
+threaded server; `python app.py --demo` does the same with simulated GPT and Stable
+Diffusion backends, for a machine with no keys and no GPU. Either way the logs are JSON
+lines on stderr (core.logs) and what the server refuses itself is answered in the envelope
+(core.serving), as under gunicorn (`gunicorn -c gunicorn.conf.py app:app`), for which the
+module attribute `app` is built on first access, so importing this module starts nothing.
 """
 from __future__ import annotations
 
@@ -12,8 +14,15 @@ import logging
 import signal
 import sys
 
+from werkzeug.serving import make_server
+
+from config import from_env
+from core import logs
 from core.factory import close_app, create_app
 from core.request_body import return_freed_bodies
+from core.serving import EnvelopeRequestHandler
+
+log = logging.getLogger("app")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", action="store_true", help="start simulated GPT and SD backends too")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(from_env()["LOG_LEVEL"])  # first, so the store line and every warning are JSON too
     overrides = {}
     if args.demo:
         from simulators.demo import start_demo_backends
@@ -33,7 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     server = create_app(overrides)
     return_freed_bodies()  # so the process's memory follows BODY_MEMORY_BUDGET
     try:
-        server.run(host=server.config["HOST"], port=server.config["PORT"], threaded=True)
+        http = make_server(server.config["HOST"], server.config["PORT"], server, threaded=True,
+                           request_handler=EnvelopeRequestHandler)
+        log.info("serving on http://%s:%d", server.config["HOST"], http.server_port)
+        http.serve_forever()  # until Ctrl-C or SIGTERM
     finally:
         close_app(server)
 

@@ -1,13 +1,17 @@
 """Configuration read from environment variables, with safe defaults.
 
 Every setting is a key of the Flask config with the same name as its environment
-variable. `.env` in the working directory is loaded for local runs (it never
-overrides a variable that is already set). Nothing secret has a default.
+variable. `.env` in the project directory is loaded for local runs (it never
+overrides a variable that is already set). Nothing secret has a default. Relative paths
+(DATA_DIR) are taken from the project directory, not the working directory, so the
+server finds its data wherever it is started from.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from dotenv import load_dotenv
@@ -16,6 +20,8 @@ from dotenv import load_dotenv
 APP_PAINT = 0
 
 MB = 1024 * 1024
+PROJECT_DIR = Path(__file__).resolve().parent
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -42,15 +48,42 @@ def _list(env: Mapping[str, str], name: str) -> list[str]:
     return [item.strip() for item in (env.get(name) or "").split(",") if item.strip()]
 
 
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in _TRUE | _FALSE:
+        raise ValueError(f"{name} must be 1 or 0 (or true/false, yes/no, on/off), got {env.get(name)!r}")
+    return raw in _TRUE
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[Network, ...]:
+    try:
+        # strict=False: 192.168.1.7/24 means that host's network, as operators often write it.
+        return tuple(ipaddress.ip_network(item, strict=False) for item in _list(env, name))
+    except ValueError as error:
+        raise ValueError(f"{name} must be comma-separated networks such as 10.0.0.0/8 or 192.168.1.5, "
+                         f"got {env.get(name)!r}: {error}") from None
+
+
+def _path(env: Mapping[str, str], name: str, default: str) -> str:
+    # Joining keeps an absolute path as it is and puts a relative one under the project.
+    return str(PROJECT_DIR / Path(env.get(name) or default).expanduser())
+
+
 def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Return the server's settings from `env` (default: the process environment and `.env`)."""
     if env is None:
-        load_dotenv(override=False)
+        load_dotenv(PROJECT_DIR / ".env", override=False)
         env = os.environ
     chat_deployment = env.get("AZURE_OPENAI_DEPLOYMENT") or "gpt-4o"
     return {
         # HTTP server
-        "HOST": env.get("HOST") or "0.0.0.0",
+        # Loopback only: serving the network is a deliberate HOST=0.0.0.0.
+        "HOST": env.get("HOST") or "127.0.0.1",
         "PORT": _int(env, "PORT", 5000),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 32 * MB),
         # /paint/save carries a participant's whole session, every sketch included.
@@ -63,7 +96,12 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "REQUEST_READ_TIMEOUT": _float(env, "REQUEST_READ_TIMEOUT", 10.0),
         "REQUEST_MIN_RATE": _int(env, "REQUEST_MIN_RATE", 32 * 1024),
         "CORS_ORIGINS": _list(env, "CORS_ORIGINS") or ["*"],
+        # The researcher token: researcher routes need it; while it is unset they answer loopback only.
         "API_TOKEN": env.get("API_TOKEN") or None,
+        # Client networks that may use the participant routes; empty means any.
+        "ALLOWED_CLIENTS": _networks(env, "ALLOWED_CLIENTS"),
+        # On: only usernames a researcher registered (flask participants add) may take part.
+        "PARTICIPANT_REGISTER": _bool(env, "PARTICIPANT_REGISTER", False),
         # Reverse proxies in front of the server whose X-Forwarded-For may be believed.
         "TRUSTED_PROXIES": _int(env, "TRUSTED_PROXIES", 0),
         "LOG_LEVEL": env.get("LOG_LEVEL") or "INFO",
@@ -71,7 +109,9 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "MONGO_URI": env.get("MONGO_URI") or None,
         "MONGO_DB": env.get("MONGO_DB") or "Refinity",
         "MONGO_TIMEOUT_MS": _int(env, "MONGO_TIMEOUT_MS", 3000),
-        "DATA_DIR": env.get("DATA_DIR") or "./var",
+        "DATA_DIR": _path(env, "DATA_DIR", "var"),
+        # Below this much free space on the embedded store's disk, /readyz says it is full.
+        "MIN_FREE_DISK_MB": _int(env, "MIN_FREE_DISK_MB", 16),
         # GPT: Azure OpenAI when AZURE_OPENAI_ENDPOINT is set, else plain OpenAI when OPENAI_API_KEY is.
         "AZURE_OPENAI_ENDPOINT": env.get("AZURE_OPENAI_ENDPOINT") or None,
         "AZURE_OPENAI_API_KEY": env.get("AZURE_OPENAI_API_KEY") or None,
@@ -92,8 +132,8 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SD_COOLDOWN": _float(env, "SD_COOLDOWN", 15.0),
         "SD_MAX_ATTEMPTS": _int(env, "SD_MAX_ATTEMPTS", 3),
         "SD_PROBE_TIMEOUT": _float(env, "SD_PROBE_TIMEOUT", 2.0),
-        # Generation records kept in memory while MongoDB is down, written when it returns.
-        "RECORD_BACKLOG": _int(env, "RECORD_BACKLOG", 16),
+        # Seconds between tries to write the generation records that wait on disk for the database.
+        "RECORD_RETRY": _float(env, "RECORD_RETRY", 5.0),
         # Per-client limit on POST /generate, requests per minute; 0 turns it off.
         "GENERATE_RATE_LIMIT": _int(env, "GENERATE_RATE_LIMIT", 0),
     }

@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from agent.errors import (
     INSTANCE_FAILURES, AllInstancesDown, JobContext, NoInstancesConfigured, PoolError, PoolTimeout, SDError,
@@ -36,7 +36,8 @@ from core.image_store import Image
 
 log = logging.getLogger(__name__)
 
-IDLE, BUSY, COOLDOWN, PROBING = "idle", "busy", "cooldown", "probing"
+InstanceState = Literal["idle", "busy", "cooldown", "probing"]
+IDLE, BUSY, COOLDOWN, PROBING = get_args(InstanceState)
 WARN_WAIT = 30.0  # a job waiting this many seconds for an instance means the pool is too small
 WARN_EVERY = 60.0  # seconds between two such warnings
 
@@ -59,7 +60,7 @@ class _Instance:
     """One WebUI instance: its state in the pool and its counters (changed only under the lock)."""
 
     endpoint: SDEndpoint
-    state: str = IDLE
+    state: InstanceState = IDLE
     cooldown_until: float = 0.0
     leased_at: float = 0.0
     jobs: int = 0

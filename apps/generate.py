@@ -9,21 +9,23 @@ requests over the client's GENERATE_RATE_LIMIT (429 before the body is read).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Protocol, Union
 
 from flask import Blueprint, Flask, current_app
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, create_model
+from typing_extensions import TypeAliasType
 
 import config
+from apps.paint import register
 from apps.paint.pipelines import PaintApp, Pipeline
-from apps.records import GenerationCall, Recorder, get_backlog
+from apps.records import GenerationCall, Recorder, get_journal
 from core import validation as v
 from core.backends import get_gpt, get_pool
 from core.db import get_db
 from core.envelope import BadInput, ok
 from core.monitoring import generation_observed
-from core.security import limit_generate
+from core.security import limit_generate, participant
 
 bp = Blueprint("generate", __name__)
 
@@ -40,8 +42,8 @@ class GenerationApp(Protocol):
         """Run the pipeline of `type` and return the answer's `data`."""
 
 
-# appid -> how to build its handler once, at startup (so a broken template stops the server).
-APPS: Mapping[int, Callable[[], GenerationApp]] = {
+# appid -> its handler's class, built once at startup (so a broken template stops the server).
+APPS: Mapping[int, type[GenerationApp]] = {
     config.APP_PAINT: PaintApp,
 }
 
@@ -52,7 +54,26 @@ class GenerateBody(v.Body):
     appid: int
     type: int
     prompts: Any = None
-    username: v.Username | None = None
+    username: v.Username | None = Field(None, description="Who asks, for the record; optional.")
+
+
+def exchanges() -> tuple[Any, Any]:
+    """Return the types of every /generate body and of its answer's data, a variant per app and type.
+
+    A body variant is GenerateBody with that app and type, and that type's prompts model:
+    what `read_call` checks in two steps, in one model for the OpenAPI document.
+    """
+    bodies, answers = [], []
+    for appid, app in APPS.items():
+        for type_, pipeline in app.pipelines.items():
+            name = "Generate" + pipeline.prompts.__name__.removesuffix("Prompts")
+            bodies.append(create_model(name, __base__=GenerateBody, __doc__=pipeline.prompts.__doc__,
+                                       appid=Literal[appid], type=Literal[type_], prompts=pipeline.prompts))
+            answers.append(pipeline.answer)
+    request = Annotated[Union[tuple(bodies)], Field(
+        description="Unknown appid or type, or prompts of the wrong shape, answer 400.")]
+    data = Annotated[Union[tuple(answers)], Field(description="The data of the type asked for.")]
+    return TypeAliasType("GenerateRequest", request), TypeAliasType("GenerateData", data)
 
 
 def init_app(app: Flask) -> None:
@@ -78,10 +99,12 @@ def read_call() -> GenerationCall:
 
 
 @bp.post("/generate")
+@participant
 def generate():
     """Run the requested pipeline and answer its data; backend failures answer code 2."""
     limit_generate()  # before any work: a client over its budget costs nothing and leaves no record
     call = read_call()
-    with Recorder(get_db(), call, get_backlog()) as recorder, generation_observed(recorder):
+    register.admit(call.username)
+    with Recorder(get_db(), call, get_journal()) as recorder, generation_observed(recorder):
         recorder.result = call.handler.run(call.type, call.prompts, get_gpt(), get_pool(), recorder.trace)
     return ok(recorder.result.model_dump(mode="json", by_alias=True))

@@ -8,9 +8,11 @@ the record is written; then each is stored once in the image store under its SHA
 the record keeps `{"sha256", "contentType"}`, so a record stays small however many images
 a generation makes.
 
-A `Recorder` writes the record when the generation ends, however it ends. When MongoDB is
-unreachable then, the participant still gets the stimuli and the record waits in a
-bounded in-memory `RecordBacklog` (RECORD_BACKLOG) that later generations drain.
+A `Recorder` writes the record when the generation ends, however it ends. When the
+database cannot take it then (unreachable, or refusing writes), the participant still gets
+the stimuli, and the record waits on disk: the `RecordJournal` appends it to a file under
+DATA_DIR and syncs it before the answer is sent, then writes it to the database once that
+answers again, after a restart of the server too.
 
 GET /generations lists summaries newest first by (createdAt, _id); the `before` cursor is
 a record id (the page starts just after it) or an ISO-8601 time (records created strictly
@@ -18,33 +20,40 @@ before it). GET /generations/<id> returns one whole record, GET /images/<sha256>
 """
 from __future__ import annotations
 
-import atexit
+import fcntl
 import logging
+import os
 import threading
 import time
-from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from types import TracebackType
-from typing import Annotated, Any, Literal
+from typing import IO, Annotated, Any, Literal
 
 from bson import ObjectId
+from bson.errors import InvalidDocument
 from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, StringConstraints
 from pydantic_core import PydanticCustomError
 from pymongo import ASCENDING, DESCENDING
 from pymongo.database import Database
-from pymongo.errors import ConnectionFailure, DuplicateKeyError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from agent.errors import BackendError
+from core import json_codec
 from core import validation as v
 from core.db import OBJECT_ID_PATTERN, Document, Id, get_db
 from core.envelope import BadInput, NotFound, ok
-from core.image_store import AnswerImage, Image, get_image, is_key, put_image
+from core.image_store import Image, ImageRef, RecordImage, get_image, is_key, put_image
+from core.security import researcher
 
 log = logging.getLogger(__name__)
 
 COLLECTION = "generations"
+JOURNAL_DIR = "record-journal"  # under DATA_DIR: one journal per database, <MONGO_DB>.jsonl
 MAX_TEXT = 64 * 1024  # longer strings are cut: no record may near MongoDB's 16 MB limit
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -97,7 +106,7 @@ class ImageStep(Document):
     queue_wait: float | None = None
     attempts: int | None = None
     errors: list[str] | None = None
-    image: AnswerImage | None = None
+    image: RecordImage | None = None
     error: LongText | None = None
 
 
@@ -163,11 +172,12 @@ class GenerationSummary(Document):
 
 
 class GenerationRecord(GenerationSummary):
-    """One generation as stored in `generations`; images in it are references to the image store."""
+    """Everything one POST /generate did, as stored in `generations`; every image in it is an ImageRef."""
 
     input: dict[str, Any] | None = Field(description="The checked prompts, in the client's field names")
-    steps: list[TraceEntry]
-    result: dict[str, Any] | None = Field(description="The answer's data exactly as the client received it")
+    steps: list[TraceEntry] = Field(description="One entry per GPT call and per image job, in the order they "
+                                                "finished")
+    result: dict[str, Any] | None = Field(description="The answer's data as the client received it")
 
 
 class GenerationPage(Document):
@@ -198,25 +208,58 @@ class _ImageSink:
     def __init__(self) -> None:
         self.images: dict[str, Image] = {}
 
-    def __call__(self, image: Image) -> dict[str, str]:
+    def __call__(self, image: Image) -> ImageRef:
         self.images.setdefault(image.sha256, image)
-        return {"sha256": image.sha256, "contentType": image.content_type}
+        return ImageRef(sha256=image.sha256, content_type=image.content_type)
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """A generation record as stored, and the images its references point at."""
+
+    document: dict[str, Any]
+    images: list[Image]
+
+    @property
+    def record_id(self) -> ObjectId:
+        """The record's _id, which makes writing it twice harmless."""
+        return self.document["_id"]
+
+    def store(self, db: Database) -> None:
+        """Store each image once, then the record; a copy stored by an earlier try counts as written."""
+        for image in self.images:
+            put_image(db, image)
+        try:
+            db[COLLECTION].insert_one(self.document)
+        except DuplicateKeyError:
+            pass  # an earlier try was stored though its answer never came back
+
+    def to_line(self) -> bytes:
+        """Return the record as one line of the journal, its images' bytes included."""
+        images = [{"contentType": image.content_type, "data": image.data} for image in self.images]
+        return json_codec.dumps_document({"record": self.document, "images": images}).encode("utf-8") + b"\n"
+
+    @classmethod
+    def from_line(cls, line: bytes) -> StoredRecord:
+        """Return the record of a line written by `to_line`."""
+        entry = json_codec.loads_document(line)
+        return cls(entry["record"], [Image(image["data"], image["contentType"]) for image in entry["images"]])
 
 
 class Recorder:
     """Time one generation and write its record when the block ends, however it ends.
 
-    Use as `with Recorder(db, call, backlog) as rec: rec.result = run(..., rec.trace)`.
+    Use as `with Recorder(db, call, journal) as rec: rec.result = run(..., rec.trace)`.
     Exceptions pass through unchanged; a record that cannot be written is logged, never
     raised, so storage trouble neither hides the pipeline's error nor takes a participant's
-    result. With a `backlog`, a record the database could not take waits there instead of
-    being lost.
+    result. With a `journal`, a record the database cannot take now waits there (on disk,
+    before the answer is sent) instead of being lost.
     """
 
-    def __init__(self, db: Database, call: GenerationCall, backlog: RecordBacklog | None = None) -> None:
+    def __init__(self, db: Database, call: GenerationCall, journal: RecordJournal | None = None) -> None:
         self.db = db
         self.call = call
-        self.backlog = backlog
+        self.journal = journal
         self.trace = Trace()
         self.result: BaseModel | None = None
         self.record_id = ObjectId()
@@ -232,27 +275,22 @@ class Recorder:
                  tb: TracebackType | None) -> None:
         # Fixed now, so a record written later still tells when the generation ran.
         self._ended, self._error = (datetime.now(timezone.utc), time.monotonic()), RecordError.of(exc)
+        record = None
         try:
-            self.write()
+            record = self.stored(self._error)
+            record.store(self.db)
         except Exception as error:
-            if self.backlog is not None and isinstance(error, ConnectionFailure):
-                self.backlog.keep(self)  # the database is away, not the record's fault: later
+            if self.journal is not None and record is not None and isinstance(error, PyMongoError):
+                self.journal.keep(record)  # the database's trouble, not the record's: it waits on disk
             else:  # the record is lost, not the request: tell the operator
                 log.exception("could not write generation record %s (app %s, type %s)",
                               self.record_id, self.call.appid, self.call.type)
             return
-        if self.backlog is not None:
-            self.backlog.flush()  # the database answers: write records that waited for it
+        if self.journal is not None:
+            self.journal.wake()  # the database answers: records waiting for it can go now
 
-    def write(self) -> None:
-        """Insert the record of the ended generation; a copy already stored by an earlier try counts."""
-        try:
-            self.db[COLLECTION].insert_one(self.document(self._error))
-        except DuplicateKeyError:
-            pass  # an earlier try was stored though its answer never came back
-
-    def document(self, error: RecordError | None) -> dict[str, Any]:
-        """Return the record as stored, after storing each of its images once in the image store."""
+    def stored(self, error: RecordError | None) -> StoredRecord:
+        """Return the record of the ended generation as stored, with the images it refers to (no I/O)."""
         sink = _ImageSink()
         context = {"image_sink": sink}  # dumping does no I/O: the images are stored after it
         finished, ended = self._ended or (datetime.now(timezone.utc), time.monotonic())
@@ -264,86 +302,220 @@ class Recorder:
             steps=self.trace.entries,
             result=None if self.result is None else self.result.model_dump(by_alias=True, context=context),
             status="failed" if error is not None else "ok", error=error)
-        document = record.model_dump(by_alias=True, context=context)
-        for image in sink.images.values():
-            put_image(self.db, image)
-        return document
+        return StoredRecord(record.model_dump(by_alias=True, context=context), list(sink.images.values()))
 
 
-class RecordBacklog:
-    """Records the database could not take, waiting in memory (bounded, thread-safe) until it answers.
+@contextmanager
+def _flocked(file: IO[bytes], blocking: bool = True) -> Iterator[bool]:
+    """Hold an exclusive flock on `file` for the block; yield False when `blocking` is off and another holds it."""
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        fcntl.flock(file, fcntl.LOCK_UN)
 
-    A record holds its images until written (a few MB each), hence the bound. The next
-    generation whose own record is written writes up to `batch` waiting ones after it, so
-    the backlog drains as the study goes on without a resident thread. A record dropped
-    because the backlog is full, or still waiting when the process exits, is logged at
-    ERROR with its id.
+
+def _lines(path: Path, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """Yield each line of `path` between byte offsets `start` and `end`, with the offset just after it."""
+    with open(path, "rb") as journal:
+        journal.seek(start)
+        while start < end:
+            line = journal.readline(end - start)
+            start += len(line)
+            yield start, line
+
+
+def _sync_directory(path: Path) -> None:
+    """Make the entries of directory `path` durable (a new file's name, not only its bytes)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+class RecordJournal:
+    """Generation records the database could not take, in a file on disk until it takes them.
+
+    `keep` appends a record as one line of extended JSON (`StoredRecord.to_line`) and syncs
+    the file before it returns, so the record outlives a crash or a power loss. While
+    records wait, a thread of the journal writes them oldest first (`replay`) every `retry`
+    seconds, and at once when `wake` says the database answered; the file is emptied as
+    soon as the database took all it held, and an app that starts with records waiting
+    starts the thread. A record is written at most once however often it is tried: the
+    database refuses a second copy of its _id. Appends and the emptying hold a flock on the
+    file and one replay runs at a time (a flock on `<database>.lock` beside it), so the
+    threads and a second process on the same DATA_DIR (a `flask` command) can share it.
     """
 
-    def __init__(self, limit: int, batch: int = 4) -> None:
-        self.limit, self.batch = max(1, limit), max(1, batch)
-        self._waiting: deque[Recorder] = deque()
-        self._lock = threading.Lock()
-        atexit.register(self.close)
+    def __init__(self, path: Path, database: Callable[[], Database], retry: float) -> None:
+        self.path, self.retry = path, retry
+        self._database = database
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._waiting)
+    def keep(self, record: StoredRecord) -> None:
+        """Append `record` and sync it to disk, and have it written once the database answers."""
+        try:
+            self._append(record.to_line())
+        except OSError:
+            log.exception("generation record %s lost: it could not be kept in %s", record.record_id, self.path)
+            return
+        log.warning("the database did not take generation record %s: kept in the journal %s until it does",
+                    record.record_id, self.path)
+        self.start()
 
-    def keep(self, record: Recorder) -> None:
-        """Queue `record` for a later write, dropping the oldest one when full."""
-        with self._lock:
-            dropped = self._waiting.popleft() if len(self._waiting) >= self.limit else None
-            self._waiting.append(record)
-            waiting = len(self._waiting)
-        log.warning("database unavailable: generation record %s kept in memory (%d waiting)",
-                    record.record_id, waiting)
-        if dropped is not None:
-            log.error("generation record %s lost: more than %d records waited for the database "
-                      "(raise RECORD_BACKLOG)", dropped.record_id, self.limit)
+    def _append(self, line: bytes) -> None:
+        """Add `line` at the end of the file and sync it (and, for a new file, its directory)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
+        with open(self.path, "a+b") as journal, _flocked(journal):
+            end = journal.seek(0, os.SEEK_END)
+            if end:
+                journal.seek(end - 1)
+                if journal.read(1) != b"\n":
+                    line = b"\n" + line  # the last append was cut short by a crash: keep it off this line
+            journal.write(line)
+            journal.flush()
+            os.fsync(journal.fileno())
+        if new:
+            _sync_directory(self.path.parent)
 
-    def flush(self) -> int:
-        """Write up to `batch` waiting records, oldest first; return how many were written."""
-        with self._lock:
-            taken = [self._waiting.popleft() for _ in range(min(self.batch, len(self._waiting)))]
-        written = 0
-        for index, record in enumerate(taken):
+    def replay(self) -> int:
+        """Write the waiting records to the database, oldest first, and empty the file once it took them all.
+
+        Return how many were written; raise the database's error when it fails (the records
+        stay). A line that is no record (cut short by a crash as it was appended, so never
+        answered) is skipped, and so is a record the database can never hold, both logged.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "a+b") as lock, _flocked(lock, blocking=False) as alone:
+            if not alone:
+                return 0  # another thread or process replays, to the end of the file
+            written, offset = 0, 0
+            while (end := self._end_unless_done(offset)) is not None:
+                db = self._database()
+                for offset, line in _lines(self.path, offset, end):
+                    if self._closed.is_set():
+                        return written
+                    written += self._write(db, line, offset)
+            return written
+
+    def _end_unless_done(self, offset: int) -> int | None:
+        """Return where the file ends now, or None, after emptying it, when everything before `offset` is all it holds."""
+        try:
+            journal = open(self.path, "r+b")
+        except FileNotFoundError:
+            return None
+        with journal, _flocked(journal):
+            end = journal.seek(0, os.SEEK_END)
+            if offset < end:
+                return end
+            if end:
+                journal.truncate(0)
+                os.fsync(journal.fileno())
+            return None
+
+    def _write(self, db: Database, line: bytes, offset: int) -> int:
+        """Store the record of one line; return 1, or 0 when it is skipped."""
+        try:
+            record = StoredRecord.from_line(line)
+        except (ValueError, KeyError, TypeError):
+            log.error("skipped the line ending at byte %d of %s: not a whole record (cut short by a crash)",
+                      offset, self.path)
+            return 0
+        try:
+            record.store(db)
+        except InvalidDocument:
+            log.exception("generation record %s can never be stored and is dropped", record.record_id)
+            return 0
+        return 1
+
+    def waiting(self) -> int:
+        """Return how many records the file holds (some may be written already, if a replay was cut short)."""
+        try:
+            with open(self.path, "rb") as journal:
+                return sum(chunk.count(b"\n") for chunk in iter(lambda: journal.read(1 << 20), b""))
+        except FileNotFoundError:
+            return 0
+
+    def _holds_records(self) -> bool:
+        """Return whether the file holds anything (without reading it)."""
+        try:
+            return self.path.stat().st_size > 0
+        except FileNotFoundError:
+            return False
+
+    def start(self) -> None:
+        """Start the thread that writes the waiting records, unless it runs already or none waits."""
+        with self._thread_lock:
+            if self._thread is None and not self._closed.is_set() and self._holds_records():
+                self._thread = threading.Thread(target=self._drain, name="record-journal", daemon=True)
+                self._thread.start()
+
+    def wake(self) -> None:
+        """Say that the database answers: records waiting are tried now, not at the next retry."""
+        self._wake.set()
+
+    def _drain(self) -> None:
+        """Replay until nothing waits or the journal closes, trying again every `retry` seconds."""
+        while not self._closed.is_set():
+            self._wake.clear()
             try:
-                record.write()
-            except ConnectionFailure:
-                with self._lock:  # down again: put the rest back, in order, for the next time
-                    self._waiting.extendleft(reversed(taken[index:]))
-                break
-            except Exception:  # cannot be written however long it waits: say so and drop it
-                log.exception("generation record %s could not be written and is dropped", record.record_id)
-                continue
-            written += 1
-        if written:
-            log.info("wrote %d generation record(s) that waited for the database", written)
-        return written
+                written = self.replay()
+            except ConnectionFailure as error:
+                log.debug("records in %s still wait for the database: %s", self.path, error)
+            except PyMongoError as error:  # it answers but refuses: the operator should know
+                log.warning("the database refuses the records in %s (%s); trying again in %ss",
+                            self.path, error, self.retry)
+            except Exception:
+                log.exception("could not write the records waiting in %s; trying again in %ss", self.path, self.retry)
+            else:
+                if written:
+                    log.info("wrote %d generation record(s) that waited for the database", written)
+            with self._thread_lock:
+                if self._closed.is_set() or not self._holds_records():
+                    self._thread = None
+                    return
+            self._wake.wait(self.retry)
 
-    def close(self) -> None:
-        """Try once more to write what waits, then log every record still waiting as lost."""
-        atexit.unregister(self.close)
-        while self._waiting and self.flush():
-            pass
-        with self._lock:
-            ids = [str(record.record_id) for record in self._waiting]
-            self._waiting.clear()
-        if ids:
-            log.error("exiting with %d generation record(s) never written: %s", len(ids), ", ".join(ids))
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread and say how many records wait; they stay in the file for the next start."""
+        self._closed.set()
+        self._wake.set()
+        with self._thread_lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        waiting = self.waiting()
+        if waiting:
+            log.warning("%d generation record(s) wait in %s for the database; the next start writes them",
+                        waiting, self.path)
 
 
 def init_app(app: Flask) -> None:
-    """Register the record routes and indexes of `app` and give it its backlog."""
-    app.extensions["record_backlog"] = RecordBacklog(app.config["RECORD_BACKLOG"])
-    app.extensions["mongo"].add_indexes(create_indexes)
+    """Register the record routes and indexes of `app`, and open its journal, writing what waits in it."""
+    store = app.extensions["mongo"]
+    path = Path(app.config["DATA_DIR"]) / JOURNAL_DIR / f"{app.config['MONGO_DB']}.jsonl"
+    journal = RecordJournal(path, store.database, app.config["RECORD_RETRY"])
+    app.extensions["record_journal"] = journal
+    store.add_indexes(create_indexes)
     app.register_blueprint(bp)
+    waiting = journal.waiting()
+    if waiting:
+        log.info("%d generation record(s) wait in %s: writing them once the database answers", waiting, path)
+        journal.start()
 
 
-def get_backlog() -> RecordBacklog:
-    """Return the current app's backlog of records waiting for the database."""
-    return current_app.extensions["record_backlog"]
+def get_journal() -> RecordJournal:
+    """Return the current app's journal of records waiting for the database."""
+    return current_app.extensions["record_journal"]
 
 
 def create_indexes(db: Database) -> None:
@@ -382,8 +554,9 @@ class PageQuery(v.Body):
     type: Annotated[int, Field(ge=0, le=MAX_TYPE), v.FROM_QUERY] | None = None
     limit: Annotated[int, Field(ge=1, le=MAX_LIMIT), v.FROM_QUERY] = DEFAULT_LIMIT
     before: Annotated[ObjectId | datetime, PlainValidator(_cursor, json_schema_input_type=RecordId | datetime),
-                      Field(description="A record id (the page starts after it) or an ISO-8601 time "
-                                        "(records created strictly before it; UTC when no offset is given)")] | None = None
+                      Field(description="A record id (the page starts after it; an id that no record has "
+                                        "is refused, 400) or an ISO-8601 time (records created strictly "
+                                        "before it; UTC when no offset is given)")] | None = None
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -416,12 +589,14 @@ def list_page(db: Database, query: PageQuery) -> dict[str, Any]:
 
 
 @bp.get("/generations")
+@researcher
 def list_generations():
     """Return a page of record summaries, newest first, and the cursor of the next page."""
     return ok(list_page(get_db(), v.parse_query(PageQuery, request.args)))
 
 
 @bp.get("/generations/<record_id>")
+@researcher
 def get_generation(record_id: str):
     """Return one whole generation record."""
     key = v.object_id(record_id, "a record")
@@ -432,6 +607,7 @@ def get_generation(record_id: str):
 
 
 @bp.get("/images/<key>")
+@researcher
 def get_stored_image(key: str):
     """Serve the bytes of a stored image, cacheable for good under its hash."""
     key = key.lower()

@@ -3,6 +3,11 @@
 Production points `MONGO_URI` at a real MongoDB. With it unset the factory starts the
 embedded wire-compatible store (core.embedded_store) and hands its URI here, so both
 paths run the same pymongo code.
+
+Every write asks for journaled write concern (`j: true`): an acknowledged write is on
+disk, so a save the participant was told is stored survives a power loss. A real MongoDB
+answers once its journal holds the write; nx-27017 turns `j` into SQLite's
+synchronous=FULL, one fsync of its WAL per write (see core.embedded_store).
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, WithJsonSchema
 from pydantic.alias_generators import to_camel
 from pymongo import MongoClient
 from pymongo.database import Database
+from pymongo.errors import ServerSelectionTimeoutError
 from pymongo.uri_parser import parse_uri
 
 log = logging.getLogger(__name__)
@@ -53,12 +59,14 @@ class MongoStore:
             serverSelectionTimeoutMS=timeout_ms,
             connectTimeoutMS=timeout_ms,
             socketTimeoutMS=max(timeout_ms * 10, 30_000),
+            journal=True,  # acknowledged means durable; `w` stays the URI's (or the server's default)
             connect=False,
         )
         self.db: Database = self.client[db_name]
         self._index_setups: list[IndexSetup] = []
         self._ready = False
         self._lock = threading.Lock()
+        self._timeout = timeout_ms / 1000
 
     def add_indexes(self, setup: IndexSetup) -> None:
         """Register a function that creates indexes; it runs once, on first use."""
@@ -67,11 +75,17 @@ class MongoStore:
     def database(self) -> Database:
         """Return the database, creating the registered indexes on the first call that reaches it."""
         if not self._ready:
-            with self._lock:
+            # With the database away each try takes the whole timeout: the requests behind it
+            # wait for that one try, not for a queue of tries.
+            if not self._lock.acquire(timeout=self._timeout):
+                raise ServerSelectionTimeoutError("the database did not answer the index set-up")
+            try:
                 if not self._ready:
                     for setup in self._index_setups:
                         setup(self.db)
                     self._ready = True
+            finally:
+                self._lock.release()
         return self.db
 
     def ping(self, timeout: float | None = None) -> bool:

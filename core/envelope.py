@@ -1,24 +1,46 @@
 """The JSON envelope `{success, data, code, message}` that every answer of the API uses.
 
 Views return `ok(data)` or raise an `ApiError`; the handlers registered here turn every
-failure (HTTP errors, backend errors, storage outages, bugs) into the same shape.
+failure (HTTP errors, backend errors, storage outages, bugs) into the same shape, the
+`Envelope` model, whose parametrisations (`Envelope[Literal[True], Literal[0], Session]`)
+are what the OpenAPI document says each route answers.
 """
 from __future__ import annotations
 
 import logging
+from typing import Generic, Literal, TypeVar, get_args
 
 from flask import Flask, Response, jsonify, request
-from pymongo.errors import ConnectionFailure, DocumentTooLarge, PyMongoError
+from gunicorn.http.errors import ParseException
+from pydantic import BaseModel, ConfigDict, Field
+from pymongo.errors import ConnectionFailure, DocumentTooLarge, OperationFailure, PyMongoError
 from werkzeug.exceptions import HTTPException
 
 from agent.errors import BackendError
 
 log = logging.getLogger(__name__)
 
-CODE_OK = 0
-CODE_BUSINESS = 1  # bad input, unknown participant, auth, limits
-CODE_BACKEND = 2  # a generative backend (GPT or Stable Diffusion) failed
-CODE_STORAGE = 3  # the database is unreachable
+# The envelope's codes, described on Envelope.code; more may be added, these keep their meaning.
+Code = Literal[0, 1, 2, 3]
+CODE_OK, CODE_BUSINESS, CODE_BACKEND, CODE_STORAGE = get_args(Code)
+
+Success = TypeVar("Success", bound=bool)
+Codes = TypeVar("Codes", bound=Code)
+Data = TypeVar("Data")
+
+
+class Envelope(BaseModel, Generic[Success, Codes, Data]):
+    """Every JSON answer, success or failure: parametrised, the answer of one route and outcome."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    success: Success
+    data: Data = Field(description="The route's payload on success; null on failure (except GET /readyz).")
+    code: Codes = Field(description="0 success, 1 business failure (bad input, unknown participant, token, "
+                                    "limits), 2 a generative backend (GPT or Stable Diffusion) failed, 3 the "
+                                    "database is unreachable or refused a write.")
+    message: str = Field(description="Empty on success (GET /readyz says how ready); on failure, why, in words "
+                                     "a person can act on (a bad field is named first).")
 
 
 class ApiError(Exception):
@@ -58,14 +80,15 @@ class StorageUnavailable(ApiError):
     code = CODE_STORAGE
 
 
-def document(data=None, *, success: bool = True, code: int = CODE_OK, message: str = "") -> dict:
-    """Return the envelope as a plain value, for answers written outside a Flask request too."""
-    return {"success": success, "data": data, "code": code, "message": message}
+def envelope_fields(data=None, *, success: bool = True, code: int = CODE_OK, message: str = "") -> dict:
+    """Return the four fields of the envelope around `data`, as an answer's JSON body holds them."""
+    # Built, not validated: the model names the keys; `data` is written by the API's JSON.
+    return dict(Envelope.model_construct(success=success, data=data, code=code, message=message))
 
 
 def envelope(data=None, *, success: bool = True, code: int = CODE_OK, message: str = "", status: int = 200) -> Response:
     """Return a JSON response in the envelope."""
-    response = jsonify(document(data, success=success, code=code, message=message))
+    response = jsonify(envelope_fields(data, success=success, code=code, message=message))
     response.status_code = status
     return response
 
@@ -102,9 +125,28 @@ def _api_error(error: ApiError) -> Response:
     return response
 
 
+def _broken_body(error: ParseException) -> Response:
+    # gunicorn parses a chunked body while the app reads it, so its errors surface in the view.
+    return fail("body: is not valid HTTP (its chunked transfer encoding is broken)", status=400)
+
+
 def _backend_error(error: BackendError) -> Response:
     log.warning("backend failure: %s", error.describe())
     return fail(error.describe(), status=error.http_status, code=CODE_BACKEND)
+
+
+# How stores say they ran out of space: MongoDB's OutOfDiskSpace code, SQLite's SQLITE_FULL
+# text (the embedded store's), and the operating system's ENOSPC text.
+_OUT_OF_DISK_CODE = 14031
+_DISK_FULL_TEXTS = ("database or disk is full", "no space left on device")
+
+
+def _disk_full(error: PyMongoError) -> bool:
+    """Return whether `error` says the database's disk has no room for the write."""
+    if isinstance(error, OperationFailure) and error.code == _OUT_OF_DISK_CODE:
+        return True
+    text = str(error).lower()
+    return any(words in text for words in _DISK_FULL_TEXTS)
 
 
 def _storage_error(error: PyMongoError) -> Response:
@@ -113,6 +155,10 @@ def _storage_error(error: PyMongoError) -> Response:
     if isinstance(error, ConnectionFailure):
         log.warning("database unavailable: %s", type(error).__name__)
         return fail("the database is unavailable; try again shortly", status=503, code=CODE_STORAGE)
+    if _disk_full(error):
+        log.error("database cannot write: its disk is full (%s)", error)
+        return fail("the database's disk is full; nothing was written, try again later", status=503,
+                    code=CODE_STORAGE)
     return _unexpected(error)
 
 
@@ -127,4 +173,5 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(BackendError, _backend_error)
     app.register_error_handler(PyMongoError, _storage_error)
+    app.register_error_handler(ParseException, _broken_body)
     app.register_error_handler(Exception, _unexpected)

@@ -32,6 +32,9 @@ def _open_store(app: Flask) -> None:
 def create_app(overrides: Mapping[str, Any] | None = None, *, env: Mapping[str, str] | None = None) -> Flask:
     """Build the API server from the environment (or `env`), with `overrides` applied last."""
     app = Flask(__name__.split(".")[0], static_folder=None)  # an API: no /static route
+    # No redirect: Werkzeug answers `//images//x` with a 308 to `/images/x`, outside the envelope
+    # (routing redirects bypass the error handlers). Set before any route is added.
+    app.url_map.merge_slashes = False
     app.config.update(config.from_env(env))
     app.config.update(overrides or {})
     app.json = ApiJSON(app)  # participants read Chinese: UTF-8, keys in order, one time format
@@ -60,9 +63,9 @@ def close_app(app: Flask) -> None:
     The entry points call it when they stop (app.py, gunicorn's worker_exit); the atexit
     hooks of the parts are only the backstop of a process that exits without it.
     """
-    backlog = app.extensions.get("record_backlog")
-    if backlog is not None:
-        backlog.close()
+    journal = app.extensions.get("record_journal")
+    if journal is not None:
+        journal.close()
     backends.close_app_backends(app)
     app.extensions["mongo"].close()
     embedded = app.extensions.get("embedded_store")

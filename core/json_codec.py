@@ -15,6 +15,10 @@ which refuses it with the same message as ever, or reads what it always read.
 than \\u escapes, keep keys in the order given, write an ObjectId as its hex string and
 every datetime in the API's one time format, `iso_utc`. A JSONText (JSON written already,
 such as a stored sketch's data URI straight from its bytes) goes into an answer as it is.
+
+`dumps_document` and `loads_document` are the other JSON the server writes: a stored
+document as one line of MongoDB canonical extended JSON, every BSON type kept exactly
+(ObjectIds, times, bytes), for the study export and the journal of generation records.
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
-from bson import ObjectId
+from bson import ObjectId, json_util
+from bson.json_util import CANONICAL_JSON_OPTIONS
 from flask import Response, request
 from flask.json.provider import JSONProvider
 from pydantic_core import from_json
@@ -82,6 +87,16 @@ def _write(value: Any, default: Callable[[Any], Any], newline: bool) -> bytes:
 def dumps(value: Any, *, newline: bool = False) -> bytes:
     """Return `value` as compact UTF-8 JSON, times and ObjectIds as the API writes them."""
     return _write(value, _default, newline)
+
+
+def dumps_document(doc: dict[str, Any]) -> str:
+    """Return one stored document as a line of canonical extended JSON (no newline), types kept exactly."""
+    return json_util.dumps(doc, json_options=CANONICAL_JSON_OPTIONS, ensure_ascii=False)
+
+
+def loads_document(line: str | bytes) -> dict[str, Any]:
+    """Return the document of one line written by `dumps_document`."""
+    return json_util.loads(line, json_options=CANONICAL_JSON_OPTIONS)
 
 
 # Where a JSONText goes in orjson's output: it writes no NUL byte of its own (\u0000 in strings).

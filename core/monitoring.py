@@ -1,9 +1,8 @@
 """How operators see the server: a request id and a log line per request, Prometheus metrics, readiness.
 
 **Requests.** Every request gets an id (the client's `X-Request-ID` when it is safe, else a
-new one), sent back as `X-Request-ID`, and one JSON line in the `refinity.access` log: id,
-method, route pattern, status, duration and client address; never a query string, body,
-header value, key, token or image.
+new one), sent back as `X-Request-ID`, and one access line (core.logs) when it is answered:
+id, method, route pattern, status, duration and client address.
 
 **Metrics.** Each app owns a CollectorRegistry (tests build many apps; the process-wide
 default registry is never used). Requests are counted after every response, generations
@@ -19,13 +18,14 @@ is contacted. Ready means a generation can work: the database answers, GPT is co
 and at least one Stable Diffusion instance is configured and healthy (SD_ENDPOINTS empty is
 not ready, since every pipeline draws images). GPT failures never make it not ready (the
 client cannot tell a broken key from a passing 429 storm); they are reported as "degraded".
+The answer's data is a `Readiness`, a model per backend.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -38,9 +38,11 @@ from flask import Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from pydantic import BaseModel, Field
 
 from agent.gpt import NOT_CONFIGURED, GPTClient
-from agent.pool import SDInstancePool
+from agent.pool import BUSY, InstanceState, SDInstancePool
+from core import logs
 from core.backends import GPT, SD_POOL
 from core.request_body import EXTENSION as BODY_MEMORY
 
@@ -48,8 +50,6 @@ log = logging.getLogger(__name__)
 
 
 # -- requests --------------------------------------------------------------------------------
-access_log = logging.getLogger("refinity.access")
-
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -75,22 +75,14 @@ def route_label() -> str:
 
 
 def _finish(response: Response) -> Response:
-    duration = elapsed()
     response.headers["X-Request-ID"] = request_id()
-    access_log.info(json.dumps({
-        "event": "request",
-        "request_id": request_id(),
-        "method": request.method,
-        "route": route_label(),
-        "status": response.status_code,
-        "duration_ms": round(duration * 1000, 1),
-        "remote": request.remote_addr,
-    }))
+    logs.access(request_id=request_id(), method=request.method, route=route_label(), status=response.status_code,
+                seconds=elapsed(), remote=request.remote_addr)
     return response
 
 
 def _log_requests(app: Flask) -> None:
-    """Give every request of `app` an id and log it as one JSON line when it ends."""
+    """Give every request of `app` an id and write its access line when it ends."""
     app.before_request(_begin)
     app.after_request(_finish)
 
@@ -313,26 +305,86 @@ def _scrub(text: str) -> str:
     return _CREDENTIALS.sub("", text or "")
 
 
-def database_status(app: Flask) -> dict[str, Any]:
-    """Ping MongoDB within a short timeout."""
+class DatabaseStatus(BaseModel):
+    """Whether MongoDB answers a ping within DB_PING_TIMEOUT; for the embedded store, also its restarts and disk."""
+
+    reachable: bool
+    supervised: bool | None = Field(None, description="Embedded store: this server looks after it (else another "
+                                                       "process on the same data does).")
+    restarts: int | None = Field(None, ge=0, description="Embedded store: times it died and was started again.")
+    disk_free_mb: int | None = Field(None, ge=0, description="Embedded store: free space on DATA_DIR's disk.")
+    disk_full: bool | None = Field(None, description="Embedded store: less than MIN_FREE_DISK_MB free.")
+
+
+class InstanceStatus(BaseModel):
+    """One Stable Diffusion instance as the pool sees it."""
+
+    name: str = Field(description="The instance's URL without credentials.")
+    state: InstanceState
+    healthy: bool = Field(description="False while the instance cools down after a failure or is being probed.")
+    cooldown_remaining: float = Field(ge=0, description="Seconds until a cooling instance is probed again.")
+    last_error: str = Field(description="Its last failure, empty if none.")
+
+
+class SDStatus(BaseModel):
+    """The SD pool: how many instances are configured, healthy and busy, how many jobs wait, each instance."""
+
+    total: int = Field(ge=0)
+    healthy: int = Field(ge=0)
+    busy: int = Field(ge=0)
+    waiting: int = Field(ge=0)
+    closed: bool = Field(description="The pool is shutting down.")
+    instances: list[InstanceStatus]
+
+
+class GPTStatus(BaseModel):
+    """The GPT client: its provider and deployments, and its failures by kind, recent and in all."""
+
+    configured: bool
+    provider: str = Field(description="azure or openai; none when GPT is not configured.")
+    chat_deployment: str
+    vision_deployment: str
+    deployments: dict[str, dict[str, Any]] = Field(description="The client's counters per deployment, as "
+                                                               "/metrics shows them.")
+    recent_failures: dict[str, int] = Field(description="Failures by kind over the last `recent_seconds`.")
+    recent_seconds: int = Field(ge=1)
+    failures_total: dict[str, int] = Field(description="Failures by kind since the server started.")
+
+
+class Readiness(BaseModel):
+    """GET /readyz: the state of each backend a generation needs."""
+
+    database: DatabaseStatus
+    sd: SDStatus
+    gpt: GPTStatus
+
+
+def database_status(app: Flask) -> DatabaseStatus:
+    """Ping MongoDB within a short timeout; for the embedded store, also its restarts and disk."""
     timeout = min(DB_PING_TIMEOUT, app.config["MONGO_TIMEOUT_MS"] / 1000)
-    return {"reachable": app.extensions["mongo"].ping(timeout=timeout)}
+    reachable = app.extensions["mongo"].ping(timeout=timeout)
+    embedded = app.extensions.get("embedded_store")
+    if embedded is None:
+        return DatabaseStatus(reachable=reachable)
+    free = shutil.disk_usage(embedded.data_dir).free
+    return DatabaseStatus(reachable=reachable, supervised=embedded.supervising, restarts=embedded.restarts,
+                          disk_free_mb=free // 2**20, disk_full=free < app.config["MIN_FREE_DISK_MB"] * 2**20)
 
 
-def sd_status(app: Flask) -> dict[str, Any]:
+def sd_status(app: Flask) -> SDStatus:
     """Summarise the SD pool: counts, and each instance's name, state and last error."""
     pool = app.extensions[SD_POOL]
     pool.probe_due()  # recover instances whose cooldown ended, even while no job asks for one
     snap = pool.snapshot()
-    instances = [{"name": i["name"], "state": i["state"], "healthy": i["healthy"],
-                  "cooldown_remaining": i["cooldown_remaining"], "last_error": _scrub(i["last_error"])}
+    instances = [InstanceStatus(name=i["name"], state=i["state"], healthy=i["healthy"],
+                                cooldown_remaining=i["cooldown_remaining"], last_error=_scrub(i["last_error"]))
                  for i in snap["instances"]]
-    return {"total": len(instances), "healthy": sum(1 for i in instances if i["healthy"]),
-            "busy": sum(1 for i in instances if i["state"] == "busy"), "waiting": snap["waiting"],
-            "closed": snap["closed"], "instances": instances}
+    return SDStatus(total=len(instances), healthy=sum(1 for i in instances if i.healthy),
+                    busy=sum(1 for i in instances if i.state == BUSY), waiting=snap["waiting"],
+                    closed=snap["closed"], instances=instances)
 
 
-def gpt_status(app: Flask) -> dict[str, Any]:
+def gpt_status(app: Flask) -> GPTStatus:
     """Summarise the GPT client: provider, deployments, and failures by kind (recent and total)."""
     gpt = app.extensions[GPT]
     snap = gpt.snapshot()
@@ -342,38 +394,41 @@ def gpt_status(app: Flask) -> dict[str, Any]:
             totals[kind] = totals.get(kind, 0) + count
     window: RecentFailures = app.extensions.setdefault("readiness_gpt_failures", RecentFailures())
     recent, over = window.update(totals)
-    return {"configured": snap["configured"], "provider": snap["provider"],
-            "chat_deployment": gpt.chat_deployment, "vision_deployment": gpt.vision_deployment,
-            "deployments": snap["deployments"], "recent_failures": recent,
-            "recent_seconds": max(1, math.ceil(over)), "failures_total": totals}
+    return GPTStatus(configured=snap["configured"], provider=snap["provider"],
+                     chat_deployment=gpt.chat_deployment, vision_deployment=gpt.vision_deployment,
+                     deployments=snap["deployments"], recent_failures=recent,
+                     recent_seconds=max(1, math.ceil(over)), failures_total=totals)
 
 
-def _problems(db: dict[str, Any], sd: dict[str, Any], gpt: dict[str, Any]) -> tuple[list[str], list[str]]:
+def _problems(ready: Readiness) -> tuple[list[str], list[str]]:
     """Return what makes the server not ready, and what merely degrades it."""
     failing, degraded = [], []
-    if not db["reachable"]:
+    sd, gpt = ready.sd, ready.gpt
+    if not ready.database.reachable:
         failing.append("database unreachable")
-    down = ", ".join(i["name"] for i in sd["instances"] if not i["healthy"])
-    if sd["closed"]:
+    if ready.database.disk_full:
+        failing.append(f"the database's disk is full ({ready.database.disk_free_mb} MB free)")
+    down = ", ".join(i.name for i in sd.instances if not i.healthy)
+    if sd.closed:
         failing.append("SD pool closed (shutting down)")
-    elif sd["total"] == 0:
+    elif sd.total == 0:
         failing.append("no SD instances configured (set SD_ENDPOINTS)")
-    elif sd["healthy"] == 0:
-        failing.append(f"0 of {sd['total']} SD instances healthy (down: {down})")
+    elif sd.healthy == 0:
+        failing.append(f"0 of {sd.total} SD instances healthy (down: {down})")
     elif down:
-        degraded.append(f"{sd['healthy']} of {sd['total']} SD instances healthy (down: {down})")
-    if not gpt["configured"]:
+        degraded.append(f"{sd.healthy} of {sd.total} SD instances healthy (down: {down})")
+    if not gpt.configured:
         failing.append(f"GPT {NOT_CONFIGURED}")
-    elif gpt["recent_failures"]:
-        kinds = ", ".join(f"{kind}={n}" for kind, n in sorted(gpt["recent_failures"].items()))
-        degraded.append(f"GPT failures in the last {gpt['recent_seconds']} s: {kinds}")
+    elif gpt.recent_failures:
+        kinds = ", ".join(f"{kind}={n}" for kind, n in sorted(gpt.recent_failures.items()))
+        degraded.append(f"GPT failures in the last {gpt.recent_seconds} s: {kinds}")
     return failing, degraded
 
 
-def readiness(app: Flask) -> tuple[bool, dict[str, Any], str]:
+def readiness(app: Flask) -> tuple[bool, Readiness, str]:
     """Return whether `app` is ready, the details of every backend, and a one-line message."""
-    data = {"database": database_status(app), "sd": sd_status(app), "gpt": gpt_status(app)}
-    failing, degraded = _problems(data["database"], data["sd"], data["gpt"])
+    data = Readiness(database=database_status(app), sd=sd_status(app), gpt=gpt_status(app))
+    failing, degraded = _problems(data)
     if failing:
         message = "not ready: " + "; ".join(failing + degraded)
     else:

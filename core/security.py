@@ -1,20 +1,42 @@
-"""Who may call the API, and how much: CORS for the browser client, the optional bearer token, and
-a per-client budget (token bucket) for the expensive POST /generate.
+"""Who may call the API, and how much: the two surfaces, CORS for the browser client, and a
+per-client budget (token bucket) for the expensive POST /generate.
 
-The budget is off by default; `GENERATE_RATE_LIMIT` sets how many requests per minute one
-client (its address: the TCP peer, or behind TRUSTED_PROXIES reverse proxies the address
-they forward) may start. A client over its budget gets 429 in the envelope with `Retry-After`.
+**Surfaces.** Every route declares once, with a decorator on its view, which surface it is on:
+
+- `participant`: the routes the unmodified web client calls (it sends no token). They answer
+  any client, or with `ALLOWED_CLIENTS` set only clients in those networks (403 otherwise).
+- `researcher`: records, images, save history, metrics and the API's own documentation. They
+  need `Authorization: Bearer <API_TOKEN>` (401 otherwise); while no API_TOKEN is set they
+  answer only clients on this machine (403 otherwise, saying how to set a token). The token is
+  never read from the query string, which proxies and browsers write into their logs.
+- `probe`: /healthz and /readyz, which load balancers poll anonymously from anywhere; /readyz
+  gives its details only to whoever would pass the researcher check.
+
+A route with no surface, and any path that matches no route, is treated as a researcher route
+(a wrong method on a route is that route's surface, so it answers 405).
+"On this machine" means the TCP peer and the client address are both loopback; without
+TRUSTED_PROXIES a loopback peer that forwards X-Forwarded-For is a local proxy relaying
+someone else, so it does not count.
+
+The client address is the TCP peer, or behind TRUSTED_PROXIES reverse proxies the address
+they forward (core.factory applies ProxyFix). The /generate budget is off by default;
+`GENERATE_RATE_LIMIT` sets how many requests per minute one client address may start. A
+client over its budget gets 429 in the envelope with `Retry-After`.
 """
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import math
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from flask import Flask, current_app, request
 from flask_cors import CORS
+from werkzeug.exceptions import MethodNotAllowed
 
 from core.envelope import ApiError
 
@@ -22,9 +44,29 @@ log = logging.getLogger(__name__)
 
 EXTENSION = "generate_rate_limit"
 
-# Probes and preflights must work without the token: browsers never send Authorization
-# on an OPTIONS preflight, and load balancers poll health routes anonymously.
-OPEN_PATHS = {"/ping", "/healthz", "/readyz"}
+PARTICIPANT, RESEARCHER, PROBE = "participant", "researcher", "probe"
+SURFACES = (PARTICIPANT, RESEARCHER, PROBE)
+_SURFACE = "surface"  # the attribute a view's surface is declared in
+
+View = TypeVar("View", bound=Callable)
+
+
+def _declare(surface: str) -> Callable[[View], View]:
+    def declare(view: View) -> View:
+        setattr(view, _SURFACE, surface)
+        return view
+    declare.__doc__ = f"Put the view on the {surface} surface."
+    return declare
+
+
+participant = _declare(PARTICIPANT)
+researcher = _declare(RESEARCHER)
+probe = _declare(PROBE)
+
+
+def surface_of(app: Flask, endpoint: str | None) -> str | None:
+    """Return the surface the view of `endpoint` declares, or None."""
+    return getattr(app.view_functions.get(endpoint or ""), _SURFACE, None)
 
 
 class Unauthorized(ApiError):
@@ -33,16 +75,94 @@ class Unauthorized(ApiError):
     status = 401
 
 
-def _require_token(token: str) -> None:
-    if request.method == "OPTIONS" or request.path in OPEN_PATHS:
+class Forbidden(ApiError):
+    """The client may not use this route from where it is, or as who it says it is."""
+
+    status = 403
+
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _address(text: str | None) -> Address | None:
+    try:
+        address = ipaddress.ip_address(text or "")
+    except ValueError:
+        return None  # a Unix socket has no address
+    # A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d.
+    return getattr(address, "ipv4_mapped", None) or address
+
+
+def client_address() -> Address | None:
+    """Return the current client's address (after ProxyFix), or None when there is none."""
+    return _address(request.remote_addr)
+
+
+def _on_this_machine() -> bool:
+    if not current_app.config["TRUSTED_PROXIES"] and ("X-Forwarded-For" in request.headers
+                                                       or "Forwarded" in request.headers):
+        return False
+    peer = _address(request.environ.get("werkzeug.proxy_fix.orig", {}).get("REMOTE_ADDR", request.remote_addr))
+    client = client_address()
+    return bool(peer and peer.is_loopback and client and client.is_loopback)
+
+
+def _researcher_refusal() -> ApiError | None:
+    """Return why the current request may not use a researcher route, or None if it may."""
+    token = current_app.config["API_TOKEN"]
+    if token:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+            return None
+        return Unauthorized("missing or wrong bearer token: send Authorization: Bearer <API_TOKEN>")
+    if _on_this_machine():
+        return None
+    return Forbidden("researcher routes answer only on the server's own machine while it has no API_TOKEN; "
+                     "set API_TOKEN on the server and send Authorization: Bearer <API_TOKEN>")
+
+
+def is_researcher() -> bool:
+    """Return whether the current request would pass the researcher check."""
+    return _researcher_refusal() is None
+
+
+def _admit_participant_client() -> None:
+    networks = current_app.config["ALLOWED_CLIENTS"]
+    address = client_address()
+    if networks and not (address and any(address in network for network in networks)):
+        raise Forbidden(f"the address {address or '(none)'} may not take part in this study: it is not in "
+                        "the server's ALLOWED_CLIENTS")
+
+
+def _surface() -> str | None:
+    """Return the surface of the route the request asks for; a wrong method on it counts as that route."""
+    if request.url_rule is not None:
+        return surface_of(current_app, request.endpoint)
+    error = request.routing_exception
+    if not isinstance(error, MethodNotAllowed):
+        return None
+    # So a wrong method on a participant route answers the honest 405, not a researcher's refusal.
+    adapter = current_app.create_url_adapter(request)
+    surfaces = {surface_of(current_app, adapter.match(method=method)[0]) for method in error.valid_methods or ()}
+    return surfaces.pop() if len(surfaces) == 1 else None
+
+
+def _guard() -> None:
+    if request.method == "OPTIONS":
+        return  # CORS preflights: browsers never send credentials on them
+    surface = _surface()
+    if surface == PROBE:
         return
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise Unauthorized("missing or wrong bearer token: send Authorization: Bearer <API_TOKEN>")
+    if surface == PARTICIPANT:
+        _admit_participant_client()
+        return
+    refusal = _researcher_refusal()
+    if refusal is not None:
+        raise refusal
 
 
 def init_app(app: Flask) -> None:
-    """Enable CORS for `CORS_ORIGINS`, require `API_TOKEN` when it is set, and budget /generate."""
+    """Enable CORS for `CORS_ORIGINS`, guard every route by its surface, and budget /generate."""
     CORS(
         app,
         origins=app.config["CORS_ORIGINS"],
@@ -50,9 +170,7 @@ def init_app(app: Flask) -> None:
         expose_headers=["X-Request-ID"],
         max_age=600,
     )
-    token = app.config.get("API_TOKEN")
-    if token:
-        app.before_request(lambda: _require_token(token))
+    app.before_request(_guard)
     _init_rate_limit(app)
 
 
@@ -90,8 +208,8 @@ class TokenBucket:
 
 
 def client_key() -> str:
-    """Return who is asking: the client's address (every participant shares the API token)."""
-    return request.remote_addr or "unknown"
+    """Return who is asking, for a budget: the client's address."""
+    return str(client_address() or "unknown")
 
 
 def enforce(bucket: TokenBucket | None) -> None:

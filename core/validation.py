@@ -7,14 +7,19 @@ several models share (a username, a not-blank text, opaque storable JSON) live h
 """
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+import sys
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 from typing import Annotated, Any, TypeVar
 
 from bson import ObjectId
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails, PydanticCustomError
+from typing_extensions import TypeAliasType
 
 from core.envelope import BadInput
 from core.json_codec import read_body
@@ -49,20 +54,82 @@ def _not_blank(value: str) -> str:
 NOT_BLANK = AfterValidator(_not_blank)
 
 
-def _no_nul(value: str) -> str:
-    if "\x00" in value:
-        raise PydanticCustomError("nul", "must not contain NUL characters")
-    return value
+# What a username may not hold, however it is written: controls (Cc), format characters such
+# as zero-width spaces and direction overrides (Cf), line and paragraph separators (Zl, Zp),
+# surrogates (Cs) and private-use characters (Co), whose look differs from device to device.
+REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co"})
+# ...and the other characters Unicode says to draw as nothing (Default_Ignorable_Code_Point
+# outside Cf): the combining grapheme joiner, Hangul fillers, Khmer inherent vowels and the
+# variation selectors. Unassigned code points are allowed: which they are depends on the
+# Unicode version of the Python that runs the server.
+INVISIBLE = frozenset(chr(code) for lo, hi in ((0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5),
+                                                 (0x180B, 0x180F), (0x3164, 0x3164), (0xFE00, 0xFE0F),
+                                                 (0xFFA0, 0xFFA0), (0xE0100, 0xE01EF))
+                      for code in range(lo, hi + 1))
 
 
-# A participant's name: 1-128 characters, not only whitespace, no NUL.
-Username = Annotated[str, Field(max_length=MAX_USERNAME, json_schema_extra={
-    "minLength": 1,
-    # Not blank (Python's whitespace, as str.strip() sees it) and no NUL anywhere.
-    "pattern": "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$",
-    "description": f"The participant's name: 1-{MAX_USERNAME} characters, not only whitespace, no NUL.",
-    "examples": ["alice"],
-}), NOT_BLANK, AfterValidator(_no_nul)]
+def refused_in_username(char: str) -> bool:
+    """Return whether a username may not contain `char`: a control, format or invisible character."""
+    return char in INVISIBLE or unicodedata.category(char) in REFUSED_CATEGORIES
+
+
+def _username(value: str) -> str:
+    """Return the name in its one spelling (NFC, no surrounding whitespace), or refuse it."""
+    name = _not_blank(unicodedata.normalize("NFC", value).strip())
+    for char in name:
+        if refused_in_username(char):
+            described = f"U+{ord(char):04X} {unicodedata.name(char, '')}".strip()
+            raise PydanticCustomError("invisible", "must not contain control, invisible or direction "
+                                      "characters ({char})", {"char": described})
+    return name
+
+
+def _char_class(chars: Callable[[str], bool]) -> str:
+    """Return the characters for which `chars` holds as the inside of a regex class, as ranges."""
+    ranges: list[list[int]] = []
+    # Surrogates are left out: no body or query the server reads can hold one (they are refused
+    # as text that is not Unicode), and regex engines that read Unicode scalar values, such as
+    # the Rust one schemathesis checks with, refuse a pattern that names one.
+    scalars = itertools.chain(range(0xD800), range(0xE000, sys.maxunicode + 1))
+    for code in [ord(char) for char in map(chr, scalars) if chars(char)]:
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1][1] = code
+        else:
+            ranges.append([code, code])
+
+    # \uXXXX in the BMP; astral characters as themselves, which ECMA-262 (with its u flag) and
+    # Python's re both read as one code point.
+    def write(code: int) -> str:
+        return f"\\u{code:04x}" if code <= 0xFFFF else chr(code)
+
+    return "".join(write(lo) if lo == hi else f"{write(lo)}-{write(hi)}" for lo, hi in ranges)
+
+
+@lru_cache(maxsize=1)
+def username_pattern() -> str:
+    """Return the JSON Schema pattern of a username as the client may send it, whitespace around included."""
+    space = _char_class(str.isspace)  # what str.strip() drops
+    refused = _char_class(refused_in_username)
+    visible, allowed = f"[^{space}{refused}]", f"[^{refused}]"
+    return f"^[{space}]*{visible}({allowed}*{visible})?[{space}]*$"
+
+
+def _username_schema(schema: dict[str, Any]) -> None:
+    schema.update({
+        "minLength": 1,
+        "pattern": username_pattern(),
+        "description": f"The participant's name: 1-{MAX_USERNAME} characters, not only whitespace. Whitespace "
+                       "around it is dropped and the rest read in Unicode NFC, so 'alice ' is 'alice'; "
+                       "control, format (zero-width, direction), line separator, private-use and other "
+                       "invisible characters are refused.",
+        "examples": ["alice"],
+    })
+
+
+# A participant's name, in one spelling: what differs only by surrounding whitespace or by
+# Unicode normalisation is one name; what cannot be seen cannot be part of it.
+Username = Annotated[str, Field(max_length=MAX_USERNAME, json_schema_extra=_username_schema),
+                     AfterValidator(_username)]
 
 
 def _query_int(value: Any) -> Any:
@@ -195,7 +262,9 @@ def _unstorable(value: Any, depth: int) -> tuple[str, str] | None:
     return None
 
 
-def _storable(value: dict[str, Any]) -> dict[str, Any]:
+def _storable(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise PydanticCustomError("dict_type", "must be an object")
     found = _unstorable(value, 0)
     if found is not None:
         where, problem = found
@@ -203,6 +272,20 @@ def _storable(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+# What _unstorable allows, as JSON Schema says it (the depth it cannot say, so the words do).
+StorableKey = TypeAliasType("StorableKey", Annotated[str, Field(
+    pattern="^([^$.\\u0000][^.\\u0000]*)?$",
+    description="An object key MongoDB stores as given: it does not start with '$' and holds no '.' or NUL.")])
+StorableValue = TypeAliasType("StorableValue", Annotated[
+    None | bool | str | Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+    # A number that is no integer: an integer beyond 64 bits must not pass as a number.
+    | Annotated[float, Field(json_schema_extra={"not": {"type": "integer"}})]
+    | list["StorableValue"] | dict[StorableKey, "StorableValue"],
+    Field(description=f"Any JSON value that MongoDB can store unchanged: object keys are StorableKeys, "
+                      f"integers fit in 64 bits, nesting is at most {MAX_DEPTH} levels deep.")])
+
 # Opaque client JSON that MongoDB stores as given: keys without '$', '.' or NUL, finite
-# numbers, integers of 64 bits, at most MAX_DEPTH levels deep. Errors name the spot inside.
-StorableObject = Annotated[dict[str, Any], AfterValidator(_storable)]
+# numbers, integers of 64 bits, at most MAX_DEPTH levels deep. Checked by one walk over it
+# (not by StorableValue, which only describes it), whose errors name the spot inside.
+StorableObject = Annotated[dict[str, Any], PlainValidator(_storable, json_schema_input_type=dict[StorableKey,
+                                                                                               StorableValue])]

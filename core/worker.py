@@ -19,7 +19,10 @@ without blocking, as a reverse proxy in front of the threads would:
   a reset does not cut off its answer (gunicorn lingers up to 2 s in the loop's own thread).
 
 The connection budget is gunicorn's `worker_connections`. Plain HTTP/1.1 only: TLS and HTTP/2
-belong to a proxy in front. It builds on gunicorn 27's gthread worker, which requirements.txt pins.
+belong to a proxy in front. It builds on gunicorn 27's gthread worker, which requirements.txt
+pins, through `core.serving.EnvelopeWorker`, which answers what gunicorn refuses in the envelope;
+what this loop refuses itself (408, a broken chunked body, no memory for a head) is answered
+and logged the same way.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import resource
 import selectors
 import socket
 import time
+import uuid
 from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
@@ -37,12 +41,11 @@ from gunicorn.http.body import ChunkedReader
 from gunicorn.http.errors import NoMoreData
 from gunicorn.http.message import Request
 from gunicorn.http.unreader import IterUnreader
-from gunicorn.workers.gthread import ThreadWorker
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from core import json_codec, request_body
-from core.envelope import CODE_BUSINESS, document
+from core import logs, request_body
 from core.request_body import BodyMemoryBudget, BodyMemoryFull, ReadBody
+from core.serving import ROUTE, EnvelopeWorker, error_answer
 
 HEAD_PIECE = 64 * 1024  # bytes asked of a socket at once, unless a body's length says more
 READS_PER_EVENT = 8  # recv() calls for one connection before the loop turns to the others
@@ -136,8 +139,8 @@ class _Ready:
     unread: int = LINGER_BYTES  # what to drain while closing: the whole unread body when its size is known
 
 
-class BufferedThreadWorker(ThreadWorker):
-    """gunicorn's gthread worker, reading every request whole on its event loop before a thread serves it."""
+class BufferedThreadWorker(EnvelopeWorker):
+    """gunicorn's gthread worker (answering in the envelope), reading every request whole on its loop first."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -293,13 +296,12 @@ class BufferedThreadWorker(ThreadWorker):
 
     # -- the loop: answering and closing ----------------------------------------------------
     def _answer(self, conn, status: HTTPStatus, message: str, headers: dict[str, str] | None = None) -> None:
-        """Answer `status` in the envelope from the loop, where no request reached the app, and close."""
+        """Answer `status` in the envelope from the loop, where no request reached the app, log it and close."""
         self._stop_reading(conn)
-        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
-        body = json_codec.dumps(document(None, success=False, code=CODE_BUSINESS, message=message))
-        head = (f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n")
-        self._send(conn, head.encode("ascii") + body)
+        request_id = uuid.uuid4().hex
+        logs.access(request_id=request_id, method=None, route=ROUTE, status=status.value, seconds=0.0,
+                    remote=conn.client[0] if conn.client else None, error=status.phrase)
+        self._send(conn, error_answer(status.value, request_id, message, headers))
         self._linger(conn)
 
     @staticmethod

@@ -22,9 +22,11 @@ Every answer depends on the prompt text alone, so the same prompt always gets th
 client gets it); `calls` counts every POST. Valid requests pass the fault switches in order: `fail_next` (answer an error
 status with `Retry-After` and `retry-after-ms`, which the SDK honours), `hang_next` (hold
 until `release()`, `fail_held()`, `hang_timeout` or `stop()`), the latency, and
-`short_next` / `messy` (which change the answer). `release(n)` lets the `n` oldest held
+`short_next` / `messy` / `script` (which change the answer). `release(n)` lets the `n` oldest held
 calls go; `fail_held(text)` answers an error to the held call whose prompt contains
-`text`, so a test picks which of several calls in flight fails. Run standalone with
+`text`, so a test picks which of several calls in flight fails. `script` (a `Scripted`, or
+None) answers every later call with that message exactly, its `finish_reason` and `refusal`
+included: a recorded model answer replayed through the real client. Run standalone with
 `python -m simulators.chat --port 8001 --latency 0.15 --api-key sim-key`.
 """
 from __future__ import annotations
@@ -69,6 +71,15 @@ class ChatRecord:
     status: int
 
 
+@dataclass(frozen=True)
+class Scripted:
+    """A whole assistant message to answer with, as a real model might have sent it."""
+
+    content: str | None
+    finish_reason: str = "stop"  # "length", "content_filter", ...
+    refusal: str | None = None
+
+
 @dataclass
 class _Hold:
     """One call held by `hang_next`, and how it is to go on."""
@@ -86,7 +97,7 @@ class ChatSimulator:
     """A chat-completions server for tests, benchmarks and the offline demo (never a real study).
 
     It keeps `requests` (a `ChatRecord` per request to a chat route), `calls`, `in_flight`,
-    `peak_in_flight` and `held`; `latency`, `messy` and the methods below steer it. Everything
+    `peak_in_flight` and `held`; `latency`, `messy`, `script` and the methods below steer it. Everything
     is guarded by one condition variable, so tests may flip switches from any thread while
     handler threads read them.
     """
@@ -96,6 +107,7 @@ class ChatSimulator:
         self.api_key = api_key
         self.latency = latency
         self.messy = False
+        self.script: Scripted | None = None
         self.hang_timeout = hang_timeout
         self.requests: list[ChatRecord] = []
         self.calls = 0  # every POST, valid or not
@@ -231,7 +243,10 @@ class ChatSimulator:
             return _error(status, kind, code, message, retry_after)
         if self.latency > 0:
             self._stopping.wait(self.latency)  # stop() cuts the wait short
-        short, messy = self._take_answer_style()
+        short, messy, script = self._take_answer_style()
+        if script is not None:
+            return _reply(200, completion(info["deployment"], script.content, info["text"],
+                                          finish_reason=script.finish_reason, refusal=script.refusal))
         content = answer_text(info["prompt"], short=short, messy_style=messy)
         return _reply(200, completion(info["deployment"], content, info["text"]))
 
@@ -263,13 +278,13 @@ class ChatSimulator:
             self._fail = (count - 1, status, retry_after)
             return status, retry_after
 
-    def _take_answer_style(self) -> tuple[bool, bool]:
-        """Return (short, messy) for this answer, consuming one `short_next` credit."""
+    def _take_answer_style(self) -> tuple[bool, bool, Scripted | None]:
+        """Return (short, messy, script) for this answer, consuming one `short_next` credit."""
         with self._lock:
             short = self._short > 0
             if short:
                 self._short -= 1
-            return short, self.messy
+            return short, self.messy, self.script
 
     def _hold_if_asked(self, prompt: str) -> tuple[int, float | None] | None:
         """Block while this call is held by `hang_next`; return (status, None) when `fail_held` failed it."""
@@ -356,16 +371,18 @@ def summarize(messages: Any) -> tuple[str, str, int]:
     return "\n".join(all_texts), prompt, images
 
 
-def completion(model: str, content: str, prompt_text: str) -> dict[str, Any]:
-    """Return a complete ChatCompletion body answering `content`."""
-    prompt_tokens, completion_tokens = len(prompt_text) // 2 + 1, len(content) // 2 + 1
+def completion(model: str, content: str | None, prompt_text: str, *, finish_reason: str = "stop",
+               refusal: str | None = None) -> dict[str, Any]:
+    """Return a complete ChatCompletion body answering `content` (None: no content, as with a refusal)."""
+    prompt_tokens = len(prompt_text) // 2 + 1
+    completion_tokens = len(content or refusal or "") // 2 + 1
     return {
         "id": f"chatcmpl-sim-{uuid.uuid4().hex[:16]}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                     "finish_reason": "stop", "logprobs": None}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": refusal},
+                     "finish_reason": finish_reason, "logprobs": None}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
     }

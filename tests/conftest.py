@@ -27,9 +27,8 @@ from agent.gpt import GPTClient
 from agent.pool import SDInstancePool
 from apps.paint.pipelines import PaintApp
 from config import from_env
-from core.backends import close_app_backends
 from core.embedded_store import EmbeddedStore
-from core.factory import create_app
+from core.factory import close_app, create_app
 from simulators.chat import ChatSimulator
 from simulators.webui import SDWebUISimulator
 from tests.helpers import API_VERSION, SIM_KEY, Sims, backend_settings
@@ -65,8 +64,7 @@ def make_app(mongo_uri: str, tmp_path) -> Iterator[Callable[..., Flask]]:
 
     yield make
     for app in made:
-        close_app_backends(app)
-        app.extensions["mongo"].close()
+        close_app(app)
 
 
 @pytest.fixture

@@ -7,20 +7,28 @@
 - Checks of what came back: `decode_png`, `check_item`, `check_rapid`, `all_records`,
   `image_steps`.
 - Waiting: `wait_until` polls a condition, `Worker` runs a call on a thread.
+- The server as a process: `ServerProcess` runs `GUNICORN` or `DEV_SERVER` in an environment
+  from `server_env`, `answers_ping` says when it is up.
 """
 from __future__ import annotations
 
 import base64
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import requests
 from flask.testing import FlaskClient
 from pymongo.database import Database
 
 from apps.records import COLLECTION
+from config import from_env
 from simulators.chat import ChatSimulator
 from simulators.png import read_png_header
 from simulators.webui import SDWebUISimulator
@@ -202,3 +210,64 @@ class Worker(threading.Thread):
         if self.error is not None:
             raise self.error
         return self.result
+
+
+# -- the server as a process ------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"]
+DEV_SERVER = [sys.executable, "app.py"]
+
+
+def server_env(**settings: str) -> dict[str, str]:
+    """Return the environment of a server process: `settings`, and every other setting at its default."""
+    # Every setting the server reads is set (empty means its default), so neither the caller's
+    # environment nor a .env file can change what the test runs.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUNICORN_")}
+    env.update({name: "" for name in from_env({})})
+    env.update(settings)
+    return env
+
+
+class ServerProcess:
+    """A server run as a subprocess from the project directory, its stdout and stderr collected line by line."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, encoding="utf-8")
+        self._readers = [threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+                         for stream, lines in ((self.process.stdout, self.out), (self.process.stderr, self.err))]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream: Any, lines: list[str]) -> None:
+        for line in stream:
+            lines.append(line)
+
+    def said(self, text: str) -> bool:
+        """Return whether any line on stderr so far contains `text`."""
+        return any(text in line for line in list(self.err))
+
+    def output(self) -> str:
+        """Return everything written so far, stdout then stderr."""
+        return "".join(self.out) + "".join(self.err)
+
+    def close(self) -> None:
+        """Kill the server if it still runs and collect its output."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+        for reader in self._readers:
+            reader.join(10)
+        self.process.stdout.close()
+        self.process.stderr.close()
+
+
+def answers_ping(base: str) -> bool:
+    """Return whether the server at `base` answers /ping yet."""
+    try:
+        return requests.get(base + "/ping", timeout=1).text == "pong"
+    except requests.RequestException:  # not listening yet, or the worker is still booting
+        return False

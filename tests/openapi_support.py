@@ -3,7 +3,8 @@
 `check_response` validates a real answer against what the document says that operation
 answers for that status; `conforms` says whether a request value is one the document
 accepts, with the rules its description states in words (integers have no fraction,
-strings no lone surrogates), which schemathesis's JSON Schema validation cannot know.
+strings no lone surrogates, a sketch's bytes are an image), which schemathesis's JSON Schema
+validation cannot know; `schema_accepts` whether the schema alone does, as any tool reads it.
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from typing import Any
 from jsonschema import Draft202012Validator, FormatChecker, validators
 from werkzeug.test import TestResponse
 
-from apps.openapi import IMAGE_FORMAT, build_document
-from core.image_store import ImageDecodeError, decode_image
+from apps.openapi import build_document
+from core.image_store import IMAGE_FORMAT, ImageDecodeError, decode_image
 
 DOC = build_document()
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -53,9 +54,9 @@ StrictValidator = validators.extend(
     Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer))
 
 
-def validator(schema: dict[str, Any]) -> Draft202012Validator:
+def validator(schema: dict[str, Any], formats: FormatChecker | None = FORMATS) -> Draft202012Validator:
     """Return a validator of `schema` whose #/components references resolve in the document."""
-    return StrictValidator({**schema, "components": DOC["components"]}, format_checker=FORMATS)
+    return StrictValidator({**schema, "components": DOC["components"]}, format_checker=formats)
 
 
 def assert_valid(value: Any, schema: dict[str, Any], what: str) -> None:
@@ -80,6 +81,11 @@ def _plain(value: Any) -> bool:
 def conforms(value: Any, schema: dict[str, Any]) -> bool:
     """Return whether the document accepts `value` for `schema` (strings must be Unicode text)."""
     return _plain(value) and validator(schema).is_valid(value)
+
+
+def schema_accepts(value: Any, schema: dict[str, Any]) -> bool:
+    """Return whether `schema` by itself accepts `value`: formats are only notes, as JSON Schema 2020-12 has it."""
+    return validator(schema, formats=None).is_valid(value)
 
 
 def template(rule: str) -> str:

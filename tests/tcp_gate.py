@@ -7,6 +7,8 @@ which command each one sends: `command_of(message)` reads, e.g., ("insert",
 - `hold()` keeps what clients send instead of forwarding it, so each database call of the
   server waits; `held_with(b"participants")` counts connections whose held bytes name that
   collection; `open()` forwards every held byte, in order, and relays freely again.
+  `hold_sender(marker)` holds one connection only: the next that sends `marker`, from that
+  message on, until `open()`; the others relay as ever.
 - `watch(marker)` notes which connections ever send `marker` (`sent_with`), e.g. to see how
   many pooled connections a client has warmed.
 - `cut_before(command, collection)` makes the database go away when a client sends that
@@ -16,7 +18,8 @@ which command each one sends: `command_of(message)` reads, e.g., ("insert",
 - `refuse(command, collection, skip=n)` lets `n` such commands through, then answers the next
   one itself with a command error (`ok: 0`, a code and a message), as a database that
   refuses a write does (a full disk, a failed validation); the database never sees it.
-- `count(command, collection)` says how many such commands clients have sent.
+- `count(command, collection)` says how many such commands clients have sent;
+  `count_commands(names)` how many of those names, on any collection.
 """
 from __future__ import annotations
 
@@ -47,6 +50,8 @@ class _Link:
     def __init__(self, client: socket.socket, server: socket.socket) -> None:
         self.client, self.server = client, server
         self.held = bytearray()  # bytes from the client read while the gate was held
+        self.released = threading.Event()  # cleared while this link alone is held (hold_sender)
+        self.released.set()
         self.markers: set[bytes] = set()  # markers ever seen in what the client sent
         self.cut_on_answer = False  # go down once the server answers this link's last message
 
@@ -69,6 +74,7 @@ class TcpGate:
         self._links: list[_Link] = []
         self._threads: list[threading.Thread] = []
         self._watched: set[bytes] = set()
+        self._hold_marker: bytes | None = None
 
     @property
     def uri(self) -> str:
@@ -84,11 +90,18 @@ class TcpGate:
         """Keep what clients send from now on, instead of forwarding it."""
         self._open.clear()
 
+    def hold_sender(self, marker: bytes) -> None:
+        """Hold the connection that next sends a message containing `marker`, from that message on, until open()."""
+        with self._lock:
+            self._hold_marker = marker
+
     def open(self) -> None:
         """Forward everything held, then relay freely again."""
         with self._lock:  # under the lock, so no relay thread adds to `held` after the clear
+            self._hold_marker = None
             for link in self._links:
                 link.held.clear()
+                link.released.set()
             self._open.set()
 
     def watch(self, marker: bytes) -> None:
@@ -126,6 +139,11 @@ class TcpGate:
         """Return how many `command`s on `collection` clients have sent through the gate."""
         with self._lock:
             return self._seen.get((command, collection), 0)
+
+    def count_commands(self, names: set[str]) -> int:
+        """Return how many commands named in `names` clients have sent through the gate, on any collection."""
+        with self._lock:
+            return sum(n for (command, _), n in self._seen.items() if command in names)
 
     @property
     def is_down(self) -> bool:
@@ -227,11 +245,15 @@ class TcpGate:
                     self._go_down()
                     break
                 link.cut_on_answer = cut == "after"
-                held = not self._open.is_set()
+                if self._hold_marker is not None and self._hold_marker in message:
+                    self._hold_marker = None
+                    link.released.clear()
+                held = not self._open.is_set() or not link.released.is_set()
                 if held:
                     link.held += message
             if held:
                 self._open.wait()
+                link.released.wait()
             try:
                 link.server.sendall(message)
             except OSError:
@@ -292,6 +314,7 @@ def _messages(sock: socket.socket) -> Iterator[bytes]:
 
 def _close_links(links: list[_Link]) -> None:
     for link in links:
+        link.released.set()  # a relay thread waiting to forward wakes up to find its sockets closed
         for sock in (link.client, link.server):
             _close(sock)
 

@@ -1,23 +1,26 @@
-"""With API_TOKEN set, every route but the probes needs the token: checked over app.url_map.
+"""Every route is on one surface and each surface's guard holds for all of them: checked over app.url_map.
 
-The routes are not listed here by hand, so a route added later is covered automatically.
-Only /ping, /healthz and /readyz stay open (load balancers probe anonymously); /metrics
-is not (Prometheus sends the token as a bearer token).
+The routes are not listed here by hand, so a route added later is covered automatically,
+and one added without a surface fails the first test. Participant routes answer the web
+client, which sends no token (optionally only from ALLOWED_CLIENTS); researcher routes
+need the token, or with none set answer this machine only; the probes answer anyone.
 """
 from __future__ import annotations
 
 import pytest
 from werkzeug.routing import BuildError, Rule
 
+from apps.openapi import build_document
+from config import from_env
+from core.security import PARTICIPANT, PROBE, RESEARCHER, SURFACES, surface_of
+from tests.openapi_support import template
+
 TOKEN = "route-check-token"
-OPEN = {"/ping", "/healthz", "/readyz"}
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-def locked(make_gen_app):
-    """An app that requires API_TOKEN, wired to the simulators."""
-    return make_gen_app(API_TOKEN=TOKEN)
+LOCAL = {"REMOTE_ADDR": "127.0.0.1"}
+STRANGER = {"REMOTE_ADDR": "203.0.113.7"}
+STUDY_LAN = {"REMOTE_ADDR": "10.1.2.3"}
+REFUSED = {401, 403}
 
 
 def sample_path(app, rule: Rule) -> str:
@@ -33,37 +36,131 @@ def sample_path(app, rule: Rule) -> str:
     raise AssertionError(f"no sample path for {rule.rule}")
 
 
-def calls(app) -> list[tuple[str, str]]:
-    """Return (method, path) for every rule and method of `app`, preflights left out."""
-    return [(method, sample_path(app, rule)) for rule in app.url_map.iter_rules()
+def calls(app) -> list[tuple[str, str, str]]:
+    """Return (surface, method, path) for every rule and method of `app`, preflights left out."""
+    return [(surface_of(app, rule.endpoint), method, sample_path(app, rule)) for rule in app.url_map.iter_rules()
             for method in sorted(rule.methods - {"OPTIONS"})]
 
 
-def test_every_closed_route_is_401_without_the_token_and_passes_with_it(locked):
-    client = locked.test_client()
-    checked = calls(locked)
-    assert {path for _, path in checked} >= OPEN | {"/metrics", "/generate", "/paint/save"}
-    for method, path in checked:
-        bare, authorised = client.open(path, method=method), client.open(path, method=method, headers=AUTH)
-        if path in OPEN:
-            assert bare.status_code != 401, (method, path)
-            continue
-        assert bare.status_code == 401, (method, path)
-        if method != "HEAD":
-            answer = bare.get_json()
+def statuses(app, environ: dict[str, str], headers: dict[str, str] | None = None) -> dict[str, set[tuple]]:
+    """Return, per surface, the (method, path, status) of calling every route from `environ`."""
+    client = app.test_client()
+    seen: dict[str, set[tuple]] = {surface: set() for surface in SURFACES}
+    for surface, method, path in calls(app):
+        response = client.open(path, method=method, environ_base=environ, headers=headers or {})
+        if method != "HEAD" and response.status_code in REFUSED:
+            answer = response.get_json()
             assert answer["success"] is False and answer["code"] == 1 and answer["data"] is None, (method, path)
-        assert authorised.status_code != 401, (method, path, authorised.get_data(as_text=True))
+        seen[surface].add((method, path, response.status_code))
+    return seen
 
 
-def test_the_probes_are_open_and_metrics_is_not(locked):
-    client = locked.test_client()
-    assert client.get("/healthz").status_code == 200
-    assert client.get("/readyz").status_code == 200
-    assert client.get("/metrics").status_code == 401
-    response = client.get("/metrics", headers=AUTH)
-    assert response.status_code == 200 and "refinity_http_requests_total" in response.get_data(as_text=True)
+def refused(seen: set[tuple], status: int | None = None) -> bool:
+    """Return whether every call in `seen` was refused (with `status`, if given)."""
+    return all(code == status if status else code in REFUSED for _, _, code in seen)
 
 
-def test_an_unknown_path_needs_the_token_too(locked):
-    response = locked.test_client().get("/no/such/route")
-    assert response.status_code == 401 and response.get_json()["code"] == 1
+def passed(seen: set[tuple]) -> bool:
+    """Return whether no call in `seen` was refused."""
+    return all(code not in REFUSED for _, _, code in seen)
+
+
+def test_every_route_declares_its_surface(app):
+    undeclared = [rule.rule for rule in app.url_map.iter_rules() if surface_of(app, rule.endpoint) not in SURFACES]
+    assert undeclared == []
+
+
+def test_the_participant_routes_are_the_clients_and_the_probes_the_operators(app):
+    rules = {surface: {rule.rule for rule in app.url_map.iter_rules() if surface_of(app, rule.endpoint) == surface}
+             for surface in SURFACES}
+    assert rules[PARTICIPANT] == {"/ping", "/paint/start", "/paint/save", "/generate"}
+    assert rules[PROBE] == {"/healthz", "/readyz"}
+    assert {"/metrics", "/generations", "/images/<key>", "/paint/history", "/openapi.json", "/docs"} <= rules[RESEARCHER]
+
+
+def test_the_document_says_which_operations_need_the_token(app):
+    document = build_document()
+    for rule in app.url_map.iter_rules():
+        surface = surface_of(app, rule.endpoint)
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            operation = document["paths"][template(rule.rule)][method.lower()]
+            security = operation.get("security", document["security"])
+            assert ({"bearerAuth": []} in security) == (surface == RESEARCHER), (method, rule.rule)
+            documented = set(operation["responses"])
+            expected = {"401", "403"} if surface == RESEARCHER else {"403"} if surface == PARTICIPANT else set()
+            assert documented & {"401", "403"} == expected, (method, rule.rule)
+
+
+def test_with_a_token_only_the_researcher_routes_need_it(make_gen_app):
+    app = make_gen_app(API_TOKEN=TOKEN)
+    for environ in (LOCAL, STRANGER):  # the token is needed from this machine too
+        bare = statuses(app, environ)
+        assert refused(bare[RESEARCHER], 401)
+        assert passed(bare[PARTICIPANT]) and passed(bare[PROBE])
+    assert passed(statuses(app, STRANGER, AUTH)[RESEARCHER])
+
+
+def test_without_a_token_the_researcher_routes_answer_this_machine_only(make_gen_app):
+    app = make_gen_app()
+    away = statuses(app, STRANGER)
+    assert refused(away[RESEARCHER], 403)
+    assert passed(away[PARTICIPANT]) and passed(away[PROBE])
+    assert passed(statuses(app, LOCAL)[RESEARCHER])
+    for environ in ({"REMOTE_ADDR": "::1"}, {"REMOTE_ADDR": "::ffff:127.0.0.1"}):
+        assert passed(statuses(app, environ)[RESEARCHER])
+
+
+def test_allowed_clients_limits_the_participant_routes_only(make_gen_app):
+    app = make_gen_app(**from_env({"ALLOWED_CLIENTS": "10.0.0.0/8, 192.168.7.1/24"}))
+    away = statuses(app, STRANGER)
+    assert refused(away[PARTICIPANT], 403) and passed(away[PROBE])
+    assert passed(statuses(app, STUDY_LAN)[PARTICIPANT])
+    assert passed(statuses(app, {"REMOTE_ADDR": "192.168.7.200"})[PARTICIPANT])
+    assert passed(statuses(app, LOCAL)[RESEARCHER])  # researchers are checked by their own rule
+
+
+def test_a_path_with_no_route_is_a_researcher_route(make_app):
+    stranger = make_app().test_client().get("/no/such/route", environ_base=STRANGER)
+    assert stranger.status_code == 403 and "API_TOKEN" in stranger.get_json()["message"]
+    assert make_app(API_TOKEN=TOKEN).test_client().get("/no/such/route").status_code == 401
+    assert make_app().test_client().get("/no/such/route").status_code == 404  # on this machine
+
+
+@pytest.mark.parametrize("proxies, environ, forwarded, admitted", [
+    (0, LOCAL, "127.0.0.1", False),           # a local proxy relaying someone: not this machine
+    (1, LOCAL, "203.0.113.7", False),         # the proxy's client is a stranger
+    (1, LOCAL, "127.0.0.1", True),            # a researcher on the machine, through the proxy
+    (1, STUDY_LAN, "127.0.0.1", False),       # a forged header from another machine
+])
+def test_this_machine_means_the_peer_and_the_forwarded_client_are_both_loopback(make_app, proxies, environ,
+                                                                                 forwarded, admitted):
+    client = make_app(TRUSTED_PROXIES=proxies).test_client()
+    response = client.get("/metrics", environ_base=environ, headers={"X-Forwarded-For": forwarded})
+    assert (response.status_code == 200) == admitted, response.get_data(as_text=True)
+
+
+def test_the_token_is_never_read_from_the_query_string(make_app):
+    client = make_app(API_TOKEN=TOKEN).test_client()
+    assert client.get("/metrics", query_string={"token": TOKEN}).status_code == 401
+    assert client.get("/metrics", query_string={"api_token": TOKEN}).status_code == 401
+
+
+@pytest.mark.parametrize("settings, environ, headers, detailed", [
+    ({}, LOCAL, {}, True),
+    ({}, STRANGER, {}, False),
+    ({"API_TOKEN": TOKEN}, LOCAL, {}, False),
+    ({"API_TOKEN": TOKEN}, STRANGER, AUTH, True),
+])
+def test_readiness_details_go_to_researchers_only(make_gen_app, settings, environ, headers, detailed):
+    response = make_gen_app(**settings).test_client().get("/readyz", environ_base=environ, headers=headers)
+    answer = response.get_json()
+    assert response.status_code == 200 and answer["success"] is True
+    assert (answer["data"] is not None) == detailed
+    assert answer["message"] == "ready" if detailed else answer["message"].startswith("ready (details for researchers")
+
+
+def test_a_wrong_method_is_judged_by_the_route_it_names(make_app):
+    client = make_app(API_TOKEN=TOKEN).test_client()
+    assert client.get("/paint/start", environ_base=STRANGER).status_code == 405  # a participant route
+    assert client.delete("/generations", environ_base=STRANGER).status_code == 401  # a researcher route
+    assert client.delete("/generations", environ_base=STRANGER, headers=AUTH).status_code == 405

@@ -67,6 +67,15 @@ START = [
     ({"username": {"$gt": ""}}, "username"),
     ({"username": {"$regex": ".*"}}, "username"),
     ({"username": "a\x00b"}, "username"),
+    # Invisible or direction characters: the name would look like another one, or like none.
+    ({"username": "\u202e\u200badmin"}, "username"),
+    ({"username": "ali\u200dce"}, "username"),
+    ({"username": "al\tice"}, "username"),
+    ({"username": "alice\u2028bob"}, "username"),
+    ({"username": "\ue000alice"}, "username"),
+    ({"username": "\u3164"}, "username"),
+    ({"username": "alice\U000e0041"}, "username"),
+    ({"username": "\u200b"}, "username"),
 ]
 
 SAVE = [

@@ -33,6 +33,16 @@ def test_wrong_method_is_405_envelope(client, method, path):
     assert "POST" in response.headers["Allow"] or "GET" in response.headers["Allow"]
 
 
+@pytest.mark.parametrize("path", ["/generations/", "/ping/", "/docs/assets/"])
+def test_a_trailing_slash_is_not_redirected(client, path):
+    assert client.get(path).status_code == 404 and set(client.get(path).get_json()) == ENVELOPE
+
+
+def test_no_route_ends_with_a_slash(app):
+    # Werkzeug would answer the path without it with a 308 redirect, which is not in the envelope.
+    assert [rule.rule for rule in app.url_map.iter_rules() if rule.rule.endswith("/")] == []
+
+
 def test_default_body_limit_is_32_mb(app):
     assert app.config["MAX_CONTENT_LENGTH"] == 32 * 1024 * 1024
 

@@ -51,7 +51,7 @@ def record(db, *, type_=0, username="alice", fail=False, when=None):
     error = failed_in("s.two") if fail else None
     if error is None:
         recorder.result = StubAnswer(ok=True)
-    doc = recorder.document(RecordError.of(error))
+    doc = recorder.stored(RecordError.of(error)).document
     if when is not None:
         doc["createdAt"] = when
     db[COLLECTION].insert_one(doc)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from simulators.chat import ChatSimulator
+from simulators.chat import ChatSimulator, Scripted
 from tests.helpers import API_VERSION, SIM_KEY, SKETCH, wait_until
 
 NUMBERING = re.compile(r"^\s*(?:\d+[.、)]|[①-⑩]|[-•*])\s*")
@@ -207,6 +207,22 @@ def test_messy_answer_holds_the_same_items_decorated(chat_sim):
     assert "＃" in messy and messy.endswith("#") and messy.startswith("1. ")
     items = [NUMBERING.sub("", part).strip().strip("“”\"") for part in re.split("[#＃]", messy)]
     assert [item for item in items if item] == clean
+
+
+def test_script_replays_a_whole_message_until_cleared(chat_sim):
+    cut = "好的，以下是3个产品创意：\nA#B#可收"
+    chat_sim.script = Scripted(cut, finish_reason="length")
+    for _ in range(2):  # every later call, not just the next one
+        status, _, body = openai_post(chat_sim, ask("共 3 项"))
+        assert status == 200
+        choice = body["choices"][0]
+        assert choice["finish_reason"] == "length"
+        assert choice["message"] == {"role": "assistant", "content": cut, "refusal": None}
+    chat_sim.script = Scripted(None, refusal="I'm sorry, I can't help with that.")
+    message = azure(chat_sim, ask("共 3 项"))[2]["choices"][0]["message"]
+    assert message["content"] is None and message["refusal"] == "I'm sorry, I can't help with that."
+    chat_sim.script = None
+    assert len(answer(chat_sim, "共 3 项").split("#")) == 3
 
 
 def test_hang_holds_a_call_until_released(chat_sim):

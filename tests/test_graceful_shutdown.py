@@ -13,20 +13,20 @@ import signal
 import socket
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import requests
 from pymongo import MongoClient
-from pymongo.errors import ConnectionFailure
 
 from apps.records import COLLECTION
 from core.embedded_store import free_port
 from core.factory import close_app, create_app
 from simulators.chat import ChatSimulator
 from simulators.webui import SDWebUISimulator
-from tests.helpers import RAPID_TWO, Worker, body, check_rapid, save_body, scheme, wait_until
-from tests.production_server import Gunicorn, pings, production_env
+from tests.helpers import (
+    GUNICORN, RAPID_TWO, ServerProcess, Worker, answers_ping, body, check_rapid, save_body, scheme, server_env,
+    wait_until,
+)
 from tests.tcp_gate import TcpGate
 
 KEY = "graceful-sim-key"
@@ -34,9 +34,10 @@ GRACEFUL_TIMEOUT = 10
 USERS = ("alice", "bob")
 
 
-def server_env(port: int, store_port: int, db_name: str, chat: ChatSimulator, sds, data_dir: Path) -> dict[str, str]:
+def server_settings(port: int, store_port: int, db_name: str, chat: ChatSimulator, sds,
+                    data_dir: Path) -> dict[str, str]:
     """Return the environment of the production server, every backend on loopback."""
-    return production_env(
+    return server_env(
         HOST="127.0.0.1", PORT=str(port), LOG_LEVEL="INFO",
         MONGO_URI=f"mongodb://127.0.0.1:{store_port}/", MONGO_DB=db_name, MONGO_TIMEOUT_MS="5000",
         DATA_DIR=str(data_dir), SD_ENDPOINTS=",".join(sd.endpoint for sd in sds),
@@ -73,9 +74,10 @@ def test_sigterm_lets_requests_in_flight_finish(mongo_uri, tmp_path):
     with ChatSimulator(api_key=KEY, latency=0.2) as chat, \
             SDWebUISimulator(latency=1.0) as sd1, SDWebUISimulator(latency=1.0) as sd2, \
             TcpGate(("127.0.0.1", store_port)) as gate:
-        server = Gunicorn(server_env(port, gate.port, db_name, chat, [sd1, sd2], tmp_path / "var"))
+        server = ServerProcess(GUNICORN, server_settings(port, gate.port, db_name, chat, [sd1, sd2],
+                                                         tmp_path / "var"))
         try:
-            wait_until(lambda: pings(base), 20, "gunicorn to answer")
+            wait_until(lambda: answers_ping(base), 20, "gunicorn to answer")
             for name in USERS:
                 assert post(base, "/paint/start", {"username": name})[0] == 200
                 assert post(base, "/paint/save", save_body(name, rapid=[scheme("old")], task="old"))[0] == 200
@@ -106,7 +108,7 @@ def test_sigterm_lets_requests_in_flight_finish(mongo_uri, tmp_path):
             assert len(sd1.jobs) + len(sd2.jobs) == 4
         finally:
             server.close()
-    output = "".join(server.lines)
+    output = server.output()
     assert "Traceback" not in output and "could not write" not in output, output
     check_stored(mongo_uri, db_name)
 
@@ -130,17 +132,11 @@ def check_stored(mongo_uri: str, db_name: str) -> None:
         direct.drop_database(db_name)
 
 
-def test_close_app_closes_what_the_app_opened(tmp_path, caplog):
+def test_close_app_closes_what_the_app_opened(tmp_path):
     app = create_app({"DATA_DIR": str(tmp_path)}, env={})  # no MONGO_URI: it starts the embedded store
     store = app.extensions["embedded_store"]
     socket.create_connection((store.host, store.port), timeout=1).close()
-
-    def unwritable() -> None:
-        raise ConnectionFailure("the database is away")
-
-    app.extensions["record_backlog"].keep(SimpleNamespace(record_id="r-1", write=unwritable))
     close_app(app)
     with pytest.raises(OSError):
         socket.create_connection((store.host, store.port), timeout=1).close()
     assert app.extensions["sd_pool"].snapshot()["closed"]
-    assert "never written: r-1" in caplog.text

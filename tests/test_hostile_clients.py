@@ -28,7 +28,7 @@ def server(mongo_uri, tmp_path) -> Iterator[Gunicorn]:
     """Run the production server with its defaults on the session's store."""
     with serving(MONGO_URI=mongo_uri, MONGO_DB=f"hostile_{uuid.uuid4().hex[:12]}", DATA_DIR=str(tmp_path)) as server:
         yield server
-    assert not server.said("Traceback"), "".join(server.lines)
+    assert "Traceback" not in server.output(), server.output()
 
 
 def check_bystander(bystander: Bystander) -> None:

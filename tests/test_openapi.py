@@ -5,14 +5,21 @@ import base64
 import hashlib
 import re
 
+import jsonschema_rs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openapi_spec_validator import validate
+from pydantic import TypeAdapter, ValidationError
 
 from apps.openapi import build_document
+from core.image_store import decode_image
+from core.validation import Username
 from tests.helpers import PROMPTS, body, save_body, scheme
 from tests.openapi_support import (
     operations,
-    DOC, JSON, assert_valid, check_response, check_spec, component, is_envelope, request_schema, template,
+    DOC, JSON, assert_valid, check_response, check_spec, component, conforms, is_envelope, request_schema,
+    template,
 )
 
 TOKEN = "docs-token"
@@ -68,6 +75,23 @@ def test_examples_match_their_schemas(path, method):
             for name, value in _examples(content):
                 if media == JSON:
                     assert_valid(value, content["schema"], f"{method} {path} {status} example {name}")
+
+
+SIGNATURES = [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF\x00\x00\x00\x00WEBP"]
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(signature=st.sampled_from(SIGNATURES), rest=st.binary(max_size=40),
+       header=st.sampled_from(["", "data:image/png;base64,", "data:;base64,", "data:image/jpeg;x=1;base64,"]),
+       spaces=st.lists(st.tuples(st.integers(min_value=0), st.sampled_from([" ", "\n", "\t", "\u3000"])), max_size=3))
+def test_every_sketch_the_server_reads_fits_the_documented_pattern(signature, rest, header, spaces):
+    payload = base64.b64encode(signature + rest).decode()
+    for at, space in spaces:  # the decoder drops white space anywhere in the base64
+        at %= len(payload) + 1
+        payload = payload[:at] + space + payload[at:]
+    sketch = header + payload
+    decode_image(sketch)  # the server reads it
+    assert re.search(component("schemas", "Sketch")["properties"]["designImage"]["pattern"], sketch)
 
 
 def test_docs_page_loads_swagger_ui_from_this_server_only(client):
@@ -222,3 +246,24 @@ def test_an_unreachable_database_answers_the_documented_503(make_app):
     response = client.post("/paint/start", json={"username": "alice"})
     assert response.status_code == 503 and response.get_json()["code"] == 3
     check_response("/paint/start", "post", response)
+
+
+# Text a username could be: letters, the whitespace strip() drops and the characters refused.
+NAME_CHARS = st.characters(codec="utf-8") | st.sampled_from(
+    [" ", "\t", "\n", "\u3000", "\u2028", "\u200b", "\u202e", "\u00ad", "\ufeff", "\u3164", "\ufe0f", "\ue000",
+     "\U000e0041", "\U000f0000", "\u0301", "\x00", "\x85"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(name=st.text(NAME_CHARS, max_size=10) | st.text(NAME_CHARS, min_size=125, max_size=131))
+def test_the_username_schema_accepts_exactly_the_names_the_server_accepts(name):
+    documented = component("schemas", "StartBody")["properties"]["username"]
+    schema_accepts = conforms(name, documented)
+    # schemathesis checks answers with jsonschema_rs, whose Rust regex engine reads the pattern too.
+    assert jsonschema_rs.validator_for(documented).is_valid(name) == schema_accepts
+    try:
+        TypeAdapter(Username).validate_python(name)
+        server_accepts = True
+    except ValidationError:
+        server_accepts = False
+    assert schema_accepts == server_accepts, ascii(name)

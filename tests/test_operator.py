@@ -178,7 +178,7 @@ def test_no_key_token_or_password_is_exposed(make_gen_app, sims):
         client = app.test_client()
         auth = {"Authorization": f"Bearer {token}"}
         assert client.post("/generate", json=body(0, PROMPTS[0]), headers=auth).status_code == 200
-        ready = client.get("/readyz").get_data(as_text=True)
+        ready = client.get("/readyz", headers=auth).get_data(as_text=True)  # details: researchers only
         text = client.get("/metrics", headers=auth).get_data(as_text=True)
     assert f"{locked.host}:{locked.port}" in ready and "cooldown" in ready
     for secret in (SIM_KEY, token, "pw-never-shown", "operator:"):

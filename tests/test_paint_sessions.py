@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from core.factory import create_app
 from tests.helpers import save_body, scheme
 
@@ -26,6 +28,23 @@ def test_start_twice_returns_the_same_participant(client):
     first = client.post("/paint/start", json={"username": "alice"}).get_json()["data"]
     second = client.post("/paint/start", json={"username": "alice"}).get_json()["data"]
     assert first == second
+
+
+@pytest.mark.parametrize("spellings", [("alice", " alice ", "\talice\n", "alice\u3000"),
+                                       ("\u00e9milie", "e\u0301milie")])  # é composed, and e + combining accent
+def test_one_name_however_it_is_spelled_is_one_participant(client, db, spellings):
+    ids = {client.post("/paint/start", json={"username": name}).get_json()["data"]["_id"] for name in spellings}
+    assert len(ids) == 1
+    assert db.participants.count_documents({}) == 1
+    assert db.participants.find_one()["username"] == spellings[0]  # stored in its one spelling
+
+
+def test_an_invisible_character_is_refused_naming_it(client, db):
+    response = client.post("/paint/start", json={"username": "\u202e\u200badmin"})
+    assert response.status_code == 400
+    assert response.get_json()["message"] == ("username: must not contain control, invisible or direction "
+                                              "characters (U+202E RIGHT-TO-LEFT OVERRIDE)")
+    assert db.participants.count_documents({}) == 0
 
 
 def test_save_then_start_returns_what_was_saved(client):
@@ -108,14 +127,3 @@ def test_embedded_store_keeps_data_across_restarts(tmp_path):
         second.extensions["embedded_store"].stop()
 
 
-def test_a_second_process_joins_the_store_already_serving_its_data_dir(tmp_path):
-    from core.embedded_store import EmbeddedStore
-
-    owner = EmbeddedStore(tmp_path / "shared").start()
-    try:
-        joiner = EmbeddedStore(tmp_path / "shared").start()
-        assert joiner.adopted and joiner.port == owner.port
-        joiner.stop()  # must leave the owner's store running
-        assert owner.process.poll() is None
-    finally:
-        owner.stop()

@@ -1,4 +1,4 @@
-"""One JSON log line per request, with the request id also in the response."""
+"""One access line per request, with the request id also in the response."""
 from __future__ import annotations
 
 import json
@@ -6,11 +6,12 @@ import logging
 
 import pytest
 
+from core.logs import FIELDS, JSONFormatter
 from core.security import TokenBucket
 
 
 def _lines(caplog):
-    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "refinity.access"]
+    return [getattr(r, FIELDS) for r in caplog.records if r.name == "refinity.access"]
 
 
 def test_each_request_logs_one_json_line(client, caplog):
@@ -24,6 +25,15 @@ def test_each_request_logs_one_json_line(client, caplog):
     assert line["duration_ms"] >= 0
     text = json.dumps(line)
     assert "query-secret" not in text and "tok-123" not in text and "alice" not in text
+
+
+def test_an_access_line_is_one_json_object_with_its_fields_at_the_top(client, caplog):
+    caplog.set_level(logging.INFO, logger="refinity.access")
+    client.get("/ping", headers={"X-Request-ID": "trace-7"})
+    (record,) = [r for r in caplog.records if r.name == "refinity.access"]
+    line = json.loads(JSONFormatter().format(record))
+    assert line["logger"] == "refinity.access" and line["level"] == "INFO" and line["message"] == "GET /ping 200"
+    assert line["request_id"] == "trace-7" and line["route"] == "/ping" and line["time"].endswith("Z")
 
 
 def test_a_sane_incoming_request_id_is_kept(client):

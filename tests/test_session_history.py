@@ -8,7 +8,7 @@ import pytest
 from bson import ObjectId
 
 from apps.paint import sessions
-from tests.helpers import save_body, scheme
+from tests.helpers import Worker, save_body, scheme, wait_until
 
 CLIENT_KEYS = ["_id", "username", "currentStage", "designTask",
                "rapidDivergenceSchemes", "deepDivergenceSchemes", "convergenceSchemes"]
@@ -108,3 +108,37 @@ def test_pending_entry_of_a_failed_save_is_not_shown(gated_app, wire_gate, datab
     assert client.get(f"/paint/history/{pending['_id']}").status_code == 404
     tasks = [s["designTask"] for s in client.get("/paint/history?username=alice").get_json()["data"]["saves"]]
     assert tasks == ["third", "second", "first"]
+
+def test_of_two_overlapping_saves_the_one_sent_last_stays_current(gated_app, wire_gate):
+    client = gated_app.test_client()
+    client.post("/paint/start", json={"username": "alice"})
+    assert client.post("/paint/save", json=save_body("alice", task="before")).status_code == 200
+    # The first save is held as it stores its sketch: after it arrived, before it is numbered.
+    wire_gate.hold_sender(b"sent first")
+    first = Worker(lambda: client.post("/paint/save", json=save_body(
+        "alice", rapid=[scheme("sent first")], task="sent first")))
+    first.start()
+    wait_until(lambda: wire_gate.held_with(b"sent first") == 1, what="the first save to be held")
+    last = client.post("/paint/save", json=save_body("alice", rapid=[scheme("sent last")], task="sent last"))
+    assert last.status_code == 200
+    wire_gate.open()
+    assert first.outcome(10).status_code == 200  # stored too, later
+
+    session = client.post("/paint/start", json={"username": "alice"}).get_json()["data"]
+    assert session["designTask"] == "sent last"
+    assert [s["name"] for s in session["rapidDivergenceSchemes"]] == ["sent last"]
+    saves = client.get("/paint/history?username=alice").get_json()["data"]["saves"]
+    assert sorted(s["designTask"] for s in saves) == ["before", "sent first", "sent last"]  # history keeps both
+
+
+def test_the_saves_of_a_restarted_server_come_after_those_of_the_last_one(make_app):
+    before = make_app()
+    client = before.test_client()
+    client.post("/paint/start", json={"username": "alice"})
+    for task in ("first run, one", "first run, two"):
+        assert client.post("/paint/save", json=save_body("alice", task=task)).status_code == 200
+    after = make_app(MONGO_DB=before.config["MONGO_DB"]).test_client()  # counts its arrivals afresh
+    assert after.post("/paint/save", json=save_body("alice", task="second run")).status_code == 200
+    assert after.post("/paint/start", json={"username": "alice"}).get_json()["data"]["designTask"] == "second run"
+    saves = after.get("/paint/history?username=alice").get_json()["data"]["saves"]
+    assert [s["designTask"] for s in saves] == ["second run", "first run, two", "first run, one"]

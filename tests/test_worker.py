@@ -38,7 +38,7 @@ def port(mongo_uri, tmp_path_factory) -> Iterator[int]:
                  REQUEST_READ_TIMEOUT=str(READ_TIMEOUT), BODY_MEMORY_BUDGET=str(BUDGET),
                  SAVE_MAX_CONTENT_LENGTH=str(SAVE_MAX)) as server:
         yield server.port
-    assert not server.said("Traceback"), "".join(server.lines)
+    assert "Traceback" not in server.output(), server.output()
 
 
 def post(port: int, path: str, value) -> requests.Response:

@@ -1,148 +1,96 @@
 """The API described: its OpenAPI 3.1 document, served at /openapi.json for tools and at /docs for people.
 
-The document is built once from what the server itself declares wherever it can: the
-pydantic models of /generate's prompts and answers (`apps.paint.pipelines.PIPELINES`) and
-of the query strings (`HistoryQuery`, `PageQuery`), and the limits the session and record
-modules name. The rest (routes, the envelope, the failure answers, the stored shapes) is
-written here once.
+Every schema in it is one that pydantic writes for a type the server declares where the
+fact lives: request bodies and queries, each answer's data, the envelope around it
+(core.envelope.Envelope, parametrised per answer), stored shapes. Where the document needs
+one it says `Schema(the type)`, and `_build` has pydantic write them all in one pass, the
+models among them as components. Written here is the rest: routes, statuses, headers,
+descriptions and examples.
 
 /docs is Swagger UI, whose assets the flask-swagger-ui package installs from PyPI and this
 server serves itself (no CDN: a study network may be offline), started on /openapi.json.
-Both sit behind API_TOKEN like every route but the probes: they reveal no data, but a
-deployment that asks for a token should not advertise its researcher routes to anyone.
+Both are researcher routes (core.security): they reveal no data, but strangers need not
+learn the researcher routes from them.
 """
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import flask_swagger_ui
 from flask import Blueprint, Response, jsonify, render_template, send_from_directory
 from pydantic import BaseModel, ConfigDict, TypeAdapter
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode
 
-import config
 from apps import records as limits
 from apps.paint import sessions
-from apps.paint.pipelines import PIPELINES
-from apps.paint.sessions import SCHEME_FIELDS
-from core import validation as v
+from apps.generate import exchanges
+from apps.system import Alive
 from core.db import Id
-from core.envelope import CODE_BACKEND, CODE_BUSINESS, CODE_OK, CODE_STORAGE, NotFound
+from core.envelope import CODE_BACKEND, CODE_BUSINESS, CODE_OK, CODE_STORAGE, Envelope, NotFound
 from core.request_body import BodyMemoryFull
+from core.image_store import ImageType, Sha256
+from core.monitoring import Readiness
+from core.security import researcher
 
 JSON = "application/json"
+REF_TEMPLATE = "#/components/schemas/{model}"
 
 
-# -- shared schemas ---------------------------------------------------------------------------
+# -- schemas ----------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Schema:
+    """A spot in the document for the JSON schema pydantic writes of `type`, a model or an annotated type."""
+
+    type: Any
+    mode: JsonSchemaMode = "serialization"  # "validation" for what a client sends
 
 
-def ref(name: str) -> dict[str, str]:
-    """Return a reference to the component schema `name`."""
-    return {"$ref": f"#/components/schemas/{name}"}
+def _adapter(type_: Any) -> TypeAdapter:
+    if isinstance(type_, type) and issubclass(type_, BaseModel):
+        return TypeAdapter(type_)
+    return TypeAdapter(type_, config=ConfigDict(arbitrary_types_allowed=True))  # an Id holds an ObjectId
 
 
-def nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    """Return a schema accepting `schema` or null."""
-    return {"anyOf": [schema, {"type": "null"}]}
+def _spots(node: Any) -> Iterator[Schema]:
+    if isinstance(node, Schema):
+        yield node
+    elif isinstance(node, (dict, list)):
+        for item in node.values() if isinstance(node, dict) else node:
+            yield from _spots(item)
 
 
-ENVELOPE = {
-    "type": "object",
-    "description": "The shape of every JSON answer. `code`: 0 success, 1 business failure (bad input, "
-                   "unknown participant, token, limits), 2 a generative backend (GPT or Stable Diffusion) "
-                   "failed, 3 the database is unreachable or refused a write.",
-    "required": ["success", "data", "code", "message"],
-    "additionalProperties": False,
-    "properties": {
-        "success": {"type": "boolean"},
-        "data": {"description": "The route's payload on success; null on failure (except GET /readyz)."},
-        "code": {"type": "integer", "enum": [CODE_OK, CODE_BUSINESS, CODE_BACKEND, CODE_STORAGE]},
-        "message": {"type": "string", "description": "Empty on success; on failure, why, in words a person "
-                                                     "can act on (a bad field is named first)."},
-    },
-}
-
-def _type_schema(annotation: Any, **extra: Any) -> dict[str, Any]:
-    """Return the JSON schema pydantic writes for one annotated type (a name, an id), for a component."""
-    written = TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True)).json_schema()
-    return {**written, **extra}
+def _filled(node: Any, written: dict[Schema, Any]) -> Any:
+    if isinstance(node, Schema):
+        return written[node]
+    if isinstance(node, dict):
+        return {key: _filled(item, written) for key, item in node.items()}
+    if isinstance(node, list):
+        return [_filled(item, written) for item in node]
+    return node
 
 
-USERNAME = _type_schema(v.Username)
-OBJECT_ID = _type_schema(Id, examples=["6650c0ffee0000000000abcd"])
+def _is_envelope(type_: Any) -> bool:
+    return isinstance(type_, type) and issubclass(type_, Envelope)
 
-SHA256 = {
-    "type": "string",
-    "minLength": 64,
-    "maxLength": 64,
-    "pattern": "^[0-9a-fA-F]{64}$",
-    "description": "The SHA-256 of an image's bytes, 64 hex characters.",
-}
 
-STAGE = _type_schema(sessions.Stage, description="A study stage, as the client spells it: 准备 (not ready), "
-                     "快速发散 (rapid divergence), 深入发散 (deep divergence), 收敛 (convergence), 完成 (finished), "
-                     "禁止 (disabled).")
-
-# Any JSON MongoDB stores as given. Depth (at most core.validation.MAX_DEPTH levels) is not
-# expressible in JSON Schema; the description says it.
-STORABLE_VALUE = {
-    "description": f"Any JSON value that MongoDB can store unchanged: object keys do not start with '$' "
-                   f"and contain no '.' or NUL, integers fit in 64 bits, nesting is at most "
-                   f"{v.MAX_DEPTH} levels deep.",
-    "anyOf": [
-        {"type": ["null", "boolean", "string"]},
-        {"type": "integer", "minimum": v.INT64_MIN, "maximum": v.INT64_MAX},
-        {"type": "number", "not": {"type": "integer"}},
-        {"type": "array", "items": ref("StorableValue")},
-        ref("StorableObject"),
-    ],
-}
-
-STORABLE_OBJECT = {
-    "type": "object",
-    "propertyNames": {"pattern": "^([^$.\\u0000][^.\\u0000]*)?$"},
-    "additionalProperties": ref("StorableValue"),
-}
-
-SCHEME = {
-    "allOf": [ref("StorableObject")],
-    "description": "One sketch as the client's canvas produced it. The server stores it as opaque JSON "
-                   "and hands it back unchanged.",
-    "examples": [{
-        "name": "", "canvasSvg": "<svg xmlns=\"http://www.w3.org/2000/svg\"></svg>",
-        "canvasImage": "data:image/png;base64,iVBORw0KGgo...",
-        "paths": [{"drawMode": True, "strokeColor": "#000", "strokeWidth": 5, "paths": [{"x": 1.5, "y": 2}]}],
-        "texts": [{"text": "可折叠", "position": {"x": 10, "y": 20}}],
-    }],
-}
-
-STORED_SCHEME = {"type": "object", "description": "A scheme exactly as it was saved."}
-
-IMAGE_REF = {
-    "type": "object",
-    "description": "An image moved to the image store; fetch it with GET /images/{sha256}.",
-    "required": ["sha256", "contentType"],
-    "additionalProperties": False,
-    "properties": {"sha256": ref("Sha256"),
-                   "contentType": {"type": "string", "enum": ["image/png", "image/jpeg", "image/webp"]}},
-}
-
-COMMON = {
-    "Envelope": ENVELOPE,
-    "Username": USERNAME,
-    "ObjectId": OBJECT_ID,
-    "Sha256": SHA256,
-    "Stage": STAGE,
-    "StorableValue": STORABLE_VALUE,
-    "StorableObject": STORABLE_OBJECT,
-    "Scheme": SCHEME,
-    "StoredScheme": STORED_SCHEME,
-    "ImageRef": IMAGE_REF,
-}
+def written_schemas(document: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return `document` with every Schema spot filled in, and the component schemas they refer to."""
+    spots = list(_spots(document))
+    found, top = TypeAdapter.json_schemas([(spot, spot.mode, _adapter(spot.type)) for spot in spots],
+                                          by_alias=True, ref_template=REF_TEMPLATE)
+    components = top.get("$defs", {})
+    written = {spot: found[spot, spot.mode] for spot in spots}
+    # An envelope is the shape of one answer, not a concept to name: written out where it stands.
+    envelopes = {spot: written[spot]["$ref"].rsplit("/", 1)[-1] for spot in spots if _is_envelope(spot.type)}
+    written.update({spot: components[name] for spot, name in envelopes.items()})
+    named = {name: schema for name, schema in components.items() if name not in envelopes.values()}
+    return _filled(document, written), named
 
 
 def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
@@ -164,25 +112,28 @@ def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
 
 
 # -- answers ----------------------------------------------------------------------------------
-def success(data: dict[str, Any]) -> dict[str, Any]:
-    """Return the schema of a success envelope whose `data` is `data`."""
-    return {"allOf": [ref("Envelope")],
-            "properties": {"success": {"const": True}, "code": {"const": 0}, "data": data}}
+def success(data: Any) -> Schema:
+    """Return the schema of a success envelope whose `data` is of type `data` (or a Schema, in its mode)."""
+    spot = data if isinstance(data, Schema) else Schema(data)
+    return Schema(Envelope[Literal[True], Literal[CODE_OK], spot.type], spot.mode)
 
 
-def failure(*codes: int, data: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Return the schema of a failure envelope with one of `codes` (and null data unless given)."""
-    return {"allOf": [ref("Envelope")],
-            "properties": {"success": {"const": False}, "code": {"enum": list(codes)},
-                           "data": data if data is not None else {"type": "null"}}}
+def failure(*codes: int, data: Any = None) -> Schema:
+    """Return the schema of a failure envelope with one of `codes`, its data null unless of type `data`."""
+    return Schema(Envelope[Literal[False], Literal[codes], data])
+
+
+def answer(data: Any = None, code: int = CODE_OK, message: str = "") -> dict[str, Any]:
+    """Return an example answer in the envelope, as core.envelope writes one."""
+    return dict(Envelope.model_construct(success=code == CODE_OK, data=data, code=code, message=message))
 
 
 def example(message: str, code: int = CODE_BUSINESS) -> dict[str, Any]:
-    """Return a failure envelope example."""
-    return {"success": False, "data": None, "code": code, "message": message}
+    """Return an example failure answer."""
+    return answer(code=code, message=message)
 
 
-def json_response(description: str, schema: dict[str, Any], examples: dict[str, Any] | None = None,
+def json_response(description: str, schema: Schema | dict[str, Any], examples: dict[str, Any] | None = None,
                   headers: dict[str, Any] | None = None) -> dict[str, Any]:
     """Return a response object with a JSON body, its named examples and headers."""
     content: dict[str, Any] = {"schema": schema}
@@ -194,10 +145,9 @@ def json_response(description: str, schema: dict[str, Any], examples: dict[str, 
     return response
 
 
-def ok(description: str, data: dict[str, Any], example_data: Any) -> dict[str, Any]:
-    """Return a 200 response whose envelope carries `data`."""
-    return json_response(description, success(data),
-                         {"ok": {"success": True, "data": example_data, "code": 0, "message": ""}})
+def ok(description: str, data: Any, example_data: Any) -> dict[str, Any]:
+    """Return a 200 response whose envelope carries data of type `data`."""
+    return json_response(description, success(data), {"ok": answer(example_data)})
 
 
 def _header(description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -215,9 +165,17 @@ RESPONSES = {
         "it first (`prompts.schemes[1].designImage: ...`). Nothing is written.",
         failure(CODE_BUSINESS), {"bad field": example("username: must not be empty")}),
     "Unauthorized": json_response(
-        "API_TOKEN is set and the request lacks `Authorization: Bearer <API_TOKEN>`.",
+        "A researcher route, and API_TOKEN is set: the request lacks `Authorization: Bearer <API_TOKEN>` "
+        "(the token is never read from the query string).",
         failure(CODE_BUSINESS),
         {"no token": example("missing or wrong bearer token: send Authorization: Bearer <API_TOKEN>")}),
+    "Forbidden": json_response(
+        "A participant route called from an address outside ALLOWED_CLIENTS, or naming a username that is "
+        "not in the participant register (PARTICIPANT_REGISTER); or a researcher route called from another "
+        "machine while the server has no API_TOKEN.",
+        failure(CODE_BUSINESS),
+        {"not registered": example("username: 'mallory' is not registered for this study; ask the researcher "
+                                   "to register it")}),
     "NotFound": json_response(
         "What the request names does not exist (or no route has this path).",
         failure(CODE_BUSINESS), {"unknown": example("participant 'bob' does not exist; call /paint/start first")}),
@@ -257,7 +215,7 @@ RESPONSES = {
 }
 
 STATUS_RESPONSES = {
-    "400": "BadRequest", "401": "Unauthorized", "404": "NotFound", "405": "MethodNotAllowed",
+    "400": "BadRequest", "401": "Unauthorized", "403": "Forbidden", "404": "NotFound", "405": "MethodNotAllowed",
     "413": "PayloadTooLarge", "429": "RateLimited", "503": "StorageUnavailable", "504": "BackendTimeout",
 }
 
@@ -272,7 +230,7 @@ def errors(*statuses: int, **named: str) -> dict[str, Any]:
 
 
 # -- probes, metrics, this document -----------------------------------------------------------
-OPEN = [{}]  # no security requirement: these answer even when API_TOKEN is set
+OPEN = [{}]  # participant routes and probes: never the token (the web client sends none)
 TEXT = "text/plain"
 
 
@@ -280,72 +238,46 @@ def _text(description: str, example: str, media: str = TEXT) -> dict:
     return {"description": description, "content": {media: {"schema": {"type": "string"}, "example": example}}}
 
 
-INSTANCE = {
-    "type": "object",
-    "required": ["name", "state", "healthy", "cooldown_remaining", "last_error"],
-    "properties": {"name": {"type": "string", "description": "The instance's URL without credentials."},
-                   "state": {"type": "string", "description": "idle, busy, cooldown or probing."},
-                   "healthy": {"type": "boolean"},
-                   "cooldown_remaining": {"type": "number", "minimum": 0},
-                   "last_error": nullable({"type": "string"})},
-}
-
-READINESS = {
-    "type": "object",
-    "required": ["database", "sd", "gpt"],
-    "properties": {
-        "database": {"type": "object", "required": ["reachable"], "properties": {"reachable": {"type": "boolean"}}},
-        "sd": {"type": "object", "required": ["total", "healthy", "busy", "waiting", "closed", "instances"],
-               "properties": {"total": {"type": "integer"}, "healthy": {"type": "integer"},
-                              "busy": {"type": "integer"}, "waiting": {"type": "integer"},
-                              "closed": {"type": "boolean"}, "instances": {"type": "array", "items": INSTANCE}}},
-        "gpt": {"type": "object", "required": ["configured", "provider", "deployments", "recent_failures"],
-                "properties": {"configured": {"type": "boolean"}, "provider": nullable({"type": "string"}),
-                               "deployments": {"type": "object"},
-                               "recent_failures": {"type": "object",
-                                                   "additionalProperties": {"type": "integer"}}}},
-    },
-}
-
 READY_EXAMPLE = {"database": {"reachable": True},
                  "sd": {"total": 1, "healthy": 1, "busy": 0, "waiting": 0, "closed": False, "instances": [
                      {"name": "http://sd-1:7860", "state": "idle", "healthy": True,
                       "cooldown_remaining": 0, "last_error": ""}]},
-                 "gpt": {"configured": True, "provider": "azure", "deployments": {}, "recent_failures": {}}}
+                 "gpt": {"configured": True, "provider": "azure", "chat_deployment": "gpt-4o",
+                         "vision_deployment": "gpt-4o", "deployments": {}, "recent_failures": {},
+                         "recent_seconds": 300, "failures_total": {}}}
 
 NOT_READY_EXAMPLE = {**READY_EXAMPLE, "sd": {"total": 0, "healthy": 0, "busy": 0, "waiting": 0, "closed": False,
                                              "instances": []}}
 
-SYSTEM_SCHEMAS = {"Readiness": READINESS}
-
 SYSTEM_PATHS = {
     "/ping": {
         method: {"tags": ["system"], "operationId": f"ping{method.title()}", "security": OPEN,
-                 "summary": "Answer the plain text pong (liveness for curl and old probes)",
+                 "summary": "Answer the plain text pong (liveness for the web client and curl)",
                  "responses": {"200": _text("pong", "pong"),
+                               "403": {"$ref": "#/components/responses/Forbidden"},
                                "405": {"$ref": "#/components/responses/MethodNotAllowed"}}}
         for method in ("get", "post")
     },
     "/healthz": {"get": {
         "tags": ["system"], "operationId": "healthz", "security": OPEN,
         "summary": "Answer that the process is alive, without any I/O",
-        "responses": {"200": ok("Alive.", {"type": "object", "required": ["status"],
-                                           "properties": {"status": {"const": "alive"}}}, {"status": "alive"}),
+        "responses": {"200": ok("Alive.", Alive, {"status": "alive"}),
                       "405": {"$ref": "#/components/responses/MethodNotAllowed"}},
     }},
     "/readyz": {"get": {
         "tags": ["system"], "operationId": "readyz", "security": OPEN,
         "summary": "Say whether a generation can work now: database, GPT and a healthy SD instance",
         "description": "Cheap: one database ping and the backends' own counters; no model is called. "
-                       "`message` says what is missing or degraded.",
+                       "For a researcher (from the server's machine, or with the token when one is set) "
+                       "`data` holds the details and `message` says what is missing or degraded; anyone "
+                       "else gets the same status and code, `data` null and a bare ready or not ready.",
         "responses": {
-            "200": json_response("Ready (possibly degraded; see message).",
-                                 {**success({"$ref": "#/components/schemas/Readiness"}), "required": ["message"]},
-                                 {"ready": {"success": True, "data": READY_EXAMPLE, "code": 0, "message": "ready"}}),
-            "503": json_response("Not ready: code 3 when the database is unreachable, else 2.",
-                                 failure(CODE_BACKEND, CODE_STORAGE, data={"$ref": "#/components/schemas/Readiness"}),
-                                 {"no SD": {"success": False, "data": NOT_READY_EXAMPLE, "code": CODE_BACKEND,
-                                            "message": "not ready: no SD instances configured (set SD_ENDPOINTS)"}}),
+            "200": json_response("Ready (possibly degraded; see message).", success(Readiness | None),
+                                 {"ready": answer(READY_EXAMPLE, message="ready")}),
+            "503": json_response("Not ready: code 3 when the database is unreachable or its disk full, else 2.",
+                                 failure(CODE_BACKEND, CODE_STORAGE, data=Readiness | None),
+                                 {"no SD": answer(NOT_READY_EXAMPLE, CODE_BACKEND,
+                                                  "not ready: no SD instances configured (set SD_ENDPOINTS)")}),
             "405": {"$ref": "#/components/responses/MethodNotAllowed"}},
     }},
     "/metrics": {"get": {
@@ -355,19 +287,19 @@ SYSTEM_PATHS = {
                        "SD pool's and the GPT client's counters, read at scrape time.",
         "responses": {"200": _text("Prometheus exposition (text format 0.0.4).",
                                    "# TYPE refinity_http_requests_total counter\n"),
-                      **errors(401, 405)},
+                      **errors(401, 403, 405)},
     }},
     "/openapi.json": {"get": {
         "tags": ["documentation"], "operationId": "openapiDocument",
         "summary": "This OpenAPI 3.1 document (plain JSON, not in the envelope, so tools can read it)",
         "responses": {"200": {"description": "The document.", "content": {"application/json": {
             "schema": {"type": "object", "required": ["openapi", "info", "paths"]}}}},
-            **errors(401, 405)},
+            **errors(401, 403, 405)},
     }},
     "/docs": {"get": {
         "tags": ["documentation"], "operationId": "docsPage",
         "summary": "This document in Swagger UI; every asset comes from this server",
-        "responses": {"200": _text("The page.", "<!doctype html>...", "text/html"), **errors(401, 405)},
+        "responses": {"200": _text("The page.", "<!doctype html>...", "text/html"), **errors(401, 403, 405)},
     }},
     "/docs/assets/{name}": {"get": {
         "tags": ["documentation"], "operationId": "docsAsset",
@@ -376,7 +308,7 @@ SYSTEM_PATHS = {
                         "description": "swagger-ui.css, swagger-ui-bundle.js or docs.js."}],
         "responses": {"200": {"description": "The asset.", "content": {
             media: {"schema": {"type": "string"}} for media in ("text/css", "text/javascript")}},
-            **errors(401, 404, 405)},
+            **errors(401, 403, 404, 405)},
     }},
 }
 
@@ -384,21 +316,6 @@ SYSTEM_PATHS = {
 # -- participant sessions ---------------------------------------------------------------------
 EXAMPLE_ID = "6650c0ffee0000000000abcd"
 EXAMPLE_TASK = "设计一款运动辅助产品"
-
-SESSION = {
-    "type": "object",
-    "description": "The participant's stored session; the client spreads it into its state.",
-    "required": ["_id", "username", "currentStage", "designTask", *SCHEME_FIELDS.values()],
-    "additionalProperties": False,
-    "properties": {
-        "_id": ref("ObjectId"),
-        "username": {"type": "string"},
-        "currentStage": ref("Stage"),
-        "designTask": {"type": "string"},
-        **{field: {"type": "array", "items": ref("StoredScheme"),
-                   "description": f"The schemes saved under {stage}."} for stage, field in SCHEME_FIELDS.items()},
-    },
-}
 
 SESSION_EXAMPLE = {"_id": EXAMPLE_ID, "username": "alice", "currentStage": "准备", "designTask": "",
                    "rapidDivergenceSchemes": [], "deepDivergenceSchemes": [], "convergenceSchemes": []}
@@ -408,77 +325,54 @@ SAVE_EXAMPLE = {"username": "alice", "data": {
                       "深入发散": [], "收敛": [], "完成": None, "禁止": None},
     "designTask": EXAMPLE_TASK, "currentStage": "快速发散"}}
 
-PAINT_SCHEMAS = {"Session": SESSION}
+
+# A session is answered as it was saved: its schemes are described as the save checked them.
+SESSION = Schema(sessions.Session, "validation")
 
 
-def _body(schema: dict[str, Any], example: Any) -> dict[str, Any]:
+def _body(schema: Schema, example: Any) -> dict[str, Any]:
     return {"required": True, "content": {JSON: {"schema": schema, "examples": {"client": {"value": example}}}}}
 
 
 PAINT_PATHS = {
     "/paint/start": {"post": {
-        "tags": ["sessions"], "operationId": "startSession",
+        "tags": ["sessions"], "operationId": "startSession", "security": OPEN,
         "summary": "Create the participant on first visit and return the stored session",
-        "requestBody": _body(ref("StartBody"), {"username": "alice"}),
-        "responses": {"200": ok("The participant's session.", ref("Session"), SESSION_EXAMPLE),
-                      **errors(400, 401, 405, 413, _503="StorageOrBodyMemoryUnavailable")},
+        "requestBody": _body(Schema(sessions.StartBody, "validation"), {"username": "alice"}),
+        "responses": {"200": ok("The participant's session.", SESSION, SESSION_EXAMPLE),
+                      **errors(400, 403, 405, 413, _503="StorageOrBodyMemoryUnavailable")},
     }},
     "/paint/save": {"post": {
-        "tags": ["sessions"], "operationId": "saveSession",
+        "tags": ["sessions"], "operationId": "saveSession", "security": OPEN,
         "summary": "Make the state sent the participant's current one, keeping the previous ones",
         "description": "The body carries the whole session, every sketch as a data URI, so its limit is "
                        "SAVE_MAX_CONTENT_LENGTH. Schemes are stored as opaque JSON and returned unchanged.",
-        "requestBody": _body(ref("SaveBody"), SAVE_EXAMPLE),
-        "responses": {"200": ok("Saved.", {"type": "null"}, None),
-                      **errors(400, 401, 404, 405, 413, _503="StorageOrBodyMemoryUnavailable")},
+        "requestBody": _body(Schema(sessions.SaveBody, "validation"), SAVE_EXAMPLE),
+        "responses": {"200": ok("Saved.", None, None),
+                      **errors(400, 403, 404, 405, 413, _503="StorageOrBodyMemoryUnavailable")},
     }},
     "/paint/history": {"get": {
         "tags": ["sessions"], "operationId": "listSaves",
         "summary": "List the participant's saves, newest first",
         "description": "Parameters other than username and limit are rejected (400).",
         "parameters": query_parameters(sessions.HistoryQuery),
-        "responses": {"200": ok("The saves, newest first.", ref("History"), {"username": "alice", "saves": [{
+        "responses": {"200": ok("The saves, newest first.", sessions.History, {"username": "alice", "saves": [{
             "id": EXAMPLE_ID, "revision": 3, "savedAt": "2024-05-24T09:30:00.123Z", "kind": "save",
             "currentStage": "快速发散", "designTask": EXAMPLE_TASK, "counts": {"快速发散": 2, "深入发散": 0, "收敛": 0}}]}),
-            **errors(400, 401, 404, 405, 503)},
+            **errors(400, 401, 403, 404, 405, 503)},
     }},
     "/paint/history/{entry_id}": {"get": {
         "tags": ["sessions"], "operationId": "getSavedState",
         "summary": "Return one past state of a participant, in the shape of /paint/start",
-        "parameters": [{"name": "entry_id", "in": "path", "required": True, "schema": ref("ObjectId"),
+        "parameters": [{"name": "entry_id", "in": "path", "required": True, "schema": Schema(Id, "validation"),
                         "description": "The `id` of a save in GET /paint/history."}],
-        "responses": {"200": ok("The saved state.", ref("Session"), SESSION_EXAMPLE),
-                      **errors(400, 401, 404, 405, 503)},
+        "responses": {"200": ok("The saved state.", SESSION, SESSION_EXAMPLE),
+                      **errors(400, 401, 403, 404, 405, 503)},
     }},
 }
 
 
 # -- generation and its records ---------------------------------------------------------------
-# The format of a sketch a client sends (core.image_store.SketchImage): its bytes are checked,
-# which JSON Schema cannot express.
-IMAGE_FORMAT = "image-data-uri"
-
-TYPES = {0: "rapid divergence", 1: "deep divergence", 2: "convergence, naming and selection",
-         3: "convergence, group two"}
-
-
-REQUESTS = {
-    f"Generate{p.prompts.__name__.removesuffix('Prompts')}": {
-        "type": "object", "required": ["appid", "type", "prompts"], "title": f"type {type_}: {TYPES[type_]}",
-        "properties": {
-            "appid": {"type": "integer", "const": config.APP_PAINT, "description": "The sketching app."},
-            "type": {"type": "integer", "const": type_, "description": TYPES[type_]},
-            "username": {**nullable(ref("Username")), "description": "Who asks, for the record; optional."},
-            "prompts": ref(p.prompts.__name__)}}
-    for type_, p in PIPELINES.items()
-}
-REQUESTS["GenerateRequest"] = {"oneOf": [ref(name) for name in REQUESTS],
-                               "description": "Unknown appid or type, or prompts of the wrong shape, answer 400."}
-RESULTS = {"GenerateData": {"oneOf": [ref(p.answer.__name__) for p in PIPELINES.values()],
-                            "description": "The data of the type asked for."}}
-
-
-
 SKETCH = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
           "AAAABJRU5ErkJggg==")  # a 1x1 PNG
 TASK = "设计一款运动辅助产品"
@@ -512,61 +406,46 @@ RESPONSE_EXAMPLES = {
         _item("concreteText", "可折叠收纳，内置计数屏，握把防滑")]))]},
 }
 
-RECORD = {
-    "allOf": [ref("GenerationSummary")],
-    "required": ["input", "steps", "result"],
-    "description": "Everything one POST /generate did; images are ImageRef objects.",
-    "properties": {
-        "input": nullable({"type": "object", "description": "The prompts as checked, in the client's names."}),
-        "steps": {"type": "array", "items": {"type": "object", "required": ["kind"],
-                                             "properties": {"kind": {"enum": ["llm", "image"]}}},
-                  "description": "One entry per GPT call and per image job, in the order they finished."},
-        "result": nullable({"type": "object", "description": "The data the client received."}),
-    },
-}
-
-GENERATE_SCHEMAS = {**REQUESTS, **RESULTS, "GenerationRecord": RECORD}
+GENERATE_REQUEST, GENERATE_DATA = exchanges()
 
 _SUMMARY_EXAMPLE = {"_id": RECORD_ID, "createdAt": "2024-05-24T09:30:00.123Z",
                     "finishedAt": "2024-05-24T09:31:10.456Z", "durationMs": 70333, "appid": 0, "type": 0,
                     "username": "alice", "status": "ok", "error": None}
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
 
 GENERATE_PATHS = {
     "/generate": {"post": {
-        "tags": ["generation"], "operationId": "generate",
+        "tags": ["generation"], "operationId": "generate", "security": OPEN,
         "summary": "Run one generation pipeline and answer its creatives",
         "description": "Every request that passes validation leaves a record (GET /generations), whether it "
                        "succeeds or fails; rejected ones leave none. A generation takes up to minutes.",
         "requestBody": {"required": True, "content": {"application/json": {
-            "schema": ref("GenerateRequest"),
+            "schema": Schema(GENERATE_REQUEST, "validation"),
             "examples": {name: {"value": value} for name, value in REQUEST_EXAMPLES.items()}}}},
-        "responses": {"200": {**ok("The creatives.", ref("GenerateData"), RESPONSE_EXAMPLES["type 0"])},
-                      **errors(400, 401, 405, 413, 429, 504, _503="BackendUnavailable")},
+        "responses": {"200": {**ok("The creatives.", GENERATE_DATA, RESPONSE_EXAMPLES["type 0"])},
+                      **errors(400, 403, 405, 413, 429, 504, _503="BackendUnavailable")},
     }},
     "/generations": {"get": {
         "tags": ["records"], "operationId": "listGenerations",
         "summary": "List generation record summaries, newest first",
-        "description": "Parameters other than these four are rejected (400), and so is a `before` id that "
-                       "no record has.",
+        "description": "Parameters other than these four are rejected (400).",
         "parameters": query_parameters(limits.PageQuery),
-        "responses": {"200": ok("A page of summaries.", ref("GenerationPage"),
+        "responses": {"200": ok("A page of summaries.", limits.GenerationPage,
                                 {"items": [_SUMMARY_EXAMPLE], "next": None}),
-                      **errors(400, 401, 405, 503)},
+                      **errors(400, 401, 403, 405, 503)},
     }},
     "/generations/{record_id}": {"get": {
         "tags": ["records"], "operationId": "getGeneration", "summary": "Return one whole generation record",
-        "parameters": [{"name": "record_id", "in": "path", "required": True, "schema": ref("ObjectId")}],
-        "responses": {"200": ok("The record.", ref("GenerationRecord"), {
+        "parameters": [{"name": "record_id", "in": "path", "required": True, "schema": Schema(Id, "validation")}],
+        "responses": {"200": ok("The record.", limits.GenerationRecord, {
             **_SUMMARY_EXAMPLE, "input": {"task": TASK, "num": 1}, "steps": [],
-            "result": RESPONSE_EXAMPLES["type 0"]}), **errors(400, 401, 404, 405, 503)},
+            "result": RESPONSE_EXAMPLES["type 0"]}), **errors(400, 401, 403, 404, 405, 503)},
     }},
     "/images/{key}": {"get": {
         "tags": ["records"], "operationId": "getImage",
         "summary": "Serve a stored image by its SHA-256 (case-insensitive)",
         "description": "Images never change under their hash: the answer is cacheable for good and "
                        "honours If-None-Match.",
-        "parameters": [{"name": "key", "in": "path", "required": True, "schema": ref("Sha256"),
+        "parameters": [{"name": "key", "in": "path", "required": True, "schema": Schema(Sha256, "validation"),
                         "description": "The image's SHA-256, as in an ImageRef."}],
         "responses": {
             "200": {"description": "The bytes. Generation images are PNG, JPEG or WebP; a blob moved out of a "
@@ -579,10 +458,10 @@ GENERATE_PATHS = {
                                 "Content-Security-Policy": {"schema": {"type": "string"}, "required": True,
                                                             "description": "sandbox; default-src 'none'"}},
                     "content": {**{kind: {"schema": {"type": "string", "contentMediaType": kind}}
-                                   for kind in IMAGE_TYPES},
+                                   for kind in get_args(ImageType)},
                                 "*/*": {"schema": {"type": "string"}}}},
             "304": {"description": "Not modified (If-None-Match named this image)."},
-            **errors(400, 401, 404, 405, 503)},
+            **errors(400, 401, 403, 404, 405, 503)},
     }},
 }
 
@@ -595,9 +474,9 @@ The server behind the Refinity sketching client: participant sessions, creative 
 Stable Diffusion, and the researcher's records of every generation.
 
 **The envelope.** Every JSON answer, success or failure, is `{"success", "data", "code", "message"}`
-(`/openapi.json` excepted: tools read it as plain OpenAPI). `code` 0 is success, 1 a business failure,
-2 a generative backend failure, 3 a database failure. The HTTP status is real (400, 401, 404, 405,
-408, 413, 429, 503, 504) and the client may read the body whatever it is.
+(`/openapi.json` excepted: tools read it as plain OpenAPI); every answer's schema says what its
+`code` means. The HTTP status is real (400, 401, 404, 405, 408, 413, 429, 503, 504) and the client
+may read the body whatever it is.
 
 **Slow clients.** Under gunicorn a request's head must arrive within REQUEST_READ_TIMEOUT seconds,
 and its body within that again plus a second per REQUEST_MIN_RATE bytes; a slower one is answered
@@ -608,9 +487,13 @@ a lone surrogate escape (`"\\ud800"`) anywhere in a body is refused with 400, an
 non-JSON constants `NaN` and `Infinity`. **Integers** are written without a fraction
 or exponent (`6`, not `6.0`); booleans are never integers.
 
-**Authentication** is off unless the server sets `API_TOKEN`; then every route but `/ping`,
-`/healthz` and `/readyz` (and CORS preflights) needs `Authorization: Bearer <API_TOKEN>`, including
-this document and `/docs`.
+**Two surfaces.** The participant routes (`/ping`, `/paint/start`, `/paint/save`, `/generate`) are
+the web client's and never need a token; a server may limit them to the client networks in
+`ALLOWED_CLIENTS`, and with `PARTICIPANT_REGISTER` on to registered usernames (403 otherwise). Every
+other route is a researcher route, this document and `/docs` included: it needs
+`Authorization: Bearer <API_TOKEN>` (401), and while the server has no API_TOKEN it answers only
+requests from the server's own machine (403). `/healthz` and `/readyz` answer anyone, `/readyz`
+giving its details to researchers only. CORS preflights need nothing.
 
 **CORS.** Every route answers `OPTIONS` preflights for the origins in `CORS_ORIGINS`.
 """
@@ -624,19 +507,9 @@ TAGS = [
 ]
 
 
-def _model_schemas() -> dict[str, Any]:
-    """Return the schemas pydantic writes for the models the document names, each a component."""
-    models = [(sessions.StartBody, "validation"), (sessions.SaveBody, "validation")]
-    models += [(p.prompts, "validation") for p in PIPELINES.values()]
-    models += [(p.answer, "serialization") for p in PIPELINES.values()]
-    models += [(limits.GenerationPage, "serialization"), (sessions.History, "serialization")]
-    _, top = models_json_schema(models, by_alias=True, ref_template="#/components/schemas/{model}")
-    return top["$defs"]
-
-
 @lru_cache(maxsize=1)
 def _build() -> dict[str, Any]:
-    return {
+    document, models = written_schemas({
         "openapi": "3.1.0",
         "info": {"title": "Refinity API", "version": VERSION, "description": DESCRIPTION},
         "tags": TAGS,
@@ -647,10 +520,12 @@ def _build() -> dict[str, Any]:
             "securitySchemes": {"bearerAuth": {
                 "type": "http", "scheme": "bearer",
                 "description": "The server's API_TOKEN; required only when the server sets one."}},
-            "schemas": {**COMMON, **_model_schemas(), **PAINT_SCHEMAS, **GENERATE_SCHEMAS, **SYSTEM_SCHEMAS},
+            "schemas": {},
             "responses": RESPONSES,
         },
-    }
+    })
+    document["components"]["schemas"].update(models)
+    return document
 
 
 def build_document() -> dict[str, Any]:
@@ -671,12 +546,14 @@ DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inl
 
 
 @bp.get("/openapi.json")
+@researcher
 def openapi_document() -> Response:
     """Answer the OpenAPI document as plain JSON (not in the envelope), for tools."""
     return jsonify(build_document())
 
 
 @bp.get("/docs")
+@researcher
 def docs() -> Response:
     """Answer the page that shows the document with Swagger UI."""
     info = build_document()["info"]
@@ -688,6 +565,7 @@ def docs() -> Response:
 
 
 @bp.get("/docs/assets/<name>")
+@researcher
 def docs_asset(name: str) -> Response:
     """Serve one asset of the docs page; they change only with the package, so cache for a day."""
     if name not in ASSETS:

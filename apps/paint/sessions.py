@@ -2,32 +2,38 @@
 
 A participant is one small document in `participants`, unique by username: the current
 stage, the design task and `schemeRefs`, for each stage's list the ids of its schemes in
-apps.paint.scheme_store. POST /paint/start answers it (creating it on first visit) as the
-seven keys the client spreads into its state; POST /paint/save replaces the state and
-keeps every save in `session_history`, which GET /paint/history lists.
+apps.paint.scheme_store. POST /paint/start answers it (creating it on first visit) as a
+`Session`, the seven keys the client spreads into its state; POST /paint/save replaces the
+state and keeps every save in `session_history`, which GET /paint/history lists.
 
-A save takes the next number from the participant's `revisionSeq`, writes its history
-entry (pending), then sets the participant's state in one atomic update that only
-applies while the participant's `revision` is older, and last marks the entry committed.
-An entry is visible when it is committed or is the participant's current revision, so a
-failure at any step leaves either the old state with no visible entry, or the new state
-with its entry; of two concurrent saves both are kept and the later revision wins.
+A save is placed in order as it arrives, before its body is read (`SaveOrder`). Once read
+and its sketches stored, it takes the next number from the participant's `revisionSeq`,
+writes its history entry (pending), then sets the participant's state in one atomic
+update that only applies while that state arrived earlier, and last marks the entry
+committed. An entry is visible when it is committed or is the participant's current
+revision, so a failure at any step leaves either the old state with no visible entry, or
+the new state with its entry. Of two overlapping saves both are kept and the one that
+arrived last stays current, however long the other took to be read and stored; the
+history lists saves by arrival too, newest first.
 
 Participants of the old format, their schemes inline, still load; their next save
 records their old state as revision 0 and converts them.
 """
 from __future__ import annotations
 
+import itertools
 import logging
+import threading
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, get_args
 
 from bson import ObjectId
-from pydantic import ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, DocumentTooLarge, DuplicateKeyError, PyMongoError
+from typing_extensions import TypeAliasType
 
 from apps.paint import scheme_store
 from apps.paint.scheme_store import SchemeLists, SchemeRefs
@@ -38,8 +44,11 @@ from core.validation import FROM_QUERY, Body, StorableObject, Username
 log = logging.getLogger(__name__)
 
 # The study's stages, exactly as the web client spells them.
-Stage = Literal["准备", "快速发散", "深入发散", "收敛", "完成", "禁止"]
-STAGES: tuple[str, ...] = get_args(Stage)
+StageName = Literal["准备", "快速发散", "深入发散", "收敛", "完成", "禁止"]
+STAGES: tuple[str, ...] = get_args(StageName)
+Stage = TypeAliasType("Stage", Annotated[StageName, Field(description=(
+    "A study stage, as the client spells it: 准备 (not ready), 快速发散 (rapid divergence), 深入发散 (deep "
+    "divergence), 收敛 (convergence), 完成 (finished), 禁止 (disabled)."))])
 NOT_READY, RAPID, DEEP, CONVERGENCE, FINISHED, DISABLED = STAGES
 # The stages whose sketches the client saves, and the field of the session that holds each list.
 SCHEME_FIELDS = {RAPID: "rapidDivergenceSchemes", DEEP: "deepDivergenceSchemes", CONVERGENCE: "convergenceSchemes"}
@@ -62,8 +71,14 @@ class StartBody(Body):
     username: Username
 
 
-# A scheme is the client's opaque JSON; the document describes it once, as its Scheme schema.
-Scheme = Annotated[StorableObject, WithJsonSchema({"$ref": "#/components/schemas/Scheme"})]
+# A scheme is the client's opaque JSON, stored as sent and answered unchanged.
+Scheme = TypeAliasType("Scheme", Annotated[StorableObject, Field(
+    description="One sketch as the client's canvas produced it. The server stores it as opaque JSON and hands "
+                "it back unchanged.",
+    examples=[{"name": "", "canvasSvg": "<svg xmlns=\"http://www.w3.org/2000/svg\"></svg>",
+               "canvasImage": "data:image/png;base64,iVBORw0KGgo...",
+               "paths": [{"drawMode": True, "strokeColor": "#000", "strokeWidth": 5, "paths": [{"x": 1.5, "y": 2}]}],
+               "texts": [{"text": "可折叠", "position": {"x": 10, "y": 20}}]}])])
 SchemeList = Annotated[list[Scheme], Field(max_length=MAX_SCHEMES_PER_STAGE)]
 
 
@@ -139,6 +154,7 @@ class HistoryEntry(SessionState):
     participant_id: Id
     username: str
     revision: int
+    arrival: int = 0  # its place in the order saves arrived in (SaveOrder); older entries have none
     kind: Literal["save", "legacy"] = "save"  # legacy: the state of an old-format participant
     saved_at: datetime
     status: Status = PENDING
@@ -166,6 +182,35 @@ class Participant(Document):
         return doc
 
 
+class SaveOrder:
+    """The order in which one app receives saves: a number for each, later than every save stored before.
+
+    `arrive` numbers a save as it arrives, in this process, before its body is read. The
+    number stored (`arrival`) adds where the stored saves end, read from the database on
+    the first save that reaches it, so the saves of a restarted server still come after
+    those of the last one; no clock is involved.
+    """
+
+    def __init__(self) -> None:
+        self._numbers = itertools.count(1)  # next() on it is atomic: threads get distinct numbers
+        self._base: int | None = None
+        self._lock = threading.Lock()
+
+    def arrive(self) -> int:
+        """Return the number of a save arriving now."""
+        return next(self._numbers)
+
+    def arrival(self, db: Database, number: int) -> int:
+        """Return the stored arrival of the save numbered `number`."""
+        if self._base is None:
+            with self._lock:
+                if self._base is None:
+                    last = db[PARTICIPANTS].find_one({"arrival": {"$gt": 0}}, {"arrival": 1},
+                                                     sort=[("arrival", DESCENDING)])
+                    self._base = last["arrival"] if last else 0
+        return self._base + number
+
+
 class SaveNotStored(ApiError):
     """A save failed part-way through; the previous state is still the current one."""
 
@@ -178,6 +223,7 @@ def create_indexes(db: Database) -> None:
     db[PARTICIPANTS].create_index([("username", ASCENDING)], unique=True, name="username_unique")
     db[HISTORY].create_index([("username", ASCENDING), ("revision", ASCENDING)],
                              unique=True, name="username_revision")
+    db[HISTORY].create_index([("username", ASCENDING), ("arrival", DESCENDING)], name="username_arrival")
 
 
 def _participant(db: Database, match: dict[str, Any]) -> Participant | None:
@@ -204,10 +250,31 @@ def _lists(db: Database, refs: SchemeRefs) -> SchemeLists:
     return scheme_store.load(db, {field: refs.get(field) or [] for field in SCHEME_FIELDS.values()})
 
 
+def _saved_under(stage: str) -> Any:
+    return Field(alias=SCHEME_FIELDS[stage], description=f"The schemes saved under {stage}.")
+
+
+class Session(Document):
+    """POST /paint/start: the participant's stored session, the seven keys the client spreads into its state."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Id = Field(alias="_id")
+    username: str
+    current_stage: Stage
+    design_task: str
+    rapid: list[Scheme] = _saved_under(RAPID)
+    deep: list[Scheme] = _saved_under(DEEP)
+    convergence: list[Scheme] = _saved_under(CONVERGENCE)
+
+
 def _session(participant: Participant, stage: str, task: str, lists: SchemeLists) -> dict[str, Any]:
     """Return the seven keys the client spreads into its state."""
-    return {"_id": str(participant.id), "username": participant.username, "currentStage": stage,
-            "designTask": task, **lists}
+    # Neither validated nor dumped, which would walk every scheme: they were checked when saved,
+    # and hold megabytes of JSON written already. The values as they are, under the client's names.
+    session = Session.model_construct(id=participant.id, username=participant.username, current_stage=stage,
+                                      design_task=task, **lists)
+    return {Session.model_fields[name].alias: value for name, value in session}
 
 
 def start(db: Database, username: str) -> dict[str, Any]:
@@ -221,8 +288,8 @@ def start(db: Database, username: str) -> dict[str, Any]:
 def _next_revision(db: Database, participant_id: ObjectId) -> int:
     counter = db[PARTICIPANTS].find_one_and_update(
         {"_id": participant_id},
-        # $max gives old documents a `revision` of 0, so the guard in _set_state can match them.
-        {"$inc": {"revisionSeq": 1}, "$max": {"revision": 0}},
+        # $max gives older documents these fields, so the guard in _set_state can match them.
+        {"$inc": {"revisionSeq": 1}, "$max": {"revision": 0, "arrival": 0}},
         projection={"revisionSeq": 1},
         return_document=ReturnDocument.AFTER,
     )
@@ -232,11 +299,11 @@ def _next_revision(db: Database, participant_id: ObjectId) -> int:
 
 
 def _set_state(db: Database, participant_id: ObjectId, entry: HistoryEntry) -> int | None:
-    """Make `entry` the participant's state unless a later revision already is; return the one replaced."""
+    """Make `entry` the participant's state unless one that arrived later already is; return the revision replaced."""
     before = db[PARTICIPANTS].find_one_and_update(
-        {"_id": participant_id, "revision": {"$lt": entry.revision}},
+        {"_id": participant_id, "arrival": {"$lt": entry.arrival}},
         {"$set": {**entry.model_dump(by_alias=True, include=STATE_FIELDS), "revision": entry.revision,
-                  "historyId": entry.id, "updatedAt": entry.saved_at},
+                  "arrival": entry.arrival, "historyId": entry.id, "updatedAt": entry.saved_at},
          "$unset": {field: "" for field in SCHEME_FIELDS.values()}},  # the old format's inline lists
         projection={"revision": 1},
         return_document=ReturnDocument.BEFORE,
@@ -249,15 +316,15 @@ def _mark_committed(db: Database, username: str, revisions: list[int]) -> None:
                             {"$set": {"status": COMMITTED}})
 
 
-def _commit(db: Database, participant: Participant, state: SessionState) -> int:
-    """Record `state` as the participant's next save, current unless a later one is; return its revision."""
+def _commit(db: Database, participant: Participant, state: SessionState, arrival: int) -> int:
+    """Record `state` as the participant's next save, current unless one that arrived later is; return its revision."""
     revision = _next_revision(db, participant.id)
     entry = HistoryEntry(**state.model_dump(), participant_id=participant.id, username=participant.username,
-                         revision=revision, saved_at=datetime.now(timezone.utc))
+                         revision=revision, arrival=arrival, saved_at=datetime.now(timezone.utc))
     db[HISTORY].insert_one(entry.model_dump(by_alias=True))
     replaced = _set_state(db, participant.id, entry)
     if replaced is None:
-        # A later save is already current: this one still belongs in the history.
+        # A save that arrived later is current already: this one still belongs in the history.
         _mark_committed(db, participant.username, [revision])
         return revision
     try:
@@ -284,8 +351,11 @@ def _keep_legacy_state(db: Database, participant: Participant, lists: SchemeList
     log.info("converting participant %s from the one-document format", participant.id)
 
 
-def save(db: Database, username: str, state: SavedState) -> int:
-    """Store `state` as the participant's current session, keeping it in the history; return its revision."""
+def save(db: Database, username: str, state: SavedState, arrival: int) -> int:
+    """Store `state` in the history, and as the current session unless a save that arrived later is; return its revision.
+
+    `arrival` is the save's place in the order saves arrived in (SaveOrder.arrival).
+    """
     participant = _participant(db, {"username": username})
     if participant is None:
         raise NotFound(f"participant {username!r} does not exist; call /paint/start first")
@@ -294,7 +364,7 @@ def save(db: Database, username: str, state: SavedState) -> int:
         if participant.inline is not None:
             _keep_legacy_state(db, participant, participant.inline)
         return _commit(db, participant, SessionState(current_stage=state.current_stage,
-                                                     design_task=state.design_task, scheme_refs=refs))
+                                                     design_task=state.design_task, scheme_refs=refs), arrival)
     except (ConnectionFailure, DocumentTooLarge):
         raise  # the envelope already says these clearly
     except PyMongoError as error:
@@ -351,7 +421,8 @@ def saves(db: Database, query: HistoryQuery) -> dict[str, Any]:
     participant = _participant(db, {"username": query.username})
     if participant is None:
         raise NotFound(f"participant {query.username!r} does not exist")
-    found = db[HISTORY].find(visible(participant)).sort("revision", DESCENDING).limit(query.limit)
+    newest_first = [("arrival", DESCENDING), ("revision", DESCENDING)]  # entries without an arrival are older
+    found = db[HISTORY].find(visible(participant)).sort(newest_first).limit(query.limit)
     history = History(username=query.username, saves=[SaveSummary.of(HistoryEntry.model_validate(doc)) for doc in found])
     return history.model_dump(by_alias=True)
 

@@ -21,6 +21,7 @@ from apps.paint import scheme_store, study_files
 from apps.paint.scheme_store import SCHEMES
 from apps.paint.sessions import HISTORY, PARTICIPANTS, SCHEME_FIELDS, Participant, visible
 from apps.records import COLLECTION as GENERATIONS
+from core import json_codec
 from core.image_store import BUCKET, Image, StoredImages, is_key
 from core.json_codec import iso_utc
 
@@ -169,7 +170,7 @@ def export_study(db: Database, target: Path, *, username: str | None = None, as_
                 _write_blob(out, files, blob.sha256, blob)
         for collection, docs in records.items():
             with out.text(study_files.record_path(collection)) as text:
-                text.writelines(study_files.dumps(doc) + "\n" for doc in docs)
+                text.writelines(json_codec.dumps_document(doc) + "\n" for doc in docs)
         _tables(out, records, files)
         manifest = {
             "format": study_files.FORMAT, "version": study_files.VERSION,

@@ -5,7 +5,7 @@
     saves.csv              one row per save in the history
     schemes.csv            one row per distinct scheme, with the files of its moved values
     generations.csv        one row per generation record
-    records/<name>.jsonl   the documents as stored, in MongoDB canonical extended JSON
+    records/<name>.jsonl   the documents as stored, one per line (core.json_codec.dumps_document)
     blobs/<sha256>.<ext>   every image and blob, named by its hash (old-format sessions' inline images too)
 """
 from __future__ import annotations
@@ -16,10 +16,7 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
-
-from bson import json_util
-from bson.json_util import CANONICAL_JSON_OPTIONS
+from typing import IO
 
 from apps.paint.scheme_store import SCHEMES
 from apps.paint.sessions import HISTORY, PARTICIPANTS
@@ -44,16 +41,6 @@ def blob_path(key: str, content_type: str) -> str:
     mime = content_type.split(";", 1)[0].strip().lower()
     extension = _EXTENSIONS.get(mime) or mimetypes.guess_extension(mime) or ".bin"
     return f"blobs/{key}{extension}"
-
-
-def dumps(doc: dict[str, Any]) -> str:
-    """Return one document as a line of canonical extended JSON, types kept exactly."""
-    return json_util.dumps(doc, json_options=CANONICAL_JSON_OPTIONS, ensure_ascii=False)
-
-
-def loads(line: str) -> dict[str, Any]:
-    """Return the document of one line written by `dumps`."""
-    return json_util.loads(line, json_options=CANONICAL_JSON_OPTIONS)
 
 
 class ExportWriter:

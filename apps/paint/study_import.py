@@ -20,6 +20,7 @@ from pymongo.errors import BulkWriteError
 
 from apps.paint import study_files
 from apps.paint.study_export import Progress
+from core import json_codec
 from core.image_store import BUCKET, Image, is_key, put_image, stored_keys
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def _documents(source: study_files.ExportReader, collection: str) -> Iterator[di
     with source.text(study_files.record_path(collection)) as lines:
         for line in lines:
             if line.strip():
-                yield study_files.loads(line)
+                yield json_codec.loads_document(line)
 
 
 def _write(target: Collection, docs: list[dict[str, Any]], force: bool) -> None:
