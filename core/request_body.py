@@ -11,12 +11,15 @@ size above the whole budget, is 413.
 
 Under gunicorn the worker (`core.worker`) reads bodies on its event loop and reserves for
 them there, through the same `BodyMemoryBudget.admit`; the app then finds the body read
-already, a `ReadBody` as `wsgi.input`, and takes its bytes without reading anything.
+already, a `ReadBody` as `wsgi.input`, and takes its bytes without reading anything. Such a
+request reaches the app only once its body is in, so `arrival` gives its place in the order
+requests arrived in as it was when its head came (`arrive`, which the worker calls then).
 """
 from __future__ import annotations
 
 import ctypes
 import io
+import itertools
 import logging
 import math
 import threading
@@ -34,6 +37,7 @@ RETRY_AFTER = 2  # seconds: about what reading and storing a large save takes
 PIECE = 1024 * 1024  # a body without Content-Length is read, and reserved for, this much at a time
 _HELD = "body_memory_held"  # what the current request reserved, in flask.g
 _M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+_ARRIVALS = itertools.count(1)  # next() on it is atomic: threads and the worker's loop get distinct numbers
 
 
 class BodyMemoryFull(ApiError):
@@ -93,17 +97,18 @@ class ReadBody:
     body (no memory left, too large), it holds the error the app answers instead.
     """
 
-    def __init__(self, budget: BodyMemoryBudget, pieces: list[bytes], reserved: int) -> None:
+    def __init__(self, budget: BodyMemoryBudget, pieces: list[bytes], reserved: int, arrival: int) -> None:
         self._budget = budget
         self._pieces: list[bytes] | None = pieces
         self._stream: io.BytesIO | None = None
         self.reserved = reserved
+        self.arrival = arrival  # `arrive()` when the request's head came in
         self.error: Exception | None = None
 
     @classmethod
-    def refused(cls, budget: BodyMemoryBudget, error: Exception, reserved: int = 0) -> ReadBody:
+    def refused(cls, budget: BodyMemoryBudget, error: Exception, reserved: int, arrival: int) -> ReadBody:
         """Return a body left unread because of `error`, which the app raises when it asks for it."""
-        body = cls(budget, [], reserved)
+        body = cls(budget, [], reserved, arrival)
         body.error = error
         return body
 
@@ -139,6 +144,17 @@ class ReadBody:
         """Give back the memory reserved for this body (the request has ended)."""
         reserved, self.reserved = self.reserved, 0
         self._budget.release(reserved)
+
+
+def arrive() -> int:
+    """Return a number above that of every request that arrived before in this process."""
+    return next(_ARRIVALS)
+
+
+def arrival() -> int:
+    """Return the current request's place in the order requests arrive in: when its head came in."""
+    stream = request.environ.get("wsgi.input")
+    return stream.arrival if isinstance(stream, ReadBody) else arrive()
 
 
 def _hold(cost: int) -> None:

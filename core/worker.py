@@ -123,6 +123,7 @@ class _Incoming:
         self.head = b""
         self.body: _LengthBody | _ChunkedBody | None = None
         self.reserved = 0  # for the body
+        self.arrival = 0  # request_body.arrive() once the head is in
 
     def want(self) -> int:
         """Return how much to ask the socket for next."""
@@ -231,6 +232,7 @@ class BufferedThreadWorker(EnvelopeWorker):
             # The thread's parser refuses these same bytes at once, with gunicorn's own answer.
             self._dispatch(conn, _Ready(bytes(incoming.buffer), None, close=True))
             return False
+        incoming.arrival = request_body.arrive()  # the request's place in line is its head's, not its body's
         rest = head.unreader.take_buffered()
         incoming.head = bytes(incoming.buffer[:len(incoming.buffer) - len(rest)])
         incoming.buffer = bytearray()
@@ -273,14 +275,14 @@ class BufferedThreadWorker(EnvelopeWorker):
                 return False
         if not body.done:
             return True
-        read = ReadBody(self._budget, body.pieces, incoming.reserved)
+        read = ReadBody(self._budget, body.pieces, incoming.reserved, incoming.arrival)
         body.pieces, incoming.reserved = [], 0  # the thread's join frees the pieces: nothing else holds them
         self._dispatch(conn, _Ready(incoming.head + rest, read))
         return False
 
     def _refuse(self, conn, incoming: _Incoming, error: Exception, unread: int = LINGER_BYTES) -> None:
         """Give the request to the app with its body unread, to answer `error`."""
-        read = ReadBody.refused(self._budget, error, incoming.reserved)
+        read = ReadBody.refused(self._budget, error, incoming.reserved, incoming.arrival)
         incoming.reserved = 0
         self._dispatch(conn, _Ready(incoming.head, read, close=True, unread=unread))
 

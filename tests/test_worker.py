@@ -132,6 +132,18 @@ def test_chunked_bodies_are_read_and_malformed_ones_refused(port):
         assert answer.status == 400 and "chunked" in answer.envelope()["message"]
 
 
+def test_of_two_overlapping_saves_the_one_whose_head_came_last_stays_current(port):
+    assert post(port, "/paint/start", {"username": "overlap"}).json()["success"] is True
+    first = json_request("/paint/save", save_body("overlap", task="sent first"))
+    with Connection(port) as slow:
+        slow.send(first[:-10])  # its head and most of its body: the loop holds it, not yet the app
+        assert post(port, "/paint/save", save_body("overlap", task="sent last")).json()["success"] is True
+        slow.send(first[-10:])  # now it is whole, and stored after the other
+        assert slow.answer().envelope()["success"] is True
+    session = post(port, "/paint/start", {"username": "overlap"}).json()["data"]
+    assert session["designTask"] == "sent last"
+
+
 def test_expect_100_continue_is_answered_before_the_body(port):
     assert post(port, "/paint/start", {"username": "expects"}).json()["success"] is True
     body = save_of("expects", 200_000, "expected")
