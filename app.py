@@ -19,6 +19,7 @@ from werkzeug.serving import make_server
 from config import from_env
 from core import logs
 from core.factory import close_app, create_app
+from core.request_body import return_freed_bodies
 from core.serving import EnvelopeRequestHandler
 
 log = logging.getLogger("app")
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     # stops the embedded store cleanly; Python's default would skip it and orphan the store.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     server = create_app(overrides)
+    return_freed_bodies()  # so the process's memory follows BODY_MEMORY_BUDGET
     try:
         http = make_server(server.config["HOST"], server.config["PORT"], server, threaded=True,
                            request_handler=EnvelopeRequestHandler)

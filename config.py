@@ -96,6 +96,13 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 32 * MB),
         # /paint/save carries a participant's whole session, every sketch included.
         "SAVE_MAX_CONTENT_LENGTH": _int(env, "SAVE_MAX_CONTENT_LENGTH", 512 * MB),
+        # Memory every request body together may hold at once; a body costs twice its size
+        # while it is read (core/request_body.py), so the default holds one largest save.
+        "BODY_MEMORY_BUDGET": _int(env, "BODY_MEMORY_BUDGET", 1536 * MB),
+        # gunicorn's worker (core/worker.py): seconds for a request's head to arrive, and for its
+        # body, plus one second per REQUEST_MIN_RATE bytes of the body that arrive.
+        "REQUEST_READ_TIMEOUT": _float(env, "REQUEST_READ_TIMEOUT", 10.0),
+        "REQUEST_MIN_RATE": _int(env, "REQUEST_MIN_RATE", 32 * 1024),
         "CORS_ORIGINS": _list(env, "CORS_ORIGINS") or ["*"],
         # The researcher token: researcher routes need it; while it is unset they answer loopback only.
         "API_TOKEN": env.get("API_TOKEN") or None,

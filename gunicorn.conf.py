@@ -14,8 +14,12 @@ _settings = from_env()
 
 bind = f"{_settings['HOST']}:{_settings['PORT']}"
 workers = 1  # the SD pool lives in this process; see the docstring before raising it
-worker_class = "core.serving.EnvelopeWorker"  # gthread, answering what it refuses in the envelope
+# gthread, reading every request whole on its event loop before a thread serves it (so slow
+# clients hold no thread), and answering what it refuses in the envelope; see core/worker.py.
+worker_class = "core.worker.BufferedThreadWorker"
 threads = int(os.environ.get("GUNICORN_THREADS") or 64)
+# Connections open at once, slow ones included; beyond them new ones wait in the listen backlog.
+worker_connections = int(os.environ.get("GUNICORN_CONNECTIONS") or 1000)
 # Generation requests wait for GPT and several image jobs: minutes, not gunicorn's 30 s.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT") or 900)
 # On SIGTERM let in-flight requests finish (or fail cleanly) before the worker exits.

@@ -70,13 +70,6 @@ def _wait_for_ping(master: subprocess.Popen, port: int, data_dir: Path) -> None:
     raise RuntimeError("gunicorn did not answer /ping within 60 s")
 
 
-def _only_child(pid: int, marker: str) -> int:
-    found = [child for child in proc_stats.children(pid) if marker in proc_stats.command_line(child)]
-    if len(found) != 1:
-        raise RuntimeError(f"expected one child of {pid} running {marker!r}, found {found}")
-    return found[0]
-
-
 def start_server(port: int, data_dir: Path, chat_url: str, api_key: str, sd_endpoints: list[str]) -> Server:
     """Start gunicorn with the production config and wait until it answers /ping."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(BACKEND_PREFIXES)}
@@ -87,8 +80,8 @@ def start_server(port: int, data_dir: Path, chat_url: str, api_key: str, sd_endp
                                   cwd=ROOT, env=env, stdout=out, stderr=err)
     try:
         _wait_for_ping(master, port, data_dir)
-        worker = _only_child(master.pid, "gunicorn")
-        return Server(master, worker, _only_child(worker, "nx_27017"), data_dir)
+        worker = proc_stats.only_child(master.pid, "gunicorn")
+        return Server(master, worker, proc_stats.only_child(worker, "nx_27017"), data_dir)
     except BaseException:
         master.terminate()  # SIGTERM: the worker stops its store on the way out
         try:

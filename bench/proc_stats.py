@@ -30,6 +30,14 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def only_child(pid: int, marker: str) -> int:
+    """Return the one child of `pid` whose command line holds `marker`; raise if there is not exactly one."""
+    found = [child for child in children(pid) if marker in command_line(child)]
+    if len(found) != 1:
+        raise RuntimeError(f"expected one child of {pid} running {marker!r}, found {found}")
+    return found[0]
+
+
 def command_line(pid: int) -> str:
     """Return the command line of `pid`, arguments joined by spaces ('' once it has ended)."""
     try:

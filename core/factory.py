@@ -10,7 +10,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import config
-from core import backends, db, envelope, monitoring, security
+from core import backends, db, envelope, monitoring, request_body, security
 from core.embedded_store import EmbeddedStore
 from core.json_codec import ApiJSON
 
@@ -45,6 +45,7 @@ def create_app(overrides: Mapping[str, Any] | None = None, *, env: Mapping[str, 
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
 
     envelope.register_error_handlers(app)
+    request_body.init_app(app)
     _open_store(app)
     backends.init_app(app)
     monitoring.init_app(app)  # the first request hooks, so even a refused request gets an id and a log line

@@ -1,6 +1,7 @@
 """JSON in and out of the API: request bodies read with jiter, answers written with orjson.
 
-`read_body` keeps the guarantees the server always gave: a body must be sent as
+`read_body` takes the body's bytes from `core.request_body`, within the body memory budget,
+and keeps the guarantees the server always gave: a body must be sent as
 application/json, be strict UTF-8 (a leading BOM is allowed) and hold one JSON object;
 NaN, Infinity, lone surrogate escapes and nesting deeper than the parser goes are refused
 with 400 "body: ...". It reads with jiter (pydantic-core's parser, `from_json`), which
@@ -33,9 +34,9 @@ from bson.json_util import CANONICAL_JSON_OPTIONS
 from flask import Response, request
 from flask.json.provider import JSONProvider
 from pydantic_core import from_json
-from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from core.envelope import BadInput
+from core.request_body import read_request_body
 
 _BOM = b"\xef\xbb\xbf"
 # JSON may escape lone UTF-16 surrogates ("\ud800"); Python keeps them, but no UTF-8 (so no
@@ -143,20 +144,10 @@ class ApiJSON(JSONProvider):
 
 
 def _raw_body() -> bytes:
-    """Return the request body's bytes, read once and not cached by the request."""
+    """Return the request body's bytes, read once (within the body memory budget) and not cached."""
     if not request.is_json:
         raise BadInput("body", "must be JSON, sent with Content-Type: application/json")
-    size, limit = request.content_length, request.max_content_length
-    if size is None:
-        return request.get_data(cache=False)  # chunked: werkzeug's stream stops at the limit
-    if limit is not None and size > limit:
-        raise RequestEntityTooLarge()
-    # Exactly Content-Length bytes from the server's input, as WSGI allows: werkzeug's own
-    # reads would copy a body of a hundred MB once or twice more on the way.
-    raw = request.environ["wsgi.input"].read(size)
-    if len(raw) < size:
-        raise ClientDisconnected()
-    return raw
+    return read_request_body()
 
 
 def _read_fast(raw: bytes) -> Any:

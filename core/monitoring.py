@@ -8,7 +8,8 @@ id, method, route pattern, status, duration and client address.
 default registry is never used). Requests are counted after every response, generations
 when POST /generate ends, and the SD pool and GPT client are read at scrape time by two
 collectors that only turn their `snapshot()` (no network, no credentials) into metric
-families, so GET /metrics always shows their state at that moment. Labels are bounded:
+families, as the body memory budget's reservations are by a gauge, so GET /metrics always
+shows their state at that moment. Labels are bounded:
 route patterns, never concrete paths; step names without their "[i]" index.
 
 **Readiness** (GET /readyz) is cheap by design: one MongoDB ping with a short timeout, and
@@ -34,7 +35,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 from flask import Flask, Response, current_app, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field
@@ -44,6 +45,7 @@ from agent.gpt import NOT_CONFIGURED, GPTClient
 from agent.pool import BUSY, InstanceState, SDInstancePool
 from core import logs
 from core.backends import GPT, SD_POOL
+from core.request_body import EXTENSION as BODY_MEMORY
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +155,9 @@ def _count_requests(app: Flask) -> Metrics:
     metrics = Metrics()
     metrics.registry.register(PoolCollector(app.extensions[SD_POOL]))
     metrics.registry.register(GPTCollector(app.extensions[GPT]))
+    budget = app.extensions[BODY_MEMORY]
+    Gauge("refinity_body_memory_reserved_bytes", "Bytes of BODY_MEMORY_BUDGET that request bodies hold now",
+          registry=metrics.registry).set_function(lambda: budget.used)
     app.extensions[EXTENSION] = metrics
     app.after_request(_after)
     return metrics

@@ -55,13 +55,15 @@ GUNICORN_STATUSES: tuple[tuple[type[BaseException] | tuple[type[BaseException], 
 )
 
 
-def error_answer(status: int, request_id: str) -> bytes:
+def error_answer(status: int, request_id: str, message: str | None = None,
+                 headers: dict[str, str] | None = None) -> bytes:
     """Return the whole HTTP answer, head and envelope, of a request the server refused itself."""
     phrase = HTTPStatus(status).phrase
-    message = MESSAGES.get(status, phrase.lower())
+    message = message or MESSAGES.get(status, phrase.lower())
     body = dumps(envelope_fields(None, success=False, code=CODE_BUSINESS, message=message))
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     head = (f"HTTP/1.1 {status} {phrase}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nX-Request-ID: {request_id}\r\n\r\n")
+            f"Content-Length: {len(body)}\r\nX-Request-ID: {request_id}\r\n{extra}\r\n")
     return head.encode("latin-1") + body
 
 

@@ -19,6 +19,9 @@ def test_defaults():
     assert settings["CORS_ORIGINS"] == ["*"] and settings["API_TOKEN"] is None
     assert settings["SD_ENDPOINTS"] == []
     assert settings["AZURE_OPENAI_VISION_DEPLOYMENT"] == settings["AZURE_OPENAI_DEPLOYMENT"]
+    # One largest save (512 MB, twice that while parsed) fits the body budget; slow clients get 10 s.
+    assert settings["BODY_MEMORY_BUDGET"] == 1536 * 1024 * 1024 >= 2 * settings["SAVE_MAX_CONTENT_LENGTH"]
+    assert (settings["REQUEST_READ_TIMEOUT"], settings["REQUEST_MIN_RATE"]) == (10.0, 32 * 1024)
 
 
 def test_values_from_environment():

@@ -33,6 +33,7 @@ from apps.generate import exchanges
 from apps.system import Alive
 from core.db import Id
 from core.envelope import CODE_BACKEND, CODE_BUSINESS, CODE_OK, CODE_STORAGE, Envelope, NotFound
+from core.request_body import BodyMemoryFull
 from core.image_store import ImageType, Sha256
 from core.monitoring import Readiness
 from core.security import researcher
@@ -153,6 +154,11 @@ def _header(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "schema": schema, "required": True}  # always sent with the status
 
 
+_BUSY = ("or the bodies being read hold the server's whole BODY_MEMORY_BUDGET (code 1), answered before "
+         "this body is read: send it again after `Retry-After` seconds")
+_RETRY_AFTER_BUSY = {"Retry-After": {"description": "With code 1: seconds after which to send the request again.",
+                                     "schema": {"type": "integer", "minimum": 1}}}
+
 RESPONSES = {
     "BadRequest": json_response(
         "Bad input: the body is not a JSON object or a field or parameter is wrong; the message names "
@@ -189,11 +195,17 @@ RESPONSES = {
         "The database is unreachable (within MONGO_TIMEOUT_MS) or refused a write; retry shortly.",
         failure(CODE_STORAGE),
         {"database down": example("the database is unavailable; try again shortly", CODE_STORAGE)}),
+    "StorageOrBodyMemoryUnavailable": json_response(
+        "The database is unreachable (within MONGO_TIMEOUT_MS) or refused a write (code 3); " + _BUSY + ".",
+        failure(CODE_BUSINESS, CODE_STORAGE),
+        {"database down": example("the database is unavailable; try again shortly", CODE_STORAGE),
+         "busy": example(BodyMemoryFull().message)}, _RETRY_AFTER_BUSY),
     "BackendUnavailable": json_response(
         "A generative backend failed (code 2, the message names the pipeline step), or the database is "
-        "unreachable (code 3).",
-        failure(CODE_BACKEND, CODE_STORAGE),
-        {"backend": example("rapid.images: no Stable Diffusion instance is available", CODE_BACKEND)}),
+        "unreachable (code 3); " + _BUSY + ".",
+        failure(CODE_BUSINESS, CODE_BACKEND, CODE_STORAGE),
+        {"backend": example("rapid.images: no Stable Diffusion instance is available", CODE_BACKEND),
+         "busy": example(BodyMemoryFull().message)}, _RETRY_AFTER_BUSY),
     "InputDeclined": json_response(
         "GPT declined the participant's words (Azure's content filter, or the model's refusal): code 1, "
         "since asking again unchanged meets the same answer; the message names the step and asks the "
@@ -343,7 +355,7 @@ PAINT_PATHS = {
         "summary": "Create the participant on first visit and return the stored session",
         "requestBody": _body(Schema(sessions.StartBody, "validation"), {"username": "alice"}),
         "responses": {"200": ok("The participant's session.", SESSION, SESSION_EXAMPLE),
-                      **errors(400, 403, 405, 413, 503)},
+                      **errors(400, 403, 405, 413, _503="StorageOrBodyMemoryUnavailable")},
     }},
     "/paint/save": {"post": {
         "tags": ["sessions"], "operationId": "saveSession", "security": OPEN,
@@ -351,7 +363,8 @@ PAINT_PATHS = {
         "description": "The body carries the whole session, every sketch as a data URI, so its limit is "
                        "SAVE_MAX_CONTENT_LENGTH. Schemes are stored as opaque JSON and returned unchanged.",
         "requestBody": _body(Schema(sessions.SaveBody, "validation"), SAVE_EXAMPLE),
-        "responses": {"200": ok("Saved.", None, None), **errors(400, 403, 404, 405, 413, 503)},
+        "responses": {"200": ok("Saved.", None, None),
+                      **errors(400, 403, 404, 405, 413, _503="StorageOrBodyMemoryUnavailable")},
     }},
     "/paint/history": {"get": {
         "tags": ["sessions"], "operationId": "listSaves",
@@ -478,8 +491,12 @@ Stable Diffusion, and the researcher's records of every generation.
 
 **The envelope.** Every JSON answer, success or failure, is `{"success", "data", "code", "message"}`
 (`/openapi.json` excepted: tools read it as plain OpenAPI); every answer's schema says what its
-`code` means. The HTTP status is real (400, 401, 404, 405, 413, 429, 503, 504) and the client may
-read the body whatever it is.
+`code` means. The HTTP status is real (400, 401, 404, 405, 408, 413, 429, 503, 504) and the client
+may read the body whatever it is.
+
+**Slow clients.** Under gunicorn a request's head must arrive within REQUEST_READ_TIMEOUT seconds,
+and its body within that again plus a second per REQUEST_MIN_RATE bytes; a slower one is answered
+408 (code 1) on any route, and the connection closed.
 
 **Bodies** are UTF-8 JSON sent with `Content-Type: application/json`. Strings are Unicode text:
 a lone surrogate escape (`"\\ud800"`) anywhere in a body is refused with 400, and so are the

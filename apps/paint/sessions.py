@@ -21,7 +21,6 @@ records their old state as revision 0 and converts them.
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 from datetime import datetime, timezone
@@ -37,6 +36,7 @@ from typing_extensions import TypeAliasType
 
 from apps.paint import scheme_store
 from apps.paint.scheme_store import SchemeLists, SchemeRefs
+from core import request_body
 from core.db import Document, Id
 from core.envelope import CODE_STORAGE, ApiError, NotFound
 from core.validation import FROM_QUERY, Body, StorableObject, Username
@@ -185,20 +185,20 @@ class Participant(Document):
 class SaveOrder:
     """The order in which one app receives saves: a number for each, later than every save stored before.
 
-    `arrive` numbers a save as it arrives, in this process, before its body is read. The
-    number stored (`arrival`) adds where the stored saves end, read from the database on
-    the first save that reaches it, so the saves of a restarted server still come after
-    those of the last one; no clock is involved.
+    `arrive` numbers a save by its request's arrival in this process, before its body is read
+    (core.request_body.arrival: under gunicorn, when its head came in). The number stored
+    (`arrival`) adds where the stored saves end, read from the database on the first save
+    that reaches it, so the saves of a restarted server still come after those of the last
+    one; no clock is involved.
     """
 
     def __init__(self) -> None:
-        self._numbers = itertools.count(1)  # next() on it is atomic: threads get distinct numbers
         self._base: int | None = None
         self._lock = threading.Lock()
 
     def arrive(self) -> int:
-        """Return the number of a save arriving now."""
-        return next(self._numbers)
+        """Return the number of the save arriving in the current request."""
+        return request_body.arrival()
 
     def arrival(self, db: Database, number: int) -> int:
         """Return the stored arrival of the save numbered `number`."""
