@@ -163,12 +163,14 @@ def _visit(port: int) -> None:
     exchange(port, f"GET /ping?token={SECRET}{'x' * 70_000} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
 
 
-def _check_logs(server: ServerProcess, store_line: str) -> None:
-    wait_until(lambda: sum(line["route"] in {"/paint/start", "/generations", "<not parsed>"}
-                           for line in access_lines(server)) >= 3, 10, "the access lines")
+def _check_logs(server: ServerProcess, store_line: str, since: int) -> None:
+    """Check the log, whose access lines from the `since`-th on are those of `_visit`."""
+    visited = {"/paint/start", "/generations", "<not parsed>"}
+    # Each of the visit's own lines, not lines of earlier tests on the same server.
+    wait_until(lambda: visited <= {line["route"] for line in access_lines(server)[since:]}, 10, "the access lines")
     lines = json_lines(server)
     assert any(line["message"].startswith(store_line) for line in lines)
-    visits = {line["route"]: line for line in access_lines(server)}
+    visits = {line["route"]: line for line in access_lines(server)[since:]}
     assert visits["/paint/start"]["status"] == 200 and visits["/paint/start"]["method"] == "POST"
     assert visits["<not parsed>"]["status"] == 414 and visits["<not parsed>"]["request_id"]
     written = server.output()
@@ -179,16 +181,18 @@ def _check_logs(server: ServerProcess, store_line: str) -> None:
 
 def test_gunicorn_writes_only_json_lines_without_queries_or_secrets(production):
     server, port = production
+    since = len(access_lines(server))
     _visit(port)
-    _check_logs(server, "store: MongoDB at mongodb://127.0.0.1:")
+    _check_logs(server, "store: MongoDB at mongodb://127.0.0.1:", since)
     assert server.out == []  # gunicorn's own access log, which wrote query strings, is off
     assert server.said('"logger":"gunicorn.error"') and server.said("Booting worker")
 
 
 def test_python_app_py_writes_only_json_lines_without_queries_or_secrets(development):
     server, port = development
+    since = len(access_lines(server))
     _visit(port)
-    _check_logs(server, "store: MongoDB at mongodb://127.0.0.1:")
+    _check_logs(server, "store: MongoDB at mongodb://127.0.0.1:", since)
     assert server.said(f'"message":"serving on http://127.0.0.1:{port}"')
 
 
