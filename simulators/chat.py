@@ -27,7 +27,10 @@ user message (its text parts joined by newlines):
   property required, on every object) is a 400 `Invalid schema` on both routes.
 - An answer longer than the body's `max_tokens` (about two characters a token, like its usage)
   is cut there, with finish_reason `length`.
-Every answer depends on the prompt text alone, so the same prompt always gets the same answer.
+Every answer depends on the prompt text alone, so the same prompt always gets the same answer,
+except in realistic mode (`realistic=Realistic(seed)`, off by default), which decorates or
+spoils some answers the way real models do, at the rates and in the kinds `Realistic` lists:
+fixed by the seed, the prompt and how often it was asked, and recorded as `ChatRecord.deviation`.
 
 `requests` records every request to a chat route (with the status answered, before the
 client gets it); `calls` counts every POST. Valid requests pass the fault switches in order: `fail_next` (answer an error
@@ -820,10 +823,12 @@ def _spoiled(kind: str, items: list[str], english: bool, rng: random.Random, *, 
 
     `blank`: a missing item is left blank (a schema's keys are all required), not left out.
     """
-    items, at = list(items), rng.randrange(len(items)) if items else 0
+    if not items:  # a schema of enums only (the selection): nothing to spoil
+        return items
+    items, at = list(items), rng.randrange(len(items))
     if kind == "duplicates" and len(items) > 1:
         items[-1] = items[0]
-    elif kind in ("too_few", "duplicates") and items:  # one item cannot repeat: it is left out instead
+    elif kind in ("too_few", "duplicates"):  # one item cannot repeat: it is left out instead
         items[-1:] = [""] if blank else []
     elif kind == "chinese":
         items[at] = _pick(str(rng.random()), _ZH_CLAUSES, 1)[0] + _pick(str(rng.random()), _ZH_THINGS, 1)[0]
@@ -895,8 +900,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = command_line("Chat-completions simulator (test double).", 8001, "seconds per call")
     parser.add_argument("--api-key", default="sim-key")
     parser.add_argument("--messy", action="store_true", help="decorate answers like a chatty model")
+    parser.add_argument("--realistic", type=int, metavar="SEED", help="answer like a real model (see Realistic)")
     args = parser.parse_args(argv)
-    sim = ChatSimulator(api_key=args.api_key, latency=args.latency, host=args.host, port=args.port)
+    realistic = Realistic(seed=args.realistic) if args.realistic is not None else None
+    sim = ChatSimulator(api_key=args.api_key, latency=args.latency, host=args.host, port=args.port,
+                        realistic=realistic)
     sim.messy = args.messy
     sim.start()
     serve_until_stopped(sim.stop, "chat simulator at %s; point the server at it with AZURE_OPENAI_ENDPOINT=%s "
