@@ -774,7 +774,7 @@ TEXT_DECORATIONS = {
 # Structured decorations keep valid JSON of the schema but spoil what the strings hold:
 JSON_DECORATIONS = {
     "label": "one item behind a label (方案2：)",
-    "explanation": "one item followed by an explanation in brackets",
+    "explanation": "a name or keyword line followed by an explanation in brackets (a label instead on sentences)",
     "numbered": "every item numbered (1. )",
     "bold": "one item in markdown bold",
     "too_long": "one item three times as long as asked",
@@ -796,7 +796,7 @@ _EXPLANATIONS = ["（这样更方便日常使用）", "（兼顾了实用性和�
 def realistic_answer(prompt: str, schema: dict[str, Any] | None, setting: Realistic,
                      rng: random.Random) -> tuple[str, str, str]:
     """Return (content, finish_reason, deviation kind or "clean") of a realistic answer to `prompt`."""
-    english = wants_english(prompt)
+    ask, english = _Ask.of(prompt), wants_english(prompt)
     roll = rng.random()
     if roll < setting.failing:
         kinds = [k for k in FAILURES if k != "chinese" or english]
@@ -805,8 +805,11 @@ def realistic_answer(prompt: str, schema: dict[str, Any] | None, setting: Realis
     else:
         kinds = ["clean"]
     kind = rng.choice(kinds)
+    if kind == "explanation" and not ask.english and ask.most > NAME_MOST:
+        # A remark after a sentence inside a JSON string is not read off by the server yet.
+        kind = "label"
     if schema is not None:
-        content = answer_json(prompt, schema, change=lambda items: _spoiled(kind, items, english, rng, blank=True))
+        content = answer_json(prompt, schema, change=lambda items: _spoiled(kind, items, ask, rng, blank=True))
         if kind == "cut":
             return _cut(content, _leaves(json.loads(content))), "length", kind
         return content, "stop", kind
@@ -814,11 +817,11 @@ def realistic_answer(prompt: str, schema: dict[str, Any] | None, setting: Realis
     if kind == "cut":
         return _cut("#".join(items), items), "length", kind
     if kind in FAILURES or kind == "clean":
-        return "#".join(_spoiled(kind, items, english, rng)), "stop", kind
+        return "#".join(_spoiled(kind, items, ask, rng)), "stop", kind
     return _decorated_text(kind, items, english, rng), "stop", kind
 
 
-def _spoiled(kind: str, items: list[str], english: bool, rng: random.Random, *, blank: bool = False) -> list[str]:
+def _spoiled(kind: str, items: list[str], ask: _Ask, rng: random.Random, *, blank: bool = False) -> list[str]:
     """Return `items` with failure or structured decoration `kind` applied.
 
     `blank`: a missing item is left blank (a schema's keys are all required), not left out.
@@ -841,9 +844,9 @@ def _spoiled(kind: str, items: list[str], english: bool, rng: random.Random, *, 
     elif kind == "bold":
         items[at] = f"**{items[at]}**"
     elif kind == "too_long":
-        extra, target = _EN_WORDS if english else _ZH_CLAUSES, 3 * len(items[at])
+        extra, target = _EN_WORDS if ask.english else _ZH_CLAUSES, 3 * len(items[at])
         while len(items[at]) < target:
-            items[at] += (", " if english else "，") + rng.choice(extra)
+            items[at] += (", " if ask.english else "，") + rng.choice(extra)
     return items
 
 
