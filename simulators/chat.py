@@ -117,7 +117,7 @@ class ChatSimulator:
     """A chat-completions server for tests, benchmarks and the offline demo (never a real study).
 
     It keeps `requests` (a `ChatRecord` per request to a chat route), `calls`, `in_flight`,
-    `peak_in_flight` and `held`; `latency`, `messy`, `script`, `schemas_from`, `no_schema` and the
+    `peak_in_flight` and `held`; `latency`, `messy`, `realistic`, `script`, `schemas_from`, `no_schema` and the
     methods below steer it. Everything is guarded by one condition variable, so tests may flip
     switches from any thread while handler threads read them.
     """
