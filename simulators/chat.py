@@ -27,7 +27,10 @@ user message (its text parts joined by newlines):
   property required, on every object) is a 400 `Invalid schema` on both routes.
 - An answer longer than the body's `max_tokens` (about two characters a token, like its usage)
   is cut there, with finish_reason `length`.
-Every answer depends on the prompt text alone, so the same prompt always gets the same answer.
+Every answer depends on the prompt text alone, so the same prompt always gets the same answer,
+except in realistic mode (`realistic=Realistic(seed)`, off by default), which decorates or
+spoils some answers the way real models do, at the rates and in the kinds `Realistic` lists:
+fixed by the seed, the prompt and how often it was asked, and recorded as `ChatRecord.deviation`.
 
 `requests` records every request to a chat route (with the status answered, before the
 client gets it); `calls` counts every POST. Valid requests pass the fault switches in order: `fail_next` (answer an error
@@ -49,10 +52,12 @@ import binascii
 import hashlib
 import json
 import math
+import random
 import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -83,6 +88,7 @@ class ChatRecord:
     images: int
     status: int
     schema: str | None = None  # the name of the json_schema asked for, if one was
+    deviation: str | None = None  # realistic mode: the `DEVIATIONS` kind answered ("clean" when none)
 
 
 @dataclass(frozen=True)
@@ -111,16 +117,18 @@ class ChatSimulator:
     """A chat-completions server for tests, benchmarks and the offline demo (never a real study).
 
     It keeps `requests` (a `ChatRecord` per request to a chat route), `calls`, `in_flight`,
-    `peak_in_flight` and `held`; `latency`, `messy`, `script`, `schemas_from`, `no_schema` and the
+    `peak_in_flight` and `held`; `latency`, `messy`, `realistic`, `script`, `schemas_from`, `no_schema` and the
     methods below steer it. Everything is guarded by one condition variable, so tests may flip
     switches from any thread while handler threads read them.
     """
 
     def __init__(self, api_key: str = "sim-key", latency: float = 0.0, host: str = "127.0.0.1",
-                 port: int = 0, hang_timeout: float = 30.0) -> None:
+                 port: int = 0, hang_timeout: float = 30.0, realistic: Realistic | None = None) -> None:
         self.api_key = api_key
         self.latency = latency
         self.messy = False
+        self.realistic = realistic  # answer like a real model at `Realistic` rates (None: clean answers)
+        self._asked: dict[int, int] = {}  # prompt digest -> how often it was answered (`realistic` rolls)
         self.script: Scripted | None = None
         self._queued: list[Scripted | None] = []  # `queue`: messages for the next calls, before `script`
         self.schemas_from = SCHEMAS_FROM  # the first Azure api-version that takes a json_schema
@@ -227,7 +235,7 @@ class ChatSimulator:
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         info: dict[str, Any] = {"route": "", "deployment": "", "api_version": None,
-                                "text": "", "prompt": "", "images": 0, "schema": None}
+                                "text": "", "prompt": "", "images": 0, "schema": None, "deviation": None}
         status = 500  # recorded when answering fails
         try:
             reply = self._answer(request, info)
@@ -277,12 +285,30 @@ class ChatSimulator:
         if script is not None:
             return _reply(200, completion(info["deployment"], script.content, info["text"],
                                           finish_reason=script.finish_reason, refusal=script.refusal))
-        if schema is not None:
+        rolled = None if short or messy else self._roll(info["prompt"])
+        if rolled is not None:
+            content, finish_reason, info["deviation"] = realistic_answer(info["prompt"], schema, *rolled)
+        elif schema is not None:
             content = answer_json(info["prompt"], schema, short=short, messy_style=messy)
         else:
             content = answer_text(info["prompt"], short=short, messy_style=messy)
-        content, finish_reason = within_budget(content, body.get("max_tokens"))
+        if rolled is None or finish_reason == "stop":
+            content, finish_reason = within_budget(content, body.get("max_tokens"))
         return _reply(200, completion(info["deployment"], content, info["text"], finish_reason=finish_reason))
+
+    def _roll(self, prompt: str) -> tuple[Realistic, random.Random] | None:
+        """Return the realistic setting and the random source of this answer (None when the mode is off).
+
+        One `random.Random` per answer, seeded by the seed, the prompt and how often that prompt
+        was answered before: the same seed gives the same answers however concurrent calls interleave.
+        """
+        with self._lock:
+            setting = self.realistic
+            if setting is None:
+                return None
+            key = _digest(prompt, str(setting.seed))
+            seen = self._asked[key] = self._asked.get(key, 0) + 1
+        return setting, random.Random(f"{setting.seed}/{key}/{seen}")
 
     def _refuse_schema(self, info: dict[str, Any], schema: dict[str, Any]) -> Reply | None:
         """Return the 400 a json_schema request gets from this deployment and api-version, or None."""
@@ -688,7 +714,8 @@ def _put(target: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
     target[path[-1]] = value
 
 
-def answer_json(prompt: str, schema: dict[str, Any], *, short: bool = False, messy_style: bool = False) -> str:
+def answer_json(prompt: str, schema: dict[str, Any], *, short: bool = False, messy_style: bool = False,
+                change: Callable[[list[str]], list[str]] | None = None) -> str:
     """Return JSON of `schema` answering `prompt`: its items in the string leaves, distinct enum values."""
     root = schema["schema"]
     slots = _slots(root, root)
@@ -698,6 +725,8 @@ def answer_json(prompt: str, schema: dict[str, Any], *, short: bool = False, mes
         items[-1] = ""  # strict mode cannot leave a key out: a model with one idea too few leaves it blank
     if messy_style:
         items = [decorate(i, item) if item else item for i, item in enumerate(items)]
+    if change is not None:  # realistic mode: the same number of strings, other contents
+        items = change(items)
     filled = dict(zip(texts, items, strict=True))
     answer: dict[str, Any] = {}
     for index, (path, leaf) in enumerate(slots):
@@ -712,6 +741,156 @@ def answer_json(prompt: str, schema: dict[str, Any], *, short: bool = False, mes
     return json.dumps(answer, ensure_ascii=False)
 
 
+# -- realistic mode -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Realistic:
+    """Answer like a real model (`ChatSimulator(realistic=Realistic(seed=7))`, `python app.py --demo --messy`).
+
+    Of the answers the simulator generates (not `script`, `queue`, `short_next` or `messy` ones),
+    a share `failing` must fail the step's checks and a share `decorated` deviates from the
+    asked format the way a careful reader sees through; the rest are as asked. The defaults
+    are our estimate for a GPT-4o-class model on our Chinese templates: about a third of its
+    answers decorate the list (the corpus in tests/corpus holds more, being chosen for them),
+    and a few in a hundred repeat an item, stop an item short, answer a keyword line in
+    Chinese or run out of tokens. Each deviation kind is equally likely within its group.
+    """
+
+    seed: int = 0
+    decorated: float = 0.35
+    failing: float = 0.04
+
+
+# Deviations by protocol, each with what it does. Text decorations change how the list is written:
+TEXT_DECORATIONS = {
+    "preamble": "a line announcing the list (好的，以下是N个…：), on its own line or glued to item 1",
+    "numbered": "one item per line, numbered 1. or 1、 or （1）",
+    "bold_label": "one item per line behind a bold label (**创意1**：, **Prompt 1:**)",
+    "header": "each item under a markdown header (### 创意1)",
+    "lines": "one item per line instead of #",
+    "closing": "a closing remark after the list",
+    "fence": "the #-list in a code fence",
+    "json": "a JSON array of the items, fenced or not",
+}
+# Structured decorations keep valid JSON of the schema but spoil what the strings hold:
+JSON_DECORATIONS = {
+    "label": "one item behind a label (方案2：)",
+    "explanation": "a name or keyword line followed by an explanation in brackets (a label instead on sentences)",
+    "numbered": "every item numbered (1. )",
+    "bold": "one item in markdown bold",
+    "too_long": "one item three times as long as asked",
+}
+# Failures, in both protocols: answers that must fail their checks (asked again, they may pass).
+FAILURES = {
+    "duplicates": "the last item repeats the first",
+    "too_few": "one item short (left blank under a schema)",
+    "chinese": "an English keyword line answered in Chinese",
+    "cut": "finish_reason length, the last item cut in half",
+}
+
+_PREAMBLES = ["好的，以下是{n}个{what}：", "好的，按照要求整理出{n}个{what}：", "好的，这里给出{n}个{what}："]
+_CLOSINGS = ["希望这些想法能给你一些启发！", "希望对你的设计有所帮助。", "以上内容仅供参考，如需调整请告诉我。"]
+_NUMBERINGS = ["{n}. {item}", "{n}、{item}", "（{n}）{item}"]
+_EXPLANATIONS = ["（这样更方便日常使用）", "（兼顾了实用性和趣味性）", "（适合在小空间里使用）"]
+
+
+def realistic_answer(prompt: str, schema: dict[str, Any] | None, setting: Realistic,
+                     rng: random.Random) -> tuple[str, str, str]:
+    """Return (content, finish_reason, deviation kind or "clean") of a realistic answer to `prompt`."""
+    ask, english = _Ask.of(prompt), wants_english(prompt)
+    roll = rng.random()
+    if roll < setting.failing:
+        kinds = [k for k in FAILURES if k != "chinese" or english]
+    elif roll < setting.failing + setting.decorated:
+        kinds = list(JSON_DECORATIONS if schema is not None else TEXT_DECORATIONS)
+    else:
+        kinds = ["clean"]
+    kind = rng.choice(kinds)
+    if kind == "explanation" and not ask.english and ask.most > NAME_MOST:
+        # A remark after a sentence inside a JSON string is not read off by the server yet.
+        kind = "label"
+    if schema is not None:
+        content = answer_json(prompt, schema, change=lambda items: _spoiled(kind, items, ask, rng, blank=True))
+        if kind == "cut":
+            return _cut(content, _leaves(json.loads(content))), "length", kind
+        return content, "stop", kind
+    items = answer_items(prompt)
+    if kind == "cut":
+        return _cut("#".join(items), items), "length", kind
+    if kind in FAILURES or kind == "clean":
+        return "#".join(_spoiled(kind, items, ask, rng)), "stop", kind
+    return _decorated_text(kind, items, english, rng), "stop", kind
+
+
+def _spoiled(kind: str, items: list[str], ask: _Ask, rng: random.Random, *, blank: bool = False) -> list[str]:
+    """Return `items` with failure or structured decoration `kind` applied.
+
+    `blank`: a missing item is left blank (a schema's keys are all required), not left out.
+    """
+    if not items:  # a schema of enums only (the selection): nothing to spoil
+        return items
+    items, at = list(items), rng.randrange(len(items))
+    if kind == "duplicates" and len(items) > 1:
+        items[-1] = items[0]
+    elif kind in ("too_few", "duplicates"):  # one item cannot repeat: it is left out instead
+        items[-1:] = [""] if blank else []
+    elif kind == "chinese":
+        items[at] = _pick(str(rng.random()), _ZH_CLAUSES, 1)[0] + _pick(str(rng.random()), _ZH_THINGS, 1)[0]
+    elif kind == "label":
+        items[at] = f"方案{at + 1}：{items[at]}"
+    elif kind == "explanation":
+        items[at] += rng.choice(_EXPLANATIONS)
+    elif kind == "numbered":
+        items = [f"{i + 1}. {item}" for i, item in enumerate(items)]
+    elif kind == "bold":
+        items[at] = f"**{items[at]}**"
+    elif kind == "too_long":
+        extra, target = _EN_WORDS if ask.english else _ZH_CLAUSES, 3 * len(items[at])
+        while len(items[at]) < target:
+            items[at] += (", " if ask.english else "，") + rng.choice(extra)
+    return items
+
+
+def _cut(content: str, items: list[Any]) -> str:
+    """Return `content` cut in the middle of its last string item (halved when there is none)."""
+    strings = [item for item in items if isinstance(item, str) and item]
+    last = strings[-1] if strings else ""
+    end = content.rfind(last) if last else -1
+    return content[:end + max(1, len(last) // 2)] if end >= 0 else content[:len(content) // 2]
+
+
+def _leaves(value: Any) -> list[Any]:
+    """Return the leaves of a parsed JSON value in order."""
+    if isinstance(value, dict):
+        return [leaf for child in value.values() for leaf in _leaves(child)]
+    return [value]
+
+
+def _decorated_text(kind: str, items: list[str], english: bool, rng: random.Random) -> str:
+    """Return `items` written with text decoration `kind`."""
+    hashed = "#".join(items)
+    if kind == "preamble":
+        what = "英文关键词组合" if english else rng.choice(["想法", "创意", "结果"])
+        line = rng.choice(_PREAMBLES).format(n=len(items), what=what)
+        return line + rng.choice(["\n", "\n\n", ""]) + hashed
+    if kind == "numbered":
+        style = rng.choice(_NUMBERINGS)
+        return "\n".join(style.format(n=i + 1, item=item) for i, item in enumerate(items))
+    if kind == "bold_label":
+        label = "**Prompt {n}:** " if english else "**创意{n}**："
+        return "\n".join(label.format(n=i + 1) + item for i, item in enumerate(items))
+    if kind == "header":
+        title = "### Prompt {n}" if english else "### 创意{n}"
+        return "\n\n".join(f"{title.format(n=i + 1)}\n{item}" for i, item in enumerate(items))
+    if kind == "lines":
+        return "\n".join(items)
+    if kind == "closing":
+        return hashed + "\n\n" + rng.choice(_CLOSINGS)
+    if kind == "fence":
+        return f"```{rng.choice(['', 'text'])}\n{hashed}\n```"
+    array = json.dumps(items, ensure_ascii=False, indent=rng.choice([None, 2]))
+    return f"```json\n{array}\n```" if rng.random() < 0.5 else array
+
+
 def within_budget(content: str, max_tokens: Any) -> tuple[str, str]:
     """Return `content` cut to `max_tokens` (about two characters a token) and its finish_reason."""
     if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and len(content) // 2 + 1 > max_tokens:
@@ -724,8 +903,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = command_line("Chat-completions simulator (test double).", 8001, "seconds per call")
     parser.add_argument("--api-key", default="sim-key")
     parser.add_argument("--messy", action="store_true", help="decorate answers like a chatty model")
+    parser.add_argument("--realistic", type=int, metavar="SEED", help="answer like a real model (see Realistic)")
     args = parser.parse_args(argv)
-    sim = ChatSimulator(api_key=args.api_key, latency=args.latency, host=args.host, port=args.port)
+    realistic = Realistic(seed=args.realistic) if args.realistic is not None else None
+    sim = ChatSimulator(api_key=args.api_key, latency=args.latency, host=args.host, port=args.port,
+                        realistic=realistic)
     sim.messy = args.messy
     sim.start()
     serve_until_stopped(sim.stop, "chat simulator at %s; point the server at it with AZURE_OPENAI_ENDPOINT=%s "

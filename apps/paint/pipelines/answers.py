@@ -105,9 +105,9 @@ class Named(Items):
 Shape = Items
 
 
-def answer_items(shape: Shape, answer: BaseModel) -> list[str]:
-    """Return the items of a parsed answer, cleaned like text items; a null or blank one is ""."""
-    return [clean_item(item) if isinstance(item, str) else "" for item in shape.items(answer)]
+def answer_items(shape: Shape, answer: BaseModel, *, names: bool = False) -> list[str]:
+    """Return the items of a parsed answer, cleaned like text items (`names`: read as names); a null or blank one is ""."""
+    return [clean_item(item, names=names) if isinstance(item, str) else "" for item in shape.items(answer)]
 
 
 # -- checks ------------------------------------------------------------------------------------
@@ -404,8 +404,8 @@ class Ask:
 
     `more_ok`: the items are independent ideas, so extra ones are dropped; elsewhere items pair
     with the inputs (one per product, scheme, scene), and more than asked is a `count` failure.
-    `reads_names`: the items are names, so a text answer's explanation after a name is read
-    off it (parsing.split_items's `names`).
+    `reads_names`: the items are names, so an explanation after a name is read off it, in a
+    text answer or a structured one (parsing's `names`).
     """
 
     shape: Shape

@@ -226,7 +226,7 @@ class Steps:
         """Return the items of an answer (the parsed model's, blank ones kept in place, else the text's) and,
         with `keep`, how many of them it would keep one by one (repeats counted, which `keep` merges)."""
         if answer.parsed is not None:
-            items = answer_items(declared.shape, answer.parsed)
+            items = answer_items(declared.shape, answer.parsed, names=declared.reads_names)
         else:
             # The request's product names may stand as labels before items, to be read off.
             items = split_items(answer.text, names=declared.reads_names, labels=context.names)
