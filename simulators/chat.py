@@ -774,7 +774,7 @@ TEXT_DECORATIONS = {
 # Structured decorations keep valid JSON of the schema but spoil what the strings hold:
 JSON_DECORATIONS = {
     "label": "one item behind a label (方案2：)",
-    "explanation": "a name or keyword line followed by an explanation in brackets (a label instead on sentences)",
+    "explanation": "a name, keyword line or sentence followed by an explanation in brackets",
     "numbered": "every item numbered (1. )",
     "bold": "one item in markdown bold",
     "too_long": "one item three times as long as asked",
@@ -805,9 +805,6 @@ def realistic_answer(prompt: str, schema: dict[str, Any] | None, setting: Realis
     else:
         kinds = ["clean"]
     kind = rng.choice(kinds)
-    if kind == "explanation" and not ask.english and ask.most > NAME_MOST:
-        # A remark after a sentence inside a JSON string is not read off by the server yet.
-        kind = "label"
     if schema is not None:
         content = answer_json(prompt, schema, change=lambda items: _spoiled(kind, items, ask, rng, blank=True))
         if kind == "cut":

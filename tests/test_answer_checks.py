@@ -174,11 +174,13 @@ def test_the_corrective_prompt_is_the_original_and_what_was_wrong():
     (CHATTER, "夜跑时照亮前方路面。如需调整请告诉我"), (CHATTER, "Here are the prompts: folding bench"),
     (CHATTER, "透气网孔内衬 以上形态可以根据成本进一步取舍"),
     (CHATTER, "清晨的操场上，学生绕着跑道慢跑。希望这个想法对你有帮助"),
+    (CHATTER, "傍晚的公园里，老人扶着栏杆拉伸（这样更方便日常使用）"),
 ])
 def test_formatting_and_chatter_glued_to_an_item_are_caught(check, item):
     assert failed(check, ["折叠训练凳", item]).detail.startswith("item 2: ")
     assert failed(check, ["折叠训练凳", "清晨的公园里，孩子希望多跳几下"]) is None
     assert failed(check, ["折叠训练凳", "利用弹性储能，对起身有帮助"]) is None
+    assert failed(check, ["折叠训练凳", "在 14:00（午休后）的办公室里，职员站起来活动"]) is None
 
 
 def test_a_clock_time_read_as_a_list_number_is_caught():

@@ -331,7 +331,9 @@ MARKUP = _per_item(
 _CHATTER = re.compile(r"^(?:好的|当然|没问题|以下是|下面是|这里是|以下为)|以下是|以上(?:就是|是|这些|内容)"
                       r"|希望(?:这个|这些|以上|上述|对你|对您|你|您|能帮|能对)|对(?:你|您)有(?:所)?帮助|如需|如果(?:你|您)(?:需要|想要|还)|供(?:你|您)参考|仅供参考"
                       r"|祝(?:你|您)|(?:^|\s)(?:以上|希望|如有|注[:：]|备注|说明[:：]|总结|整体来看)"
-                      r"|\bhere (?:are|is)\b|^sure\b|\bi hope\b|\blet me know\b|\bas an ai\b", re.IGNORECASE)
+                      r"|\bhere (?:are|is)\b|^sure\b|\bi hope\b|\blet me know\b|\bas an ai\b"
+                      # an aside at the end that praises the idea: "…（这样更方便日常使用）"
+                      r"|[（(](?:这样|这能|这可以|这让|从而|兼顾|便于|更加|更方便|适合在)[^（）()]*[）)]\W*$", re.IGNORECASE)
 CHATTER = _per_item(
     "chatter", lambda item, c: m[0] if (m := _CHATTER.search(item)) else None,
     lambda found, c: f"holds a preamble or remark ({found!r})",
