@@ -8,12 +8,14 @@
 - `chat_sim` is a chat-completions simulator, `sd_sims` starts WebUI simulators, `sims` is
   one of the first and three of the second; `make_gpt` and `sd_pools` build clients of them.
 - `make_gen_app`/`gen_app`/`gen_client`/`gen_db`: an app wired to `sims`.
-Every fixture stops or closes what it started after the test.
+Every fixture stops or closes what it started after the test, the last first and each
+whatever another's closing raised (an ExitStack).
 """
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,7 +49,7 @@ def mongo_uri(tmp_path_factory) -> Iterator[str]:
 @pytest.fixture
 def make_app(mongo_uri: str, tmp_path) -> Iterator[Callable[..., Flask]]:
     """Return a factory of apps on a fresh database, closing their backends after the test."""
-    made: list[Flask] = []
+    closing = ExitStack()
 
     def make(**overrides: Any) -> Flask:
         settings = {
@@ -59,12 +61,11 @@ def make_app(mongo_uri: str, tmp_path) -> Iterator[Callable[..., Flask]]:
             **overrides,
         }
         app = create_app(settings, env={})
-        made.append(app)
+        closing.callback(close_app, app)
         return app
 
-    yield make
-    for app in made:
-        close_app(app)
+    with closing:
+        yield make
 
 
 @pytest.fixture
@@ -76,16 +77,14 @@ def app(make_app) -> Flask:
 @pytest.fixture
 def database_of() -> Iterator[Callable[[Flask], Database]]:
     """Return `database_of(app)`: a separate pymongo handle on the app's database, closed after the test."""
-    opened: list[MongoClient] = []
+    closing = ExitStack()
 
     def open_(app: Flask) -> Database:
-        direct = MongoClient(app.config["MONGO_URI"], serverSelectionTimeoutMS=3000)
-        opened.append(direct)
+        direct = closing.enter_context(MongoClient(app.config["MONGO_URI"], serverSelectionTimeoutMS=3000))
         return direct[app.config["MONGO_DB"]]
 
-    yield open_
-    for direct in opened:
-        direct.close()
+    with closing:
+        yield open_
 
 
 @pytest.fixture
@@ -119,16 +118,15 @@ def chat_sim() -> Iterator[ChatSimulator]:
 @pytest.fixture
 def sd_sims() -> Iterator[Callable[..., SDWebUISimulator]]:
     """Return a factory of started WebUI simulators; each is stopped after the test."""
-    started: list[SDWebUISimulator] = []
+    closing = ExitStack()
 
     def make(**kwargs: Any) -> SDWebUISimulator:
         sim = SDWebUISimulator(**kwargs).start()
-        started.append(sim)
+        closing.callback(sim.stop)
         return sim
 
-    yield make
-    for sim in started:
-        sim.stop()
+    with closing:
+        yield make
 
 
 @pytest.fixture
@@ -140,7 +138,7 @@ def sims(chat_sim: ChatSimulator, sd_sims) -> Sims:
 @pytest.fixture
 def make_gpt(chat_sim: ChatSimulator) -> Iterator[Callable[..., GPTClient]]:
     """Return a factory of GPT clients on `chat_sim` ("azure" or "openai"), closed after the test."""
-    made: list[GPTClient] = []
+    closing = ExitStack()
 
     def make(provider: str = "azure", **settings: Any) -> GPTClient:
         if provider == "azure":
@@ -151,29 +149,27 @@ def make_gpt(chat_sim: ChatSimulator) -> Iterator[Callable[..., GPTClient]]:
         env.update({"GPT_TIMEOUT": "5", "GPT_MAX_RETRIES": "0"})
         env.update({name: str(value) for name, value in settings.items()})
         client = GPTClient.from_config(from_env(env))
-        made.append(client)
+        closing.callback(client.close)
         return client
 
-    yield make
-    for client in made:
-        client.close()
+    with closing:
+        yield make
 
 
 @pytest.fixture
 def sd_pools() -> Iterator[Callable[..., SDInstancePool]]:
     """Return a factory of pools with test-sized timeouts; each is closed after the test."""
-    made: list[SDInstancePool] = []
+    closing = ExitStack()
 
     def make(endpoints: list[str], **kwargs: Any) -> SDInstancePool:
         settings = {"connect_timeout": 1.0, "read_timeout": 5.0, "acquire_timeout": 5.0,
                     "cooldown": 30.0, "max_attempts": 3, "probe_timeout": 1.0, **kwargs}
         pool = SDInstancePool(endpoints, **settings)
-        made.append(pool)
+        closing.callback(pool.close)
         return pool
 
-    yield make
-    for pool in made:
-        pool.close()
+    with closing:
+        yield make
 
 
 # -- apps wired to the simulated backends ---------------------------------------------------
