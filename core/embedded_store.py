@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -129,7 +130,7 @@ class EmbeddedStore:
             target = self._watch
         else:
             self._join()  # a live process supervises the store: use it; take over if that process ends
-            target = lambda: self._succeed(fd)  # noqa: E731
+            target = functools.partial(self._succeed, fd)
         self._watcher = threading.Thread(target=target, name=f"store-watch-{self.port}", daemon=True)
         self._watcher.start()
         atexit.register(self.stop)
