@@ -147,6 +147,9 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SD_PROBE_TIMEOUT": _float(env, "SD_PROBE_TIMEOUT", 2.0),
         # Seconds between tries to write the generation records that wait on disk for the database.
         "RECORD_RETRY": _float(env, "RECORD_RETRY", 5.0),
+        # Seconds around a participant's last /paint/start or /paint/save within which a generation
+        # from the same client (address and User-Agent) may be attributed to them.
+        "ATTRIBUTION_WINDOW": _float(env, "ATTRIBUTION_WINDOW", 3600.0),
         # Per-client limit on POST /generate, requests per minute; 0 turns it off.
         "GENERATE_RATE_LIMIT": _int(env, "GENERATE_RATE_LIMIT", 0),
     }

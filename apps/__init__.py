@@ -6,7 +6,7 @@ from flask import Flask
 
 def register_apps(app: Flask) -> None:
     """Register every blueprint and its storage indexes on `app`."""
-    from apps import generate, records, system
+    from apps import attribution, generate, records, system
     from apps import openapi
     from apps.paint import routes as paint_routes
     from apps.paint import sessions
@@ -16,6 +16,7 @@ def register_apps(app: Flask) -> None:
     app.register_blueprint(system.bp)
     app.register_blueprint(paint_routes.bp)
     app.extensions["mongo"].add_indexes(sessions.create_indexes)
+    app.extensions["mongo"].add_indexes(attribution.create_indexes)
     generate.init_app(app)  # builds each app's handler now, so a template error stops startup
     records.init_app(app)
     app.register_blueprint(openapi.bp)

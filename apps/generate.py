@@ -5,7 +5,9 @@ table gives the model its `prompts` are checked against, then the pipeline runs 
 server's shared GPT client and SD pool and its answer is sent as `data`. Every generation
 that got past validation leaves a record (apps.records), whether it succeeds, fails on a
 backend, fails on a bug or outlives its client; rejected requests leave none, and so do
-requests over the client's GENERATE_RATE_LIMIT (429 before the body is read).
+requests over the client's GENERATE_RATE_LIMIT (429 before the body is read). The record
+says whose generation it was (apps.attribution): the body's username when it sends one,
+else what the prompts and the client show, weighed against the participants' sessions.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from typing_extensions import TypeAliasType
 import config
 from apps.paint import register
 from apps.paint.pipelines import PaintApp, Pipeline
+from apps import attribution
+from apps.attribution import Clues
 from apps.records import GenerationCall, Recorder, get_journal
 from core import validation as v
 from core.backends import get_gpt, get_pool
@@ -37,6 +41,9 @@ class GenerationApp(Protocol):
 
     def read(self, type: int, prompts: Any) -> BaseModel:
         """Return the checked prompts of `type`, or raise BadInput naming the field."""
+
+    def clues(self, prompts: BaseModel) -> Clues:
+        """Return what checked `prompts` show of the participant who sent them."""
 
     def run(self, type: int, prompts: Any, gpt: Any, pool: Any, trace: Any) -> BaseModel:
         """Run the pipeline of `type` and return the answer's `data`."""
@@ -95,7 +102,9 @@ def read_call() -> GenerationCall:
     handler = handlers[body.appid]
     if body.type not in handler.pipelines:
         raise BadInput("type", f"app {body.appid} has no type {body.type}; its types are {_listed(handler.pipelines)}")
-    return GenerationCall(body.appid, body.type, body.username, handler, handler.read(body.type, body.prompts))
+    prompts = handler.read(body.type, body.prompts)
+    return GenerationCall(body.appid, body.type, body.username, handler, prompts,
+                          attribution.clues(get_db(), body.username, handler.clues(prompts)))
 
 
 @bp.post("/generate")

@@ -14,9 +14,14 @@ the stimuli, and the record waits on disk: the `RecordJournal` appends it to a f
 DATA_DIR and syncs it before the answer is sent, then writes it to the database once that
 answers again, after a restart of the server too.
 
-GET /generations lists summaries newest first by (createdAt, _id); the `before` cursor is
-a record id (the page starts just after it) or an ISO-8601 time (records created strictly
-before it). GET /generations/<id> returns one whole record, GET /images/<sha256> an image.
+Each record also says whose generation it was (`participant`, apps.attribution), decided
+from its `clues` when it is written and again whenever a later save brings evidence
+(`reattribute`); a researcher can set it by hand (PUT /generations/<id>/participant).
+
+GET /generations lists summaries newest first by (createdAt, _id), of one participant
+with `username`; the `before` cursor is a record id (the page starts just after it) or an
+ISO-8601 time (records created strictly before it). GET /generations/<id> returns one whole
+record, GET /images/<sha256> an image.
 """
 from __future__ import annotations
 
@@ -43,6 +48,8 @@ from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from agent.errors import BackendError
+from apps import attribution
+from apps.attribution import Attribution, Clues, Marks
 from core import json_codec
 from core import validation as v
 from core.db import OBJECT_ID_PATTERN, Document, Id, get_db
@@ -182,7 +189,9 @@ class GenerationSummary(Document):
     duration_ms: int = Field(ge=0)
     appid: int
     type: int
-    username: str | None
+    username: str | None = Field(description="The username the request's body sent (the web client sends none)")
+    participant: Attribution | None = Field(description="Whose generation it was, and how that is known; null "
+                                                        "only while the record is being written")
     status: Literal["ok", "failed"]
     error: RecordError | None
 
@@ -191,6 +200,8 @@ class GenerationRecord(GenerationSummary):
     """Everything one POST /generate did, as stored in `generations`; every image in it is an ImageRef."""
 
     input: dict[str, Any] | None = Field(description="The checked prompts, in the client's field names")
+    clues: Clues = Field(description="What the request showed of its participant: the evidence `participant` "
+                                     "is weighed from")
     steps: list[TraceEntry] = Field(description="One entry per GPT call and per image job, in the order they "
                                                 "finished")
     result: dict[str, Any] | None = Field(description="The answer's data as the client received it")
@@ -216,6 +227,7 @@ class GenerationCall:
     username: str | None
     handler: Any  # the app's handler (apps.generate.GenerationApp)
     prompts: BaseModel
+    clues: Clues | None = None  # None: only the username (a call made outside a request)
 
 
 class _ImageSink:
@@ -242,13 +254,18 @@ class StoredRecord:
         return self.document["_id"]
 
     def store(self, db: Database) -> None:
-        """Store each image once, then the record; a copy stored by an earlier try counts as written."""
+        """Store each image once, then the record, attributed; a copy stored by an earlier try counts as written."""
         for image in self.images:
             put_image(db, image)
+        # A record kept by a server older than attribution has no clues: only its username.
+        clues = Clues.model_validate(self.document.get("clues") or {"username": self.document.get("username")})
+        participant = attribution.attribute(db, clues)
         try:
-            db[COLLECTION].insert_one(self.document)
+            db[COLLECTION].insert_one({**self.document, "participant": attribution.as_dict(participant)})
         except DuplicateKeyError:
             pass  # an earlier try was stored though its answer never came back
+        # A save that brought evidence while this was weighed found no record to update: look again.
+        _settle(db, self.record_id, clues, participant)
 
     def to_line(self) -> bytes:
         """Return the record as one line of the journal, its images' bytes included."""
@@ -314,7 +331,9 @@ class Recorder:
         record = GenerationRecord(
             id=self.record_id, created_at=self._created, finished_at=finished,
             duration_ms=round((ended - self._started) * 1000), appid=call.appid, type=call.type,
-            username=call.username, input=call.prompts.model_dump(by_alias=True, context=context),
+            username=call.username, participant=None,
+            input=call.prompts.model_dump(by_alias=True, context=context),
+            clues=call.clues or Clues(username=call.username),
             steps=self.trace.entries,
             result=None if self.result is None else self.result.model_dump(by_alias=True, context=context),
             status="failed" if error is not None else "ok", error=error)
@@ -535,11 +554,57 @@ def get_journal() -> RecordJournal:
 
 
 def create_indexes(db: Database) -> None:
-    """Index records for the researcher's queries: per participant and per type, newest first."""
+    """Index records for the researcher's queries (per participant and per type, newest first) and by clue."""
     records = db[COLLECTION]
-    records.create_index([("username", ASCENDING), ("createdAt", DESCENDING)], name="username_createdAt")
+    records.create_index([("participant.username", ASCENDING), ("createdAt", DESCENDING)],
+                         name="participant_createdAt")
     records.create_index([("type", ASCENDING), ("createdAt", DESCENDING)], name="type_createdAt")
     records.create_index([("createdAt", DESCENDING)], name="createdAt")
+    for clue in CLUE_FIELDS.values():
+        records.create_index([(clue, ASCENDING)], name=clue.replace(".", "_"))
+    adopt_unattributed(db)
+
+
+# -- whose generation it was -----------------------------------------------------------------
+# Where a record keeps the keys each kind of mark matches.
+CLUE_FIELDS = {attribution.SKETCH: "clues.sketches", attribution.TEXTS: "clues.texts",
+               attribution.TASK: "clues.task"}
+
+
+def _settle(db: Database, record_id: ObjectId, clues: Clues, was: Attribution) -> bool:
+    """Attribute a stored record again from the marks there are now; return whether it changed."""
+    now = attribution.attribute(db, clues)
+    if now == was:
+        return False
+    # Unless a researcher set it meanwhile.
+    found = db[COLLECTION].update_one({"_id": record_id, "participant.method": {"$nin": list(attribution.FIXED)}},
+                                      {"$set": {"participant": attribution.as_dict(now)}})
+    if found.modified_count:
+        log.info("generation %s is now attributed to %s (%s)", record_id, now.username or now.candidates, now.method)
+    return bool(found.modified_count)
+
+
+def reattribute(db: Database, marks: Marks) -> int:
+    """Attribute again the records whose clues match `marks` (a save's new ones); return how many changed."""
+    clauses = [{CLUE_FIELDS[kind]: {"$in": keys}, "participant.method": {"$in": attribution.open_to(kind)}}
+               for kind, keys in marks.by_kind().items() if keys]
+    if not clauses:
+        return 0
+    changed = 0
+    for doc in db[COLLECTION].find({"$or": clauses}, {"clues": 1, "participant": 1}):
+        changed += _settle(db, doc["_id"], Clues.model_validate(doc["clues"]),
+                           Attribution.model_validate(doc["participant"]))
+    return changed
+
+
+def adopt_unattributed(db: Database) -> None:
+    """Attribute the records written before attribution existed: by the username they were sent, if any."""
+    for doc in db[COLLECTION].find({"participant": {"$exists": False}}, {"username": 1}):
+        username = doc.get("username")
+        found = Attribution.sent(username) if username else attribution.weigh([])
+        db[COLLECTION].update_one({"_id": doc["_id"], "participant": {"$exists": False}},
+                                  {"$set": {"participant": attribution.as_dict(found),
+                                            "clues": Clues(username=username).model_dump(by_alias=True)}})
 
 
 # -- reading records back --------------------------------------------------------------------
@@ -591,7 +656,7 @@ def list_page(db: Database, query: PageQuery) -> dict[str, Any]:
     """Return `{"items": [record summaries], "next": cursor or None}` for `query`."""
     match: dict[str, Any] = {}
     if query.username is not None:
-        match["username"] = query.username
+        match["participant.username"] = query.username
     if query.type is not None:
         match["type"] = query.type
     if query.before is not None:
@@ -620,6 +685,31 @@ def get_generation(record_id: str):
     if doc is None:
         raise NotFound(f"no generation has the id {key}")
     return ok(doc)  # the API's JSON writes its ids and times
+
+
+class ParticipantBody(v.Body):
+    """The body of PUT /generations/<id>/participant."""
+
+    username: v.Username | None = Field(description="The participant the generation was for; null gives it back "
+                                                    "to the evidence")
+
+
+@bp.put("/generations/<record_id>/participant")
+@researcher
+def set_participant(record_id: str):
+    """Attribute one generation by hand (method manual), or with null by its evidence again."""
+    key = v.object_id(record_id, "a record")
+    body = v.body(ParticipantBody)
+    db = get_db()
+    doc = db[COLLECTION].find_one({"_id": key}, {"clues": 1})
+    if doc is None:
+        raise NotFound(f"no generation has the id {key}")
+    clues = Clues.model_validate(doc["clues"])
+    chosen = (Attribution.manual(body.username, datetime.now(timezone.utc)) if body.username is not None
+              else attribution.attribute(db, clues))
+    db[COLLECTION].update_one({"_id": key}, {"$set": {"participant": attribution.as_dict(chosen)}})
+    log.info("generation %s attributed by hand to %s", key, body.username)
+    return ok(chosen.model_dump(by_alias=True))
 
 
 @bp.get("/images/<key>")

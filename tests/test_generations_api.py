@@ -78,7 +78,7 @@ def test_list_is_newest_first_with_summaries(client, seeded):
     assert [g["_id"] for g in got] == seeded[::-1]
     first = got[0]
     assert set(first) == {"_id", "createdAt", "finishedAt", "durationMs", "appid", "type",
-                          "username", "status", "error"}
+                          "username", "participant", "status", "error"}
     assert first["createdAt"] == "2030-01-01T00:00:06.000Z" and first["username"] is None
 
 

@@ -425,7 +425,15 @@ GENERATE_REQUEST, GENERATE_DATA = exchanges()
 
 _SUMMARY_EXAMPLE = {"_id": RECORD_ID, "createdAt": "2024-05-24T09:30:00.123Z",
                     "finishedAt": "2024-05-24T09:31:10.456Z", "durationMs": 70333, "appid": 0, "type": 0,
-                    "username": "alice", "status": "ok", "error": None}
+                    "username": None, "participant": {
+                        "username": "alice", "method": "sketch", "candidates": ["alice"], "evidence": [
+                            {"method": "sketch", "candidates": ["alice"], "detail": "1 of 1 sketch images in their saves"},
+                            {"method": "client", "candidates": ["alice", "bob"],
+                             "detail": "their last start or save came from 10.0.0.7 with the same User-Agent"}]},
+                    "status": "ok", "error": None}
+_CLUES_EXAMPLE = {"username": None, "sketches": ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
+                  "texts": [], "task": "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8",
+                  "client": {"address": "10.0.0.7", "userAgent": "Mozilla/5.0", "candidates": ["alice", "bob"]}}
 
 GENERATE_PATHS = {
     "/generate": {"post": {
@@ -443,7 +451,8 @@ GENERATE_PATHS = {
     "/generations": {"get": {
         "tags": ["records"], "operationId": "listGenerations",
         "summary": "List generation record summaries, newest first",
-        "description": "Parameters other than these four are rejected (400).",
+        "description": "`username` lists the generations attributed to that participant (see "
+                       "`participant` in a summary). Parameters other than these four are rejected (400).",
         "parameters": query_parameters(limits.PageQuery),
         "responses": {"200": ok("A page of summaries.", limits.GenerationPage,
                                 {"items": [_SUMMARY_EXAMPLE], "next": None}),
@@ -453,8 +462,21 @@ GENERATE_PATHS = {
         "tags": ["records"], "operationId": "getGeneration", "summary": "Return one whole generation record",
         "parameters": [{"name": "record_id", "in": "path", "required": True, "schema": Schema(Id, "validation")}],
         "responses": {"200": ok("The record.", limits.GenerationRecord, {
-            **_SUMMARY_EXAMPLE, "input": {"task": TASK, "num": 1}, "steps": [],
+            **_SUMMARY_EXAMPLE, "input": {"task": TASK, "num": 1}, "clues": _CLUES_EXAMPLE, "steps": [],
             "result": RESPONSE_EXAMPLES["type 0"]}), **errors(400, 401, 403, 404, 405, 503)},
+    }},
+    "/generations/{record_id}/participant": {"put": {
+        "tags": ["records"], "operationId": "setGenerationParticipant",
+        "summary": "Attribute one generation to a participant by hand",
+        "description": "Recorded as method `manual`, which no later evidence changes; `null` gives the "
+                       "generation back to its evidence. The username is not checked against the participants.",
+        "parameters": [{"name": "record_id", "in": "path", "required": True, "schema": Schema(Id, "validation")}],
+        "requestBody": _body(Schema(limits.ParticipantBody, "validation"), {"username": "alice"}),
+        "responses": {"200": ok("The generation's attribution now.", limits.Attribution, {
+            "username": "alice", "method": "manual", "candidates": ["alice"], "evidence": [
+                {"method": "manual", "candidates": ["alice"], "detail": "set by a researcher at "
+                                                                        "2024-05-24T10:00:00+00:00"}]}),
+                      **errors(400, 401, 403, 404, 405, 413, 503)},
     }},
     "/images/{key}": {"get": {
         "tags": ["records"], "operationId": "getImage",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, request
 
+from apps import attribution
 from apps.paint import cli, register, sessions
 from core import validation as v
 from core.db import get_db
@@ -13,12 +14,20 @@ from core.security import participant, researcher
 bp = Blueprint("paint", __name__, url_prefix="/paint", cli_group=None)
 cli.register(bp)
 SAVE_ORDER = "paint_save_order"  # the app's sessions.SaveOrder
+SIGHTINGS = "paint_sightings"  # the app's attribution.Sightings
 
 
 @bp.record_once
-def _give_save_order(state) -> None:
-    """Give the app the order its saves arrive in."""
+def _give_state(state) -> None:
+    """Give the app the order its saves arrive in, and what it saw of its participants' clients."""
     state.app.extensions[SAVE_ORDER] = sessions.SaveOrder()
+    state.app.extensions[SIGHTINGS] = attribution.Sightings()
+
+
+def _seen(db, username: str) -> None:
+    """Note the client the participant's request came from: evidence for their generations."""
+    sightings: attribution.Sightings = current_app.extensions[SIGHTINGS]
+    sightings.saw(db, username)
 
 
 @bp.post("/start")
@@ -27,7 +36,10 @@ def start():
     """Create the participant on first visit and return the stored session."""
     body = v.body(sessions.StartBody)
     register.admit(body.username)
-    return ok(sessions.start(get_db(), body.username))
+    db = get_db()
+    session = sessions.start(db, body.username)
+    _seen(db, body.username)
+    return ok(session)
 
 
 @bp.post("/save")
@@ -42,6 +54,7 @@ def save():
     register.admit(body.username)
     db = get_db()
     sessions.save(db, body.username, body.data, order.arrival(db, number))
+    _seen(db, body.username)
     return ok(None)
 
 

@@ -18,12 +18,18 @@ history lists saves by arrival too, newest first.
 
 Participants of the old format, their schemes inline, still load; their next save
 records their old state as revision 0 and converts them.
+
+A save is evidence of whose generations were whose (apps.attribution): before its state
+is committed, the sketch images, notes and task it adds are marked as the participant's,
+and the generation records they match are attributed again, so a client that saves a
+sketch after sending it to /generate still has that generation attributed.
 """
 from __future__ import annotations
 
 import logging
 import threading
 from datetime import datetime, timezone
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal, get_args
 
 from bson import ObjectId
@@ -34,10 +40,13 @@ from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, DocumentTooLarge, DuplicateKeyError, PyMongoError
 from typing_extensions import TypeAliasType
 
+from apps import attribution, records
+from apps.attribution import Marks
 from apps.paint import scheme_store
 from apps.paint.scheme_store import SchemeLists, SchemeRefs
 from core import request_body
 from core.db import Document, Id
+from core.image_store import ImageDecodeError, decode_image
 from core.envelope import CODE_STORAGE, ApiError, NotFound
 from core.validation import FROM_QUERY, Body, StorableObject, Username
 
@@ -351,6 +360,34 @@ def _keep_legacy_state(db: Database, participant: Participant, lists: SchemeList
     log.info("converting participant %s from the one-document format", participant.id)
 
 
+def _sketch_images(scheme: dict[str, Any]) -> Iterator[str]:
+    """Yield the SHA-256 of each image a scheme holds as a data URI (the client's canvasImage)."""
+    for value in scheme.values():
+        if isinstance(value, str) and value.startswith("data:image/"):
+            try:
+                yield decode_image(value).sha256  # the bytes, decoded as /generate decodes a sketch
+            except ImageDecodeError:
+                continue
+
+
+def _notes(scheme: dict[str, Any]) -> list[str]:
+    """Return the notes of a scheme: the client's `texts`, `[{"text": ..., "position": ...}]`."""
+    texts = scheme.get("texts")
+    return [t["text"] for t in texts if isinstance(t, dict) and isinstance(t.get("text"), str)] \
+        if isinstance(texts, list) else []
+
+
+def _marks(participant: Participant, state: SavedState, refs: SchemeRefs) -> Marks:
+    """Return what a save adds to its participant's marks: its new schemes' images and notes, a new task."""
+    before = {sid for ids in (participant.scheme_refs or {}).values() for sid in ids}
+    added = {sid: scheme for field, schemes in state.design_schemes.by_field().items()
+             for sid, scheme in zip(refs[field], schemes, strict=True) if sid not in before}
+    task = attribution.task_key(state.design_task) if state.design_task != participant.design_task else None
+    return Marks(sketches=[key for scheme in added.values() for key in _sketch_images(scheme)],
+                 texts=[key for scheme in added.values() if (key := attribution.notes_key(_notes(scheme)))],
+                 tasks=[task] if task else [])
+
+
 def save(db: Database, username: str, state: SavedState, arrival: int) -> int:
     """Store `state` in the history, and as the current session unless a save that arrived later is; return its revision.
 
@@ -363,6 +400,11 @@ def save(db: Database, username: str, state: SavedState, arrival: int) -> int:
         refs = scheme_store.store(db, state.design_schemes.by_field())
         if participant.inline is not None:
             _keep_legacy_state(db, participant, participant.inline)
+        # Before the commit: a save that fails after it is sent again, its evidence still new.
+        marks = _marks(participant, state, refs)
+        if marks:
+            attribution.mark(db, username, marks)
+            records.reattribute(db, marks)
         return _commit(db, participant, SessionState(current_stage=state.current_stage,
                                                      design_task=state.design_task, scheme_refs=refs), arrival)
     except (ConnectionFailure, DocumentTooLarge):

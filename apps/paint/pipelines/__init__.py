@@ -20,7 +20,8 @@ from typing import Any
 
 from agent.gpt import GPTClient
 from agent.pool import SDInstancePool
-from apps.paint.pipelines import deep, group_two, naming, rapid
+from apps.attribution import Clues
+from apps.paint.pipelines import contract, deep, group_two, naming, rapid
 from apps.paint.pipelines.answers import Ask
 from apps.paint.pipelines.contract import Answer
 from apps.paint.pipelines.settings import PromptBook, load_sd_options
@@ -69,6 +70,10 @@ class PaintApp:
     def read(self, type: int, prompts: Any) -> Body:
         """Return the `prompts` of a request of `type` checked by that type's model, or raise BadInput."""
         return parse(PIPELINES[type].prompts, prompts, "prompts")
+
+    def clues(self, prompts: Body) -> Clues:
+        """Return what checked `prompts` show of their participant (apps.attribution)."""
+        return contract.clues(prompts)
 
     def run(self, type: int, prompts: Body, gpt: GPTClient, pool: SDInstancePool, trace: Trace, *,
             sequential: bool = False) -> Answer:

@@ -8,13 +8,15 @@ to the answer, where they become raw base64 (or, in a record, references to the 
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from core.image_store import AnswerImage, SketchImage
+from apps.attribution import Clues, notes_key, task_key
+from core.image_store import AnswerImage, Image, SketchImage
 from core.validation import INT64_MAX, INT64_MIN, Body
 
 MAX_TASK = 500
@@ -63,6 +65,29 @@ class Sketch(Notes):
     """A sketch: its notes and the drawing."""
 
     design_image: SketchImage
+
+
+TASK_FIELDS = ("task", "design_task")  # the prompts fields that hold the design task
+
+
+def _parts(value: object) -> Iterator[object]:
+    """Yield `value` and every model, list item and field value inside it."""
+    yield value
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _parts(getattr(value, name))
+    elif isinstance(value, list):
+        for item in value:
+            yield from _parts(item)
+
+
+def clues(prompts: BaseModel) -> Clues:
+    """Return what `prompts` show of their participant: the sketch images, each sketch's notes, the task."""
+    parts = list(_parts(prompts))
+    texts = (notes_key(part.design_texts) for part in parts if isinstance(part, Notes))
+    task = next((getattr(prompts, name) for name in TASK_FIELDS if name in type(prompts).model_fields), None)
+    return Clues(sketches=[part.sha256 for part in parts if isinstance(part, Image)],
+                 texts=[key for key in texts if key], task=task_key(task))
 
 
 class Answer(BaseModel):
