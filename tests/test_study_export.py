@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 import pytest
 from bson import ObjectId
 
+from apps.attribution import Attribution, Evidence, as_dict
 from apps.paint.study_export import StudyExportError, export_study
 from apps.paint.study_import import StudyImportError, import_study
 from core.db import get_db
@@ -38,7 +39,10 @@ def _generation(db, username: str) -> ObjectId:
     keys = [put_image(db, Image(PNG + os.urandom(64), "image/png")) for _ in range(2)]
     record_id = ObjectId()
     db.generations.insert_one({
-        "_id": record_id, "createdAt": datetime.now(timezone.utc), "appid": 0, "type": 1, "username": username,
+        "_id": record_id, "createdAt": datetime.now(timezone.utc), "appid": 0, "type": 1, "username": None,
+        "participant": as_dict(Attribution(username=username, method="sketch", candidates=[username], evidence=[
+            Evidence(method="sketch", candidates=[username], detail="1 of 1 sketch images in their saves")])),
+        "clues": {"sketches": [keys[0]]},
         "input": {"designImage": {"sha256": keys[0], "contentType": "image/png"}},
         "steps": [{"kind": "llm", "images": [keys[0]], "raw": "x"}],
         "result": {"result": [{"items": [{"image": {"sha256": keys[1], "contentType": "image/png"}}]}]},
@@ -113,7 +117,11 @@ def test_export_folder_holds_tables_and_blobs_named_by_hash(app, db, study, tmp_
         assert {r["username"]: r["format"] for r in csv.DictReader(rows)} == {
             "alice": "refs", "bob": "inline", "carol": "refs"}
     with (out / "generations.csv").open(encoding="utf-8") as rows:
-        assert sorted(r["username"] for r in csv.DictReader(rows)) == ["alice", "bob"]
+        rows = list(csv.DictReader(rows))
+    assert sorted(r["attributedTo"] for r in rows) == ["alice", "bob"]
+    assert {r["attributionMethod"] for r in rows} == {"sketch"}
+    assert all(r["attributionEvidence"] == f"sketch: 1 of 1 sketch images in their saves ({r['attributedTo']})"
+               for r in rows)
     schemes = (out / "schemes.csv").read_text(encoding="utf-8")
     assert schemes.count("canvasImage=blobs/") == 5  # alice's a, b and c, carol's old and new
 

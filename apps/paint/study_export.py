@@ -90,7 +90,8 @@ def _select(db: Database, username: str | None) -> dict[str, list[dict[str, Any]
         PARTICIPANTS: participants,
         HISTORY: saves,
         SCHEMES: list(_find_in(db, SCHEMES, scheme_ids)),
-        GENERATIONS: list(db[GENERATIONS].find(who).sort("createdAt", 1)),
+        GENERATIONS: list(db[GENERATIONS].find({"participant.username": username} if username else {})
+                          .sort("createdAt", 1)),
     }
 
 
@@ -116,6 +117,17 @@ SESSION_COLUMNS = ["participantId", "username", "createdAt", "updatedAt", "curre
                    "revision", "format", *STAGE_COUNTS]
 SAVE_COLUMNS = ["saveId", "participantId", "username", "revision", "kind", "savedAt", "currentStage",
                 "designTask", *STAGE_COUNTS, *SCHEME_FIELDS.values()]
+
+
+# Whose generation each was (apps.attribution), first in generations.csv; the whole of it is in `participant`.
+ATTRIBUTION_COLUMNS = ["attributedTo", "attributionMethod", "attributionEvidence", "attributionCandidates"]
+
+
+def _attribution_cells(doc: dict[str, Any]) -> list[Any]:
+    found = doc.get("participant") or {}
+    evidence = "; ".join(f"{e['method']}: {e['detail']} ({', '.join(e['candidates'])})"
+                         for e in found.get("evidence") or [])
+    return [found.get("username"), found.get("method"), evidence, " ".join(found.get("candidates") or [])]
 
 
 def _session_row(doc: dict[str, Any]) -> list[Any]:
@@ -144,7 +156,8 @@ def _tables(out: study_files.ExportWriter, records: dict[str, list[dict[str, Any
                (_scheme_row(s, files) for s in records[SCHEMES]))
     generations = records[GENERATIONS]
     columns = list(dict.fromkeys(key for doc in generations for key in doc))
-    _write_csv(out, "generations.csv", columns, ([doc.get(c) for c in columns] for doc in generations))
+    _write_csv(out, "generations.csv", [*ATTRIBUTION_COLUMNS, *columns],
+               ([*_attribution_cells(doc), *(doc.get(c) for c in columns)] for doc in generations))
 
 
 def _write_blob(out: study_files.ExportWriter, files: dict[str, dict[str, Any]], key: str, blob: Image) -> None:
