@@ -597,6 +597,16 @@ def reattribute(db: Database, marks: Marks) -> int:
     return changed
 
 
+def reattribute_all(db: Database) -> int:
+    """Attribute again every record that neither a username nor a researcher decided; return how many changed."""
+    changed = 0
+    for doc in db[COLLECTION].find({"participant.method": {"$nin": list(attribution.FIXED)}},
+                                   {"clues": 1, "participant": 1}):
+        changed += _settle(db, doc["_id"], Clues.model_validate(doc["clues"]),
+                           Attribution.model_validate(doc["participant"]))
+    return changed
+
+
 def adopt_unattributed(db: Database) -> None:
     """Attribute the records written before attribution existed: by the username they were sent, if any."""
     for doc in db[COLLECTION].find({"participant": {"$exists": False}}, {"username": 1}):

@@ -259,3 +259,22 @@ def test_records_written_before_attribution_are_attributed_by_their_username(mak
     assert sorted((i["participant"]["username"] or "", i["participant"]["method"]) for i in items) == [
         ("", "none"), ("ana", "username")]
     assert Attribution.model_validate(items[0]["participant"])
+
+
+def test_the_command_marks_saves_older_than_attribution_and_attributes_again(make_gen_app, database_of):
+    app = make_gen_app()
+    client, db = app.test_client(), database_of(app)
+    client.post("/paint/start", json={"username": "ana"})
+    client.post("/paint/save", json=save_body("ana", rapid=[drawn("old", ["旧的"])], deep=[drawn("another", [])]))
+    db.attribution_marks.delete_many({})  # as if saved by a server older than attribution
+    db.attribution_clients.delete_many({})
+    client.post("/generate", json={"appid": 0, "type": 1, "prompts": {
+        "designTask": TASK, "designTexts": [], "designImage": sketch("old"), "schemeId": 0}})
+    client.post("/generate", json={"appid": 0, "type": 3, "prompts": {
+        "selectedSchemes": [{"designTexts": ["旧的"]}], "num": 1}})
+    assert {r["participant"]["method"] for r in db.generations.find()} == {"none"}
+    result = app.test_cli_runner().invoke(args=["attribute-generations"])
+    assert result.exit_code == 0, result.output
+    assert "2 generations changed" in result.output
+    assert sorted((r["type"], r["participant"]["username"], r["participant"]["method"])
+                  for r in db.generations.find()) == [(1, "ana", "sketch"), (3, "ana", "texts")]

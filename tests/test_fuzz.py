@@ -256,7 +256,9 @@ def served_schema() -> schemathesis.BaseSchema:
 
 
 SCHEMA = served_schema()
-POSTS = [path for path, method, op in operations(SCHEMA.raw_schema) if "requestBody" in op]
+# The body tables send POST bodies; PUT /generations/{id}/participant is fuzzed by the schemathesis test
+# below, and its refusals are in tests/test_attribution.py.
+POSTS = [path for path, method, op in operations(SCHEMA.raw_schema) if method == "post" and "requestBody" in op]
 GETS = [path for path, method, op in operations(SCHEMA.raw_schema) if method == "get" and op.get("parameters")]
 
 
@@ -293,13 +295,13 @@ def _height(value: Any) -> int:
     return 1 + max(map(_height, children), default=-1)
 
 
-def document_accepts(path: str, value: Any) -> bool:
-    """Return whether the document accepts `value` as the body of POST `path`, its rules in words included.
+def document_accepts(path: str, value: Any, method: str = "post") -> bool:
+    """Return whether the document accepts `value` as the body of `method path`, its rules in words included.
 
     On top of the schema (and conforms()'s integers and Unicode): a saved scheme nests at most
     MAX_DEPTH levels, which StorableValue's description says and JSON Schema cannot.
     """
-    if not conforms(value, request_schema(path, "post")):
+    if not conforms(value, request_schema(path, method)):
         return False
     saved = value["data"]["designSchemes"] if path == "/paint/save" else {}
     schemes = [scheme for stage in SCHEME_FIELDS for scheme in saved.get(stage) or ()]  # the others are ignored
@@ -317,7 +319,7 @@ def refused_in_words(env: FuzzEnv, case: schemathesis.Case) -> tuple[int, str] |
     if request_schema(path, case.operation.method) is not None and not isinstance(case.body, (bytes, NotSet)):
         if _too_large(path, case.body):  # read before anything else
             return 413, ""
-        if not document_accepts(path, case.body):
+        if not document_accepts(path, case.body, case.operation.method.lower()):
             return 400, ""
         if path == "/generate" and _too_many_stimuli(case.body):
             return 400, "prompts.num: "

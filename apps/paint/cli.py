@@ -1,5 +1,6 @@
 """The researchers' commands: `flask export-study` and `flask import-study`, thin click wrappers of
-the study export functions, and `flask participants add|remove|list` for the participant register."""
+the study export functions, `flask attribute-generations`, and `flask participants add|remove|list`
+for the participant register."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -56,6 +57,22 @@ def import_study_command(source: Path, force: bool) -> None:
     click.echo("imported " + ", ".join(f"{count} {name}" for name, count in written.items()))
 
 
+@click.command("attribute-generations")
+@with_appcontext
+def attribute_generations_command() -> None:
+    """Mark what every stored save shows of its participant, then attribute every generation again.
+
+    For data from before attribution, or imported: generations a username or a researcher
+    decided are left as they are.
+    """
+    from apps.paint.sessions import mark_history
+    from apps.records import reattribute_all
+
+    db = get_db()
+    marked = mark_history(db)
+    click.echo(f"marked the saves of {marked} participants; {reattribute_all(db)} generations changed attribution")
+
+
 # An AppGroup runs each of its commands inside the app's context.
 participants_group = AppGroup("participants", help="Keep the register of who may take part (enforced while "
                               "PARTICIPANT_REGISTER is on).")
@@ -104,4 +121,5 @@ def register(bp: Blueprint) -> None:
     """Add the researchers' commands to the blueprint's command group."""
     bp.cli.add_command(export_study_command)
     bp.cli.add_command(import_study_command)
+    bp.cli.add_command(attribute_generations_command)
     bp.cli.add_command(participants_group)

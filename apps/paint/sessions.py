@@ -388,6 +388,34 @@ def _marks(participant: Participant, state: SavedState, refs: SchemeRefs) -> Mar
                  tasks=[task] if task else [])
 
 
+def _stored_marks(form: dict[str, Any]) -> Marks:
+    """Return the marks of one stored scheme: its moved data-URI images by their hash, its inline ones and notes."""
+    scheme = form["scheme"]
+    moved = set(form.get("moved", []))
+    images = [scheme[key]["sha256"] for key in moved
+              if scheme[key].get("kind") == "dataUri" and scheme[key]["contentType"].startswith("image/")]
+    kept = {key: value for key, value in scheme.items() if key not in moved}
+    notes = attribution.notes_key(_notes(kept))
+    return Marks(sketches=[*images, *_sketch_images(kept)], texts=[notes] if notes else [])
+
+
+def mark_history(db: Database) -> int:
+    """Mark what every visible save of every participant shows of them (for saves older than attribution)."""
+    marked = 0
+    for doc in db[PARTICIPANTS].find({}, {"_id": 1, "username": 1, "revision": 1, "schemeRefs": 1}):
+        participant = Participant.model_validate(doc)
+        entries = list(db[HISTORY].find(visible(participant), {"schemeRefs": 1, "designTask": 1}))
+        ids = {sid for entry in entries for sids in entry["schemeRefs"].values() for sid in sids}
+        forms = scheme_store.stored_forms(db, ids).values()
+        found = [_stored_marks(form) for form in forms]
+        tasks = {key for entry in entries if (key := attribution.task_key(entry.get("designTask")))}
+        marks = Marks(sketches=[key for m in found for key in m.sketches], texts=[key for m in found for key in m.texts],
+                      tasks=sorted(tasks))
+        attribution.mark(db, participant.username, marks)
+        marked += bool(marks)
+    return marked
+
+
 def save(db: Database, username: str, state: SavedState, arrival: int) -> int:
     """Store `state` in the history, and as the current session unless a save that arrived later is; return its revision.
 
