@@ -278,3 +278,30 @@ def test_the_command_marks_saves_older_than_attribution_and_attributes_again(mak
     assert "2 generations changed" in result.output
     assert sorted((r["type"], r["participant"]["username"], r["participant"]["method"])
                   for r in db.generations.find()) == [(1, "ana", "sketch"), (3, "ana", "texts")]
+
+
+def test_a_save_that_lands_while_the_record_is_written_still_attributes_it(make_gen_app, database_of, monkeypatch):
+    """The save marks the sketch and looks for records after the record was weighed, before it was stored."""
+    from apps import attribution, records
+
+    app = make_gen_app()
+    client, db = app.test_client(), database_of(app)
+    client.post("/paint/start", json={"username": "ana"}, environ_base={"REMOTE_ADDR": "127.0.0.9"})
+    weigh_first = attribution.attribute
+    seen = []
+
+    def weighed_then_saved(database, clues):
+        found = weigh_first(database, clues)
+        if not seen:  # the first weighing, before the insert: now the save's marks land, and its search
+            seen.append(found)
+            marks = attribution.Marks(sketches=clues.sketches)
+            attribution.mark(database, "ana", marks)
+            assert records.reattribute(database, marks) == 0  # nothing stored yet to update
+        return found
+
+    monkeypatch.setattr(attribution, "attribute", weighed_then_saved)
+    client.post("/generate", json={"appid": 0, "type": 1, "prompts": {
+        "designTask": TASK, "designTexts": [], "designImage": sketch("race"), "schemeId": 0}})
+    assert seen[0].method == "none"
+    stored = db.generations.find_one()["participant"]
+    assert (stored["username"], stored["method"]) == ("ana", "sketch")
