@@ -112,7 +112,7 @@ def test_the_participant_routes_are_the_clients_and_the_probes_the_operators(app
     assert rules[PROBE] == {"/healthz", "/readyz"}
     assert {"/metrics", "/generations", "/images/<key>", "/paint/history", "/openapi.json", "/docs"} <= rules[RESEARCHER]
     assert rules[DASHBOARD_LOGIN] == {"/study/login", "/study/logout", "/study/assets/<name>"}
-    assert {"/study", "/study/participants/<username>", "/study/generations/<record_id>", "/study/thumbnails/<key>",
+    assert {"/study", "/study/participants/<path:username>", "/study/generations/<record_id>", "/study/thumbnails/<key>",
             "/study/images/<key>", "/study/export.zip"} <= rules[DASHBOARD]
     study = {rule.rule for rule in app.url_map.iter_rules() if rule.rule.startswith("/study")}
     assert study == rules[DASHBOARD] | rules[DASHBOARD_LOGIN]

@@ -153,7 +153,7 @@ def participants_page() -> Response:
     return _page("participants.html", overview=participants.overview(get_db()))
 
 
-@bp.get("/participants/<username>")
+@bp.get("/participants/<path:username>")
 @dashboard
 def timeline_page(username: str) -> Response:
     """Show a participant's saves and generations in time order, filtered by stage and type."""
@@ -162,7 +162,7 @@ def timeline_page(username: str) -> Response:
     return _page("timeline.html", timeline=found, stage=query.stage, type=query.type)
 
 
-@bp.get("/participants/<username>/schemes/<stage>/<int:index>")
+@bp.get("/participants/<path:username>/schemes/<stage>/<int:index>")
 @dashboard
 def scheme_page(username: str, stage: str, index: int) -> Response:
     """Show the scheme at one position of a stage's list at each save where it changed."""
