@@ -30,6 +30,7 @@ from pymongo import MongoClient
 from apps.paint.study_files import MANIFEST
 from apps.records import COLLECTION
 from apps.study import thumbnails
+from apps.study.step_timeline import step_timeline
 from core.image_store import Image, put_image
 from core import security
 from core.factory import close_app, create_app
@@ -344,3 +345,19 @@ def test_without_a_token_the_dashboard_answers_this_machine_only(study):
     client = study.client()
     assert client.get("/study", environ_base={"REMOTE_ADDR": "203.0.113.7"}).status_code == 403
     assert client.get("/study/login").headers["Location"] == "/study"  # no login to do
+
+
+def test_retries_failures_waits_and_untimed_steps_are_marked_on_the_timeline():
+    record = {"durationMs": 2000, "steps": [
+        {"kind": "llm", "step": "s.names", "attempt": 1, "error": "count: 2 items", "started": 0.0, "finished": 0.5},
+        {"kind": "llm", "step": "s.names", "attempt": 2, "reason": "correction", "error": None,
+         "started": 0.5, "finished": 1.0, "latency": 0.5},
+        {"kind": "image", "step": "s.images[0]", "queueWait": 0.5, "attempts": 2, "error": "instance down",
+         "started": 1.0, "finished": 2.0},
+        {"kind": "llm", "step": "s.old", "latency": 0.2},  # a record from before steps were timed
+    ]}
+    drawn = step_timeline(record)
+    assert [bar.state for bar in drawn.bars] == ["retried", "ok", "failed", "ok"]
+    assert [(bar.left, bar.width, bar.wait) for bar in drawn.bars] == \
+        [(0.0, 25.0, 0.0), (25.0, 25.0, 0.0), (50.0, 50.0, 25.0), (None, None, 0.0)]
+    assert "attempt 2 (correction)" in drawn.bars[1].note and "2 attempts" in drawn.bars[2].note
