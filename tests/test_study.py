@@ -201,7 +201,8 @@ def test_the_generation_page_shows_every_step(study):
     record = next(record for record in all_records(study.db) if record["type"] == 1)
     html = page(study.client(), f"/study/generations/{record['_id']}")
     assert html.count('<svg class="bar"') == len(record["steps"])
-    assert all(float(width) > 0 for width in re.findall(r'<rect class="span[^"]*" x="[^"]+" y="1" width="([^"]+)"', html))
+    widths = re.findall(r'<rect class="span[^"]*" x="[^"]+" y="1" width="([^"]+)"', html)
+    assert len(widths) == len(record["steps"]) and all(float(width) > 0 for width in widths)
     assert 'href="/study/participants/alice"' in html
     escaped = unescape(html)
     for step in record["steps"]:

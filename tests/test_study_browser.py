@@ -26,9 +26,10 @@ from werkzeug.serving import make_server
 from core.image_store import Image
 from simulators.png import render_png
 from tests.helpers import PROMPTS, RAPID_TWO, TASK, Sims, body, save_body, scheme
-from tests.test_docs_browser import page  # noqa: F401  (the fixture: a page of a fresh headless Chromium)
+from tests import test_docs_browser
 
 pytestmark = pytest.mark.browser
+page = test_docs_browser.page  # the fixture: a page of a fresh headless Chromium, as the docs test drives it
 
 TOKEN = "browser-study-token"
 LOADED = "Promise.all([...document.images].map(i => { i.loading = 'eager'; return i.decode().catch(() => null); }))"
@@ -118,7 +119,8 @@ def test_a_researcher_sees_participants_sketches_cards_and_steps(make_gen_app, s
     page.click("text=Generation · type 1")
     bars = page.locator("svg.bar rect.span")
     assert bars.count() >= 6
-    assert all(box["width"] > 0 for box in bars.evaluate_all("rects => rects.map(r => r.getBoundingClientRect().toJSON())"))
+    boxes = bars.evaluate_all("rects => rects.map(r => r.getBoundingClientRect().width)")
+    assert len(boxes) == bars.count() and all(width > 0 for width in boxes)
     assert page.locator(".step-detail .seed").count() == 3  # type 1 draws three scenes
     page.evaluate(LOADED)
     assert all(width > 0 for width in page.locator("img").evaluate_all("images => images.map(i => i.naturalWidth)"))

@@ -25,7 +25,7 @@ from werkzeug.exceptions import HTTPException
 
 from apps.paint.sessions import Stage
 from apps.paint.study_export import export_study
-from apps.records import COLLECTION, IMMUTABLE, UNTRUSTED
+from apps.records import COLLECTION, UNTRUSTED
 from apps.study import participants, thumbnails
 from apps.study.attribution import participant_of
 from apps.study.cards import cards_of, inputs_of
@@ -39,6 +39,8 @@ from core.security import (
 )
 
 PREFIX = "/study"
+# An image never changes under its hash; kept by the researcher's browser only, never by a shared cache.
+CACHED_FOR_GOOD = "private, max-age=31536000, immutable"
 ASSETS = Path(__file__).parent / "static"
 # The pages load only this server's stylesheet and images; forms post only here.
 PAGE_CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
@@ -192,7 +194,7 @@ def _key(raw: str) -> str:
 
 
 def _immutable(response: Response, etag: str) -> Response:
-    response.headers["Cache-Control"] = IMMUTABLE.replace("public", "private")  # the study's, not a proxy's
+    response.headers["Cache-Control"] = CACHED_FOR_GOOD
     response.headers.update(UNTRUSTED)
     response.set_etag(etag)
     return response.make_conditional(request)
