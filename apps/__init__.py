@@ -10,6 +10,7 @@ def register_apps(app: Flask) -> None:
     from apps import openapi
     from apps.paint import routes as paint_routes
     from apps.paint import sessions
+    from apps.study import routes as study_routes
     from core import image_store
 
     app.extensions["mongo"].add_indexes(image_store.create_indexes)
@@ -20,3 +21,4 @@ def register_apps(app: Flask) -> None:
     generate.init_app(app)  # builds each app's handler now, so a template error stops startup
     records.init_app(app)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(study_routes.bp)

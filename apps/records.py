@@ -84,6 +84,11 @@ LongText = Annotated[str, BeforeValidator(_cut)]
 
 
 # -- the trace -------------------------------------------------------------------------------
+# When an entry's call ran, measured on the monotonic clock (records before these fields have neither).
+STARTED = "Seconds from the generation's start to when this call began (null if not measured)"
+FINISHED = "Seconds from the generation's start to when this call ended and was recorded"
+
+
 class CheckFailure(Document):
     """One check an answer failed: its name and what was wrong."""
 
@@ -115,6 +120,8 @@ class LLMStep(Document):
     checks: list[str] = Field(default_factory=list, description="The checks the answer's items were put to")
     failed: list[CheckFailure] = Field(default_factory=list, description="The checks that failed")
     error: LongText | None = None
+    started: float | None = Field(None, description=STARTED)
+    finished: float | None = Field(None, description=FINISHED)
 
 
 class ImageStep(Document):
@@ -131,25 +138,37 @@ class ImageStep(Document):
     errors: list[str] | None = None
     image: RecordImage | None = None
     error: LongText | None = None
+    started: float | None = Field(None, description=STARTED)
+    finished: float | None = Field(None, description=FINISHED)
 
 
 TraceEntry = Annotated[LLMStep | ImageStep, Field(discriminator="kind")]
 
 
 class Trace:
-    """The step entries of one generation, appended from any thread of its pipeline."""
+    """The step entries of one generation, appended from any thread of its pipeline.
 
-    def __init__(self) -> None:
+    `origin` is the monotonic time the generation started (the Recorder's); an entry's
+    `started` and `finished` are seconds after it: `started` from the monotonic time the
+    caller says its call began, `finished` read when the entry is appended.
+    """
+
+    def __init__(self, origin: float | None = None) -> None:
+        self.origin = time.monotonic() if origin is None else origin
         self._entries: list[LLMStep | ImageStep] = []
         self._lock = threading.Lock()
 
-    def llm(self, **fields: Any) -> None:
-        """Record one LLM call (successful or not)."""
-        self._append(LLMStep(**fields))
+    def llm(self, *, started: float | None = None, **fields: Any) -> None:
+        """Record one LLM call (successful or not) that began at monotonic time `started`."""
+        self._append(LLMStep(**fields, **self._span(started)))
 
-    def image(self, **fields: Any) -> None:
-        """Record one image job (successful or not)."""
-        self._append(ImageStep(**fields))
+    def image(self, *, started: float | None = None, **fields: Any) -> None:
+        """Record one image job (successful or not) that began at monotonic time `started`."""
+        self._append(ImageStep(**fields, **self._span(started)))
+
+    def _span(self, started: float | None) -> dict[str, float | None]:
+        finished = time.monotonic()
+        return {"started": None if started is None else started - self.origin, "finished": finished - self.origin}
 
     def _append(self, entry: LLMStep | ImageStep) -> None:
         with self._lock:
@@ -293,11 +312,11 @@ class Recorder:
         self.db = db
         self.call = call
         self.journal = journal
-        self.trace = Trace()
         self.result: BaseModel | None = None
         self.record_id = ObjectId()
         self._created = datetime.now(timezone.utc)
         self._started = time.monotonic()
+        self.trace = Trace(self._started)  # so every step's times count from the request's start
         self._ended: tuple[datetime, float] | None = None
         self._error: RecordError | None = None
 

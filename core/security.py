@@ -1,4 +1,4 @@
-"""Who may call the API, and how much: the two surfaces, CORS for the browser client, and a
+"""Who may call the API, and how much: the surfaces, CORS for the browser client, and a
 per-client budget (token bucket) for the expensive POST /generate.
 
 **Surfaces.** Every route declares once, with a decorator on its view, which surface it is on:
@@ -11,6 +11,15 @@ per-client budget (token bucket) for the expensive POST /generate.
   never read from the query string, which proxies and browsers write into their logs.
 - `probe`: /healthz and /readyz, which load balancers poll anonymously from anywhere; /readyz
   gives its details only to whoever would pass the researcher check.
+- `dashboard`: the researchers' HTML pages under /study (apps.study). A browser sends no
+  bearer header, so besides it they take the dashboard pass, an HttpOnly cookie that the
+  login form gives for the right token: `DASHBOARD_COOKIE`, an HMAC of its issue time keyed
+  by API_TOKEN (never the token itself), good for `PASS_SECONDS` or until the token changes.
+  Without either they raise `LoginRequired`, which the dashboard answers with its login
+  form; while no API_TOKEN is set they answer only clients on this machine, as researcher
+  routes do. The pass is read on these routes only, never on the JSON API.
+- `dashboard_login`: the dashboard's login and logout, which answer anyone: they take a
+  token and show nothing of the study.
 
 A route with no surface, and any path that matches no route, is treated as a researcher route
 (a wrong method on a route is that route's surface, so it answers 405).
@@ -45,7 +54,9 @@ log = logging.getLogger(__name__)
 EXTENSION = "generate_rate_limit"
 
 PARTICIPANT, RESEARCHER, PROBE = "participant", "researcher", "probe"
-SURFACES = (PARTICIPANT, RESEARCHER, PROBE)
+DASHBOARD, DASHBOARD_LOGIN = "dashboard", "dashboard_login"
+SURFACES = (PARTICIPANT, RESEARCHER, PROBE, DASHBOARD, DASHBOARD_LOGIN)
+PAGES = (DASHBOARD, DASHBOARD_LOGIN)  # HTML for people: not the JSON API, nor in its OpenAPI document
 _SURFACE = "surface"  # the attribute a view's surface is declared in
 
 View = TypeVar("View", bound=Callable)
@@ -62,6 +73,12 @@ def _declare(surface: str) -> Callable[[View], View]:
 participant = _declare(PARTICIPANT)
 researcher = _declare(RESEARCHER)
 probe = _declare(PROBE)
+dashboard = _declare(DASHBOARD)
+dashboard_login = _declare(DASHBOARD_LOGIN)
+
+DASHBOARD_COOKIE = "refinity_study_pass"
+PASS_SECONDS = 12 * 3600  # a study session's day: a pass left in a shared browser expires
+_PASS_PURPOSE = b"refinity study dashboard pass:"  # so the HMAC is of use for nothing else
 
 
 def surface_of(app: Flask, endpoint: str | None) -> str | None:
@@ -79,6 +96,10 @@ class Forbidden(ApiError):
     """The client may not use this route from where it is, or as who it says it is."""
 
     status = 403
+
+
+class LoginRequired(Unauthorized):
+    """A dashboard page asked for without the dashboard pass or the bearer token."""
 
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -107,18 +128,56 @@ def _on_this_machine() -> bool:
     return bool(peer and peer.is_loopback and client and client.is_loopback)
 
 
+def token_matches(given: str) -> bool:
+    """Return whether `given` is the server's API_TOKEN (False while none is set)."""
+    token = current_app.config["API_TOKEN"]
+    return bool(token) and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def _bearer_matches() -> bool:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and token_matches(given)
+
+
 def _researcher_refusal() -> ApiError | None:
     """Return why the current request may not use a researcher route, or None if it may."""
-    token = current_app.config["API_TOKEN"]
-    if token:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+    if current_app.config["API_TOKEN"]:
+        if _bearer_matches():
             return None
         return Unauthorized("missing or wrong bearer token: send Authorization: Bearer <API_TOKEN>")
     if _on_this_machine():
         return None
     return Forbidden("researcher routes answer only on the server's own machine while it has no API_TOKEN; "
                      "set API_TOKEN on the server and send Authorization: Bearer <API_TOKEN>")
+
+
+def _pass_mac(issued: str) -> str:
+    return hmac.new(current_app.config["API_TOKEN"].encode(), _PASS_PURPOSE + issued.encode(), "sha256").hexdigest()
+
+
+def dashboard_pass() -> str:
+    """Return a new dashboard pass for the cookie: its issue time and the HMAC of it under API_TOKEN."""
+    issued = str(int(time.time()))
+    return f"{issued}.{_pass_mac(issued)}"
+
+
+def _pass_valid(value: str) -> bool:
+    issued, _, mac = value.partition(".")
+    if not issued.isdigit() or not 0 <= time.time() - int(issued) <= PASS_SECONDS:
+        return False
+    return hmac.compare_digest(mac.encode(), _pass_mac(issued).encode())
+
+
+def _dashboard_refusal() -> ApiError | None:
+    """Return why the current request may not see a dashboard page, or None if it may."""
+    if current_app.config["API_TOKEN"]:
+        if _bearer_matches() or _pass_valid(request.cookies.get(DASHBOARD_COOKIE, "")):
+            return None
+        return LoginRequired("the study dashboard needs the server's API_TOKEN: sign in at its login form")
+    if _on_this_machine():
+        return None
+    return Forbidden("the study dashboard answers only on the server's own machine while it has no API_TOKEN; "
+                     "set API_TOKEN on the server and sign in with it")
 
 
 def is_researcher() -> bool:
@@ -151,12 +210,12 @@ def _guard() -> None:
     if request.method == "OPTIONS":
         return  # CORS preflights: browsers never send credentials on them
     surface = _surface()
-    if surface == PROBE:
+    if surface in (PROBE, DASHBOARD_LOGIN):
         return
     if surface == PARTICIPANT:
         _admit_participant_client()
         return
-    refusal = _researcher_refusal()
+    refusal = _dashboard_refusal() if surface == DASHBOARD else _researcher_refusal()
     if refusal is not None:
         raise refusal
 

@@ -12,11 +12,14 @@ import math
 import re
 from typing import Any
 
+from flask import Flask
 from jsonschema import Draft202012Validator, FormatChecker, validators
+from werkzeug.routing import Rule
 from werkzeug.test import TestResponse
 
 from apps.openapi import build_document
 from core.image_store import IMAGE_FORMAT, ImageDecodeError, decode_image
+from core.security import PAGES, surface_of
 
 DOC = build_document()
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -86,6 +89,11 @@ def conforms(value: Any, schema: dict[str, Any]) -> bool:
 def schema_accepts(value: Any, schema: dict[str, Any]) -> bool:
     """Return whether `schema` by itself accepts `value`: formats are only notes, as JSON Schema 2020-12 has it."""
     return validator(schema, formats=None).is_valid(value)
+
+
+def api_rules(app: Flask) -> list[Rule]:
+    """Return the rules of the JSON API, which the document describes: all but the dashboard's pages."""
+    return [rule for rule in app.url_map.iter_rules() if surface_of(app, rule.endpoint) not in PAGES]
 
 
 def template(rule: str) -> str:

@@ -16,7 +16,9 @@ import pytest
 from werkzeug.serving import make_server
 
 from simulators.chat import Scripted
-from tests.helpers import ITEM_KEYS, PROMPTS, SKETCH, all_records, body, check_item, image_steps, wait_until
+from tests.helpers import (
+    ITEM_KEYS, PROMPTS, SKETCH, TASK, Sims, all_records, backend_settings, body, check_item, image_steps, wait_until,
+)
 
 ENVELOPE = {"success", "data", "code", "message"}
 SEQUENCES = {0: (0, ["abstractImage", "abstractText"]),
@@ -261,3 +263,26 @@ def test_an_answer_failing_its_checks_twice_is_502_code_2_naming_step_and_check(
     assert attempts == [(1, None, ["duplicates", "too_short"]), (2, "correction", ["duplicates", "too_short"])]
     assert doc["steps"][1]["prompt"].startswith(doc["steps"][0]["prompt"]) and doc["steps"][1]["raw"] == names
     assert all(s["protocol"] == "structured" and s["usage"]["total_tokens"] > 0 for s in doc["steps"])
+
+
+def test_each_step_of_the_record_is_timed_from_the_request_start(make_app, chat_sim, sd_sims, database_of):
+    # Two instances for three image jobs: two draw at once, the third waits for one of them.
+    chat_sim.latency = 0.05
+    app = make_app(**backend_settings(Sims(chat_sim, [sd_sims(latency=0.15), sd_sims(latency=0.15)])))
+    response = app.test_client().post("/generate", json=body(0, {"task": TASK, "num": 3}))
+    assert response.status_code == 200
+    record = all_records(database_of(app))[0]
+    total = record["durationMs"] / 1000
+    for step in record["steps"]:
+        assert 0 <= step["started"] < step["finished"] <= total + 0.002, step["step"]
+        span = step["finished"] - step["started"]
+        assert span >= step["latency"] + (step.get("queueWait") or 0) - 0.002, step["step"]  # measured apart
+    llm = [step for step in record["steps"] if step["kind"] == "llm"]
+    images = sorted(image_steps(record), key=lambda step: step["queueWait"])
+    assert all(step["latency"] >= 0.05 for step in llm)
+    assert max(step["finished"] for step in llm) <= min(step["started"] for step in images) + 0.002
+    # The first two ran at the same time: each began drawing before the other ended.
+    first, second, waiting = images
+    assert first["finished"] - first["latency"] < second["finished"] and \
+        second["finished"] - second["latency"] < first["finished"]
+    assert waiting["queueWait"] >= 0.1 and waiting["finished"] - waiting["started"] >= 0.25

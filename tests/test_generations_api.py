@@ -154,11 +154,15 @@ def test_get_one_record_as_json(client, seeded):
     assert response.status_code == 200 and doc["_id"] == seeded[5]
     assert doc["createdAt"] == "2030-01-01T00:00:05.000Z" and doc["finishedAt"].endswith("Z")
     assert doc["input"] == {"n": 1} and doc["result"] is None and doc["status"] == "failed"
-    # A record stored before LLM steps kept their protocol and checks reads with those fields empty.
+    # A record stored before LLM steps kept their protocol and checks reads with those fields empty;
+    # an entry whose caller said not when it began has no start, only the moment it was recorded.
+    finished = doc["steps"][0].pop("finished")
+    assert isinstance(finished, float) and 0 <= finished < 60
     assert doc["steps"] == [{"kind": "llm", "step": "s.one", "template": None, "prompt": "p", "images": [],
                              "raw": "a#b", "items": ["a", "b"], "deployment": None, "latency": None,
                              "retries": 0, "attempt": 1, "reason": None, "protocol": None, "finishReason": None,
-                             "maxTokens": None, "usage": None, "checks": [], "failed": [], "error": None}]
+                             "maxTokens": None, "usage": None, "checks": [], "failed": [], "error": None,
+                             "started": None}]
 
 
 @pytest.mark.parametrize("record_id,status", [("not-an-id", 400), ("0" * 23, 400), ("0" * 24, 404)])

@@ -197,10 +197,11 @@ class Steps:
         while True:
             attempt += 1
             self.flow.check()
-            answer = self._call(call, prompt, attempt, budget, reason)
+            started = time.monotonic()
+            answer = self._call(call, prompt, attempt, budget, reason, started)
             if answer.finish_reason == "length":
                 cut = f"cut at max_tokens={answer.max_tokens} (finish_reason length)"
-                self._trace_llm(call, prompt, attempt, reason, answer=answer, error=cut)
+                self._trace_llm(call, prompt, attempt, reason, started, answer=answer, error=cut)
                 if budget is not None:  # the larger budget was cut too
                     raise AnswerCut(answer.max_tokens)
                 log.warning("step %s: answer %s; asking again with %dx the budget", call.step, cut, BUDGET_GROWTH)
@@ -210,7 +211,7 @@ class Steps:
             seen = replace(context, raw=answer.text if answer.parsed is None else "", offered=offered)
             usable, failures = declared.read(items, seen)
             said = summary(failures) or None
-            self._trace_llm(call, prompt, attempt, reason, answer=answer, items=usable, error=said,
+            self._trace_llm(call, prompt, attempt, reason, started, answer=answer, items=usable, error=said,
                             checks=declared.names, failed=[{"check": f.check, "detail": f.detail} for f in failures])
             if not failures:
                 return usable
@@ -247,13 +248,13 @@ class Steps:
                 result = self.pool.txt2img(payload)
         except SDError as e:
             self.flow.fail(e)  # before the trace entry: other steps stop as early as possible
-            self.trace.image(step=step, payload=payload, instance=e.job.instance,
+            self.trace.image(step=step, started=started, payload=payload, instance=e.job.instance,
                              info=None, latency=time.monotonic() - started, queue_wait=None,
                              attempts=e.job.attempts, errors=list(e.job.errors),
                              image=None, error=str(e))
             raise
         image = result.images[0]  # decoded and checked by the client: never empty
-        self.trace.image(step=step, payload=payload, instance=result.instance, info=result.info,
+        self.trace.image(step=step, started=started, payload=payload, instance=result.instance, info=result.info,
                          latency=result.latency, queue_wait=result.queue_wait,
                          attempts=result.attempts, errors=list(result.errors), image=image, error=None)
         return image
@@ -263,8 +264,9 @@ class Steps:
         return [self.flow.submit(self.draw, f"{step}[{i}]", pipeline, kind, line)
                 for i, line in enumerate(keywords)]
 
-    def _call(self, call: _Call, prompt: str, attempt: int, budget: int | None, reason: str | None) -> ChatAnswer:
-        started = time.monotonic()
+    def _call(self, call: _Call, prompt: str, attempt: int, budget: int | None, reason: str | None,
+              started: float) -> ChatAnswer:
+        """Ask GPT once for the attempt that began at monotonic time `started`, tracing a failure."""
         try:
             if call.images:
                 return self.gpt.vision(prompt, [image.data_uri() for image in call.images], schema=call.schema,
@@ -274,12 +276,12 @@ class Steps:
             self.flow.fail(e)  # before the trace entry: other steps stop as early as possible
             intended = self.gpt.vision_deployment if call.images else self.gpt.chat_deployment
             answer = getattr(e, "answer", None)  # what came back with a refusal or the content filter
-            self._trace_llm(call, prompt, attempt, reason, answer=answer, error=str(e),
+            self._trace_llm(call, prompt, attempt, reason, started, answer=answer, error=str(e),
                             deployment=e.deployment or intended, latency=time.monotonic() - started,
                             retries=e.retries)
             raise
 
-    def _trace_llm(self, call: _Call, prompt: str, attempt: int, reason: str | None, *,
+    def _trace_llm(self, call: _Call, prompt: str, attempt: int, reason: str | None, started: float, *,
                    answer: ChatAnswer | None = None, items: list[str] | None = None, error: str | None = None,
                    **more: Any) -> None:
         fields: dict[str, Any] = {"deployment": None, "latency": None, "retries": 0}
@@ -288,7 +290,7 @@ class Steps:
                           raw=answer.text or answer.refusal, protocol=answer.protocol,
                           finish_reason=answer.finish_reason, max_tokens=answer.max_tokens, usage=answer.usage)
         fields.update(more)
-        self.trace.llm(step=call.step, template=self.book.path(call.template), prompt=prompt,
+        self.trace.llm(step=call.step, started=started, template=self.book.path(call.template), prompt=prompt,
                        images=[image.sha256 for image in call.images], items=items, attempt=attempt,
                        reason=reason, error=error, **fields)
 
