@@ -681,11 +681,16 @@ def _before_filter(db: Database, before: ObjectId | datetime) -> dict[str, Any]:
     return {"$or": [{"createdAt": {"$lt": created}}, {"createdAt": created, "_id": {"$lt": before}}]}
 
 
+def of_participant(username: str | None) -> dict[str, Any]:
+    """Return the filter of the records attributed to `username` (None: to nobody, ambiguous or unknown)."""
+    return {"participant.username": username}
+
+
 def list_page(db: Database, query: PageQuery) -> dict[str, Any]:
     """Return `{"items": [record summaries], "next": cursor or None}` for `query`."""
     match: dict[str, Any] = {}
     if query.username is not None:
-        match["participant.username"] = query.username
+        match.update(of_participant(query.username))
     if query.type is not None:
         match["type"] = query.type
     if query.before is not None:

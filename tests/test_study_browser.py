@@ -67,22 +67,25 @@ def slow_sims(sims: Sims) -> Sims:
 
 
 def run_participants(base: str) -> dict[str, list[dict]]:
-    """Drive alice and bob through start, saves and generations over HTTP; return their answers' data."""
+    """Drive alice and bob, each in a browser of their own, through start, saves and generations over HTTP,
+    as the web client does (no username in /generate); return their answers' data."""
     answers: dict[str, list[dict]] = {}
-    with requests.Session() as http:
-        def post(path: str, sent: dict) -> dict:
-            response = http.post(base + path, json=sent, timeout=30)
-            assert response.status_code == 200, response.text
-            return response.json()["data"]
+    for username, seeds in (("alice", ["a1", "a2"]), ("bob", ["b1"])):
+        with requests.Session() as http:
+            http.headers["User-Agent"] = f"Mozilla/5.0 ({username}'s browser)"
 
-        for username, seeds in (("alice", ["a1", "a2"]), ("bob", ["b1"])):
+            def post(path: str, sent: dict) -> dict:
+                response = http.post(base + path, json=sent, timeout=30)
+                assert response.status_code == 200, response.text
+                return response.json()["data"]
+
             post("/paint/start", {"username": username})
             post("/paint/save", save_body(username, rapid=[sketch(seeds[0])]))
-            answers[username] = [post("/generate", body(0, RAPID_TWO, username))]
+            answers[username] = [post("/generate", body(0, RAPID_TWO, None))]
             schemes = [sketch(seed) for seed in seeds]
             post("/paint/save", save_body(username, rapid=schemes, stage="深入发散"))
             deep = {**PROMPTS[1], "designImage": schemes[-1]["canvasImage"]}  # the sketch just saved
-            answers[username].append(post("/generate", body(1, deep, username)))
+            answers[username].append(post("/generate", body(1, deep, None)))
     return answers
 
 
@@ -112,6 +115,9 @@ def test_a_researcher_sees_participants_sketches_cards_and_steps(make_gen_app, s
     assert len(widths) == 1 + 2 + 2 + 1 + 3 and all(width > 0 for width in widths)  # sketches, sent, cards
     shown = page.locator(".card .item p").all_inner_texts()
     assert shown == card_texts(answers["alice"][0]) + card_texts(answers["alice"][1])
+    # Whose each was, though the client never said: by its browser, then by the sketch it sent.
+    summaries = page.locator("li.event .meta").all_inner_texts()
+    assert [text.split("attributed by ")[-1] for text in summaries if "attributed by" in text] == ["client", "sketch"]
     if os.environ.get("SCREENSHOT_DIR"):
         Path(os.environ["SCREENSHOT_DIR"]).mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(Path(os.environ["SCREENSHOT_DIR"]) / "study-timeline.png"), full_page=True)

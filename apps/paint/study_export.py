@@ -21,6 +21,7 @@ from apps.paint import scheme_store, study_files
 from apps.paint.scheme_store import SCHEMES
 from apps.paint.sessions import HISTORY, PARTICIPANTS, SCHEME_FIELDS, Participant, visible
 from apps.records import COLLECTION as GENERATIONS
+from apps.records import of_participant
 from core import json_codec
 from core.image_store import BUCKET, Image, StoredImages, is_key
 from core.json_codec import iso_utc
@@ -90,8 +91,7 @@ def _select(db: Database, username: str | None) -> dict[str, list[dict[str, Any]
         PARTICIPANTS: participants,
         HISTORY: saves,
         SCHEMES: list(_find_in(db, SCHEMES, scheme_ids)),
-        GENERATIONS: list(db[GENERATIONS].find({"participant.username": username} if username else {})
-                          .sort("createdAt", 1)),
+        GENERATIONS: list(db[GENERATIONS].find(of_participant(username) if username else {}).sort("createdAt", 1)),
     }
 
 

@@ -2,7 +2,7 @@
 
 Read from the collections apps.paint.sessions and scheme_store write, through their
 models and filters (a save counts when `sessions.visible`), and from the generation
-records through apps.study.attribution. A sketch is shown by its canvas image: the
+records by their attribution (`participant`, apps.attribution). A sketch is shown by its canvas image: the
 image-store blob its stored scheme refers to (a data URI moved out as its bytes), or the
 small data URI kept inline. Times are made UTC-aware when read, since the store gives
 back some as naive datetimes and some, written by `$set`, as ISO strings.
@@ -10,6 +10,7 @@ back some as naive datetimes and some, written by `$set`, as ISO strings.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -20,7 +21,7 @@ from pymongo.database import Database
 from apps.paint import scheme_store
 from apps.paint.pipelines import PIPELINES
 from apps.paint.sessions import HISTORY, PARTICIPANTS, SCHEME_FIELDS, STAGES, HistoryEntry, Participant, visible
-from apps.study.attribution import FIELDS, generations_of, method_of, unattributed
+from apps.records import COLLECTION, of_participant
 from apps.study.cards import Card, Input, cards_of, image_key, inputs_of
 from core.envelope import NotFound
 
@@ -75,9 +76,21 @@ class Overview(BaseModel):
     types: tuple[int, ...] = GENERATION_TYPES
 
 
+def generations_of(db: Database, username: str, *, type_: int | None = None,
+                   fields: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:
+    """Yield the records of the generations attributed to `username` (of one type, if given), oldest first."""
+    match = {**of_participant(username), **({} if type_ is None else {"type": type_})}
+    yield from db[COLLECTION].find(match, fields).sort([("createdAt", ASCENDING), ("_id", ASCENDING)])
+
+
+def method_of(record: dict[str, Any]) -> str:
+    """Return how a record's participant was found (apps.attribution's methods)."""
+    return record["participant"]["method"]
+
+
 def participant_row(db: Database, participant: Participant) -> ParticipantRow:
     """Return the overview's row of one participant."""
-    records = list(generations_of(db, participant.username, fields={"type": 1, "finishedAt": 1, **FIELDS}))
+    records = list(generations_of(db, participant.username, fields={"type": 1, "finishedAt": 1, "participant": 1}))
     by_type = Counter(record.get("type") for record in records)
     moments = [utc(participant.updated_at or participant.created_at),
                *(utc(record.get("finishedAt")) for record in records)]
@@ -94,7 +107,8 @@ def overview(db: Database) -> Overview:
     """Return the overview of every participant, and how many generations are attributed to no one."""
     participants = [Participant.model_validate(doc) for doc in db[PARTICIPANTS].find().sort("username", ASCENDING)]
     return Overview(rows=[participant_row(db, participant) for participant in participants],
-                    unattributed=dict(sorted(Counter(method_of(record) for record in unattributed(db)).items())))
+                    unattributed=dict(sorted(Counter(method_of(record) for record in db[COLLECTION].find(
+                        of_participant(None), {"participant": 1})).items())))
 
 
 # -- sketches ------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from apps.paint.sessions import Stage
 from apps.paint.study_export import export_study
 from apps.records import COLLECTION, UNTRUSTED
 from apps.study import participants, thumbnails
-from apps.study.attribution import participant_of
 from apps.study.cards import cards_of, inputs_of
 from apps.study.step_timeline import step_timeline
 from core import validation as v
@@ -180,7 +179,7 @@ def generation_page(record_id: str) -> Response:
     record = get_db()[COLLECTION].find_one({"_id": key})
     if record is None:
         raise NotFound(f"no generation has the id {key}")
-    return _page("generation.html", record=record, username=participant_of(record),
+    return _page("generation.html", record=record, attribution=record["participant"],
                  timeline=step_timeline(record), cards=cards_of(record.get("result")),
                  input=inputs_of(record.get("input")), created=participants.utc(record.get("createdAt")))
 
