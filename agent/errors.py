@@ -8,6 +8,7 @@ meet the same answer, rephrasing them may not.
 
 BackendError                 a generative backend could not give an answer (503)
 ├── BackendTimeout           it did not answer in time (504); every timeout below is one too
+├── Cancelled                the generation was cancelled (DELETE /jobs/<id>) before it ended (409, code 1)
 ├── GPTError                 a GPT deployment failed (agent.gpt; `kind` is its metrics label)
 │   ├── GPTNotConfigured     no endpoint or key is configured
 │   ├── GPTTimeout           no answer within GPT_TIMEOUT (also a BackendTimeout)
@@ -66,6 +67,16 @@ class BackendTimeout(BackendError):
     """The backend did not answer in time."""
 
     http_status = 504
+
+
+class Cancelled(BackendError):
+    """The generation was cancelled before it ended: no step started after, no image kept."""
+
+    http_status = 409
+    caused_by_input = True  # the client's own doing: code 1, not a backend's failure
+
+    def __init__(self, message: str = "the generation was cancelled") -> None:
+        super().__init__(message)
 
 
 @contextmanager

@@ -6,7 +6,7 @@ from flask import Flask
 
 def register_apps(app: Flask) -> None:
     """Register every blueprint and its storage indexes on `app`."""
-    from apps import attribution, generate, records, system
+    from apps import attribution, generate, jobs, records, system
     from apps import openapi
     from apps.paint import routes as paint_routes
     from apps.paint import sessions
@@ -20,5 +20,6 @@ def register_apps(app: Flask) -> None:
     app.extensions["mongo"].add_indexes(attribution.create_indexes)
     generate.init_app(app)  # builds each app's handler now, so a template error stops startup
     records.init_app(app)
+    jobs.init_app(app)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(study_routes.bp)

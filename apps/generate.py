@@ -1,4 +1,8 @@
-"""POST /generate: run one app's generation pipeline and record what it did.
+"""Asking for generations: POST /generate runs one and answers its data, POST /jobs submits one.
+
+Both take the same body and submit the generation as a job (apps.jobs); /generate, the
+web client's route, waits for it and answers as the contract says, while /jobs answers 202
+at once with where to follow it.
 
 The body names an app (`appid`, one entry of `APPS`) and one of its types; the app's
 table gives the model its `prompts` are checked against, then the pipeline runs with the
@@ -23,13 +27,13 @@ from apps.paint import register
 from apps.paint.pipelines import PaintApp, Pipeline
 from apps import attribution
 from apps.attribution import Clues
-from apps.records import GenerationCall, Recorder, get_journal
+from apps.jobs import Job, Submitted, get_jobs, urls_of
+from apps.records import GenerationCall, get_journal
 from core import validation as v
 from core.backends import get_gpt, get_pool
 from core.db import get_db
 from core.envelope import BadInput, ok
-from core.monitoring import generation_observed
-from core.security import limit_generate, participant
+from core.security import client_key, limit_generate, participant, researcher
 
 bp = Blueprint("generate", __name__)
 
@@ -44,6 +48,9 @@ class GenerationApp(Protocol):
 
     def clues(self, prompts: BaseModel) -> Clues:
         """Return what checked `prompts` show of the participant who sent them."""
+
+    def size(self, type: int, prompts: BaseModel) -> tuple[int, int]:
+        """Return how many steps a request of `type` takes (its images among them), and how many images."""
 
     def run(self, type: int, prompts: Any, gpt: Any, pool: Any, trace: Any) -> BaseModel:
         """Run the pipeline of `type` and return the answer's `data`."""
@@ -107,13 +114,36 @@ def read_call() -> GenerationCall:
                           attribution.clues(get_db(), body.username, handler.clues(prompts)))
 
 
+def owner_of(call: GenerationCall) -> str:
+    """Return whose share of the image queue a generation takes: its participant, else its username or client."""
+    return attribution.attribute(get_db(), call.clues).username or call.username or client_key()
+
+
+def submit() -> Job:
+    """Submit the generation the request asks for as a job, or raise BadInput (and submit nothing)."""
+    limit_generate()  # before any work: a client over its budget costs nothing and leaves no record
+    call = read_call()
+    register.admit(call.username)
+    return get_jobs().submit(call, get_db(), get_journal(), owner_of(call), get_gpt(), get_pool())
+
+
 @bp.post("/generate")
 @participant
 def generate():
     """Run the requested pipeline and answer its data; backend failures answer code 2."""
-    limit_generate()  # before any work: a client over its budget costs nothing and leaves no record
-    call = read_call()
-    register.admit(call.username)
-    with Recorder(get_db(), call, get_journal()) as recorder, generation_observed(recorder):
-        recorder.result = call.handler.run(call.type, call.prompts, get_gpt(), get_pool(), recorder.trace)
-    return ok(recorder.result.model_dump(mode="json", by_alias=True))
+    job = submit()
+    job.wait()  # a client that leaves cancels nothing: the job ends and is recorded
+    if job.failure is not None:
+        raise job.failure
+    return ok(job.result)
+
+
+@bp.post("/jobs")
+@researcher
+def submit_job():
+    """Submit a generation (a /generate body) as a job; answer 202 with where to follow it."""
+    job = submit()
+    urls = urls_of(job.id)
+    response = ok(Submitted(id=job.id, status=job.status, urls=urls).model_dump(by_alias=True), status=202)
+    response.headers["Location"] = urls.self
+    return response

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Annotated, Any, Literal
+from typing import IO, Annotated, Any, Literal, get_args
 
 from bson import ObjectId
 from bson.errors import InvalidDocument
@@ -47,7 +47,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
-from agent.errors import BackendError
+from agent.errors import BackendError, Cancelled
 from apps import attribution
 from apps.attribution import Attribution, Clues, Marks
 from core import json_codec
@@ -143,6 +143,7 @@ class ImageStep(Document):
 
 
 TraceEntry = Annotated[LLMStep | ImageStep, Field(discriminator="kind")]
+StepListener = Callable[[str, str, "LLMStep | ImageStep | None"], None]
 
 
 class Trace:
@@ -150,13 +151,21 @@ class Trace:
 
     `origin` is the monotonic time the generation started (the Recorder's); an entry's
     `started` and `finished` are seconds after it: `started` from the monotonic time the
-    caller says its call began, `finished` read when the entry is appended.
+    caller says its call began, `finished` read when the entry is appended. `on_step`, when
+    given, hears of each step as it starts (`begin`) and of each entry as it is appended:
+    `on_step(step, "started" | "finished" | "failed", entry or None)`.
     """
 
-    def __init__(self, origin: float | None = None) -> None:
+    def __init__(self, origin: float | None = None, on_step: StepListener | None = None) -> None:
         self.origin = time.monotonic() if origin is None else origin
+        self.on_step = on_step
         self._entries: list[LLMStep | ImageStep] = []
         self._lock = threading.Lock()
+
+    def begin(self, step: str) -> None:
+        """Say that `step` starts (its attempts are entries of their own)."""
+        if self.on_step is not None:
+            self.on_step(step, "started", None)
 
     def llm(self, *, started: float | None = None, **fields: Any) -> None:
         """Record one LLM call (successful or not) that began at monotonic time `started`."""
@@ -173,6 +182,8 @@ class Trace:
     def _append(self, entry: LLMStep | ImageStep) -> None:
         with self._lock:
             self._entries.append(entry)
+        if self.on_step is not None:
+            self.on_step(entry.step, "failed" if entry.error else "finished", entry)
 
     @property
     def entries(self) -> list[LLMStep | ImageStep]:
@@ -199,20 +210,38 @@ class RecordError(Document):
         return cls(step=None, message=f"{type(exc).__name__}: {exc}", kind=type(exc).__name__)
 
 
+# A generation is a job (apps.jobs), and its record says where the job is: queued -> running ->
+# succeeded | failed | cancelled.
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = get_args(Status)
+ENDED = (SUCCEEDED, FAILED, CANCELLED)
+OLD_SUCCEEDED = "ok"  # what records said of a success before generations were jobs
+
+
+def status_of(error: RecordError | None) -> Status:
+    """Return how a generation that ended with `error` ended."""
+    if error is None:
+        return SUCCEEDED
+    return CANCELLED if error.kind == Cancelled.__name__ else FAILED
+
+
 class GenerationSummary(Document):
     """What GET /generations lists of one generation: when, which app and type, for whom, how it ended."""
 
     id: Id = Field(alias="_id")
     created_at: datetime
-    finished_at: datetime
-    duration_ms: int = Field(ge=0)
+    started_at: datetime | None = Field(None, description="When its pipeline started; null while queued")
+    finished_at: datetime | None = Field(description="When it ended; null while queued or running")
+    duration_ms: int | None = Field(ge=0, description="From created to finished; null until it ends")
     appid: int
     type: int
     username: str | None = Field(description="The username the request's body sent (the web client sends none)")
     participant: Attribution | None = Field(description="Whose generation it was, and how that is known; null "
                                                         "only while the record is being written")
-    status: Literal["ok", "failed"]
+    status: Status
     error: RecordError | None
+    alive_at: datetime | None = Field(None, description="While queued or running: when the server running it last "
+                                                        "said it still does (apps.jobs)")
 
 
 class GenerationRecord(GenerationSummary):
@@ -273,16 +302,23 @@ class StoredRecord:
         return self.document["_id"]
 
     def store(self, db: Database) -> None:
-        """Store each image once, then the record, attributed; a copy stored by an earlier try counts as written."""
+        """Store each image once, then the record (over the one stored when it was queued), attributed.
+
+        Writing it again, or after a later state, is harmless: the same fields are set again.
+        """
         for image in self.images:
             put_image(db, image)
         # A record kept by a server older than attribution has no clues: only its username.
         clues = Clues.model_validate(self.document.get("clues") or {"username": self.document.get("username")})
         participant = attribution.attribute(db, clues)
-        try:
-            db[COLLECTION].insert_one({**self.document, "participant": attribution.as_dict(participant)})
-        except DuplicateKeyError:
-            pass  # an earlier try was stored though its answer never came back
+        # Every field but the attribution, which a researcher may have set meanwhile. No upsert:
+        # nx-27017 gives an upserted document its filter's ObjectId _id as a string.
+        fields = {key: value for key, value in self.document.items() if key not in ("_id", "participant")}
+        if not db[COLLECTION].update_one({"_id": self.record_id}, {"$set": fields}).matched_count:
+            try:
+                db[COLLECTION].insert_one({**self.document, "participant": attribution.as_dict(participant)})
+            except DuplicateKeyError:  # stored meanwhile by another try
+                db[COLLECTION].update_one({"_id": self.record_id}, {"$set": fields})
         # A save that brought evidence while this was weighed found no record to update: look again.
         _settle(db, self.record_id, clues, participant)
 
@@ -295,20 +331,26 @@ class StoredRecord:
     def from_line(cls, line: bytes) -> StoredRecord:
         """Return the record of a line written by `to_line`."""
         entry = json_codec.loads_document(line)
-        return cls(entry["record"], [Image(image["data"], image["contentType"]) for image in entry["images"]])
+        record = entry["record"]
+        if record.get("status") == OLD_SUCCEEDED:  # kept by a server older than jobs
+            record["status"] = SUCCEEDED
+        return cls(record, [Image(image["data"], image["contentType"]) for image in entry["images"]])
 
 
 class Recorder:
-    """Time one generation and write its record when the block ends, however it ends.
+    """Time one generation and write its record as it goes: queued, running, and when the block ends, however.
 
-    Use as `with Recorder(db, call, journal) as rec: rec.result = run(..., rec.trace)`.
-    Exceptions pass through unchanged; a record that cannot be written is logged, never
-    raised, so storage trouble neither hides the pipeline's error nor takes a participant's
-    result. With a `journal`, a record the database cannot take now waits there (on disk,
+    Use as `rec = Recorder(db, call, journal); rec.queued()`, then `with rec: rec.result =
+    run(..., rec.trace)`: entering the block marks it running. Exceptions pass through
+    unchanged; a record that cannot be written is logged, never raised, so storage trouble
+    neither hides the pipeline's error nor takes a participant's result. The queued and
+    running states are best effort (the record of the end holds everything); with a
+    `journal`, a record of the end that the database cannot take now waits there (on disk,
     before the answer is sent) instead of being lost.
     """
 
-    def __init__(self, db: Database, call: GenerationCall, journal: RecordJournal | None = None) -> None:
+    def __init__(self, db: Database, call: GenerationCall, journal: RecordJournal | None = None, *,
+                 on_step: StepListener | None = None) -> None:
         self.db = db
         self.call = call
         self.journal = journal
@@ -316,11 +358,31 @@ class Recorder:
         self.record_id = ObjectId()
         self._created = datetime.now(timezone.utc)
         self._started = time.monotonic()
-        self.trace = Trace(self._started)  # so every step's times count from the request's start
+        self.trace = Trace(self._started, on_step)  # so every step's times count from the request's start
+        self._running_at: datetime | None = None
         self._ended: tuple[datetime, float] | None = None
         self._error: RecordError | None = None
 
+    def queued(self) -> None:
+        """Store the record as queued, attributed, so it can be looked up before it runs."""
+        try:
+            self.stored(QUEUED).store(self.db)
+        except PyMongoError as error:
+            log.warning("generation %s: its queued record was not stored (%s); its end will be",
+                        self.record_id, type(error).__name__)
+
+    @property
+    def running_since(self) -> datetime | None:
+        """When the pipeline started (the block was entered), or None while queued."""
+        return self._running_at
+
     def __enter__(self) -> Recorder:
+        self._running_at = datetime.now(timezone.utc)
+        try:
+            self.db[COLLECTION].update_one({"_id": self.record_id, "status": QUEUED},
+                                           {"$set": {"status": RUNNING, "startedAt": self._running_at}})
+        except PyMongoError as error:
+            log.debug("generation %s: not marked running: %s", self.record_id, type(error).__name__)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -329,7 +391,7 @@ class Recorder:
         self._ended, self._error = (datetime.now(timezone.utc), time.monotonic()), RecordError.of(exc)
         record = None
         try:
-            record = self.stored(self._error)
+            record = self.stored(status_of(self._error), self._error)
             record.store(self.db)
         except Exception as error:
             if self.journal is not None and record is not None and isinstance(error, PyMongoError):
@@ -341,21 +403,23 @@ class Recorder:
         if self.journal is not None:
             self.journal.wake()  # the database answers: records waiting for it can go now
 
-    def stored(self, error: RecordError | None) -> StoredRecord:
-        """Return the record of the ended generation as stored, with the images it refers to (no I/O)."""
+    def stored(self, status: Status, error: RecordError | None = None) -> StoredRecord:
+        """Return the record in `status` as stored, with the images it refers to (no I/O)."""
         sink = _ImageSink()
         context = {"image_sink": sink}  # dumping does no I/O: the images are stored after it
-        finished, ended = self._ended or (datetime.now(timezone.utc), time.monotonic())
+        ended = status in ENDED
+        finished, end = self._ended or (datetime.now(timezone.utc), time.monotonic())
         call = self.call
         record = GenerationRecord(
-            id=self.record_id, created_at=self._created, finished_at=finished,
-            duration_ms=round((ended - self._started) * 1000), appid=call.appid, type=call.type,
-            username=call.username, participant=None,
+            id=self.record_id, created_at=self._created, started_at=self._running_at,
+            finished_at=finished if ended else None,
+            duration_ms=round((end - self._started) * 1000) if ended else None, appid=call.appid,
+            type=call.type, username=call.username, participant=None,
             input=call.prompts.model_dump(by_alias=True, context=context),
             clues=call.clues or Clues(username=call.username),
             steps=self.trace.entries,
             result=None if self.result is None else self.result.model_dump(by_alias=True, context=context),
-            status="failed" if error is not None else "ok", error=error)
+            status=status, error=error, alive_at=None if ended else datetime.now(timezone.utc))
         return StoredRecord(record.model_dump(by_alias=True, context=context), list(sink.images.values()))
 
 
@@ -581,7 +645,9 @@ def create_indexes(db: Database) -> None:
     records.create_index([("createdAt", DESCENDING)], name="createdAt")
     for clue in CLUE_FIELDS.values():
         records.create_index([(clue, ASCENDING)], name=clue.replace(".", "_"))
+    records.create_index([("status", ASCENDING)], name="status")
     adopt_unattributed(db)
+    records.update_many({"status": OLD_SUCCEEDED}, {"$set": {"status": SUCCEEDED}})
 
 
 # -- whose generation it was -----------------------------------------------------------------
@@ -701,6 +767,24 @@ def list_page(db: Database, query: PageQuery) -> dict[str, Any]:
     more = len(found) > query.limit
     summaries = [{key: doc.get(key) for key in SUMMARY_FIELDS} for doc in items]
     return {"items": summaries, "next": str(items[-1]["_id"]) if more else None}
+
+
+# The keys of an ImageRef as a record stores it, which take an image's place in a result.
+IMAGE_REF_KEYS = {info.alias or name for name, info in ImageRef.model_fields.items()}
+
+
+def answered(db: Database, result: Any) -> Any:
+    """Return a record's `result` as the client received it: each ImageRef read back as raw base64."""
+    if isinstance(result, dict):
+        if set(result) == IMAGE_REF_KEYS:
+            image = get_image(db, result["sha256"])
+            if image is None:
+                raise NotFound(f"the stored image {result['sha256']} of this result is missing")
+            return image.b64()
+        return {key: answered(db, value) for key, value in result.items()}
+    if isinstance(result, list):
+        return [answered(db, value) for value in result]
+    return result
 
 
 @bp.get("/generations")

@@ -58,11 +58,14 @@ def create_app(overrides: Mapping[str, Any] | None = None, *, env: Mapping[str, 
 
 
 def close_app(app: Flask) -> None:
-    """Close what `app` opened, in the reverse order: records waiting, backends, database, store.
+    """Close what `app` opened, in the reverse order: jobs, records waiting, backends, database, store.
 
     The entry points call it when they stop (app.py, gunicorn's worker_exit); the atexit
     hooks of the parts are only the backstop of a process that exits without it.
     """
+    from apps import jobs
+
+    jobs.close_app(app)  # running jobs end, and are recorded, before what they use closes
     journal = app.extensions.get("record_journal")
     if journal is not None:
         journal.close()

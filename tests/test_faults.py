@@ -67,7 +67,7 @@ def timed(fn, *args: Any, **kwargs: Any) -> tuple[float, Any]:
 
 def check_failover(record, victim, *causes: str) -> None:
     """Check an ok record where exactly one image job moved off `victim` after one of `causes`."""
-    assert record["status"] == "ok" and record["error"] is None
+    assert record["status"] == "succeeded" and record["error"] is None
     moved = [step for step in image_steps(record) if step["attempts"] == 2]
     assert len(moved) == 1, image_steps(record)
     (error,) = moved[0]["errors"]
@@ -149,7 +149,7 @@ def test_all_sd_instances_down_is_a_quick_503_naming_the_step(gen_app, gen_clien
     status, answer = post_generate(gen_client, prompts=PROMPTS[0])
     assert status == 200
     check_rapid(answer, 6)
-    assert [r["status"] for r in all_records(gen_db)] == ["failed", "failed", "ok"]
+    assert [r["status"] for r in all_records(gen_db)] == ["failed", "failed", "succeeded"]
 
 
 def test_failed_image_job_names_the_instance_it_failed_on(make_gen_app, database_of, sims):
@@ -180,7 +180,7 @@ def test_gpt_rate_limit_is_retried_then_reported_then_recovers(gen_client, gen_d
     assert [r.status for r in sims.chat.requests[:3]] == [429, 429, 200]
     (first,) = all_records(gen_db)
     (products,) = llm_steps(first, "rapid.products")
-    assert first["status"] == "ok" and products["retries"] == 2 and products["error"] is None
+    assert first["status"] == "succeeded" and products["retries"] == 2 and products["error"] is None
 
     sims.chat.fail_next(3, status=429, retry_after=0.05)  # one more than the SDK retries
     status, answer = post_generate(gen_client)
@@ -194,7 +194,7 @@ def test_gpt_rate_limit_is_retried_then_reported_then_recovers(gen_client, gen_d
     status, answer = post_generate(gen_client)  # the 429s are over
     assert status == 200
     check_rapid(answer, 2)
-    assert [r["status"] for r in all_records(gen_db)] == ["ok", "failed", "ok"]
+    assert [r["status"] for r in all_records(gen_db)] == ["succeeded", "failed", "succeeded"]
 
 
 def test_gpt_auth_failure_names_the_cause_never_the_key(make_gen_app, database_of, sims, caplog):

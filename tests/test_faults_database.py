@@ -160,7 +160,7 @@ def test_database_stopped_during_a_generation(store_app, own_store, sims, caplog
         db = direct[store_app.config["MONGO_DB"]]
         wait_until(lambda: len(all_records(db)) == 3, what="the journal's records")
         records = all_records(db)
-        assert [(r["type"], r["status"]) for r in records] == [(0, "ok"), (2, "ok"), (2, "ok")]
+        assert [(r["type"], r["status"]) for r in records] == [(0, "succeeded"), (2, "succeeded"), (2, "succeeded")]
         first, kept_too = records[0], records[1]
         assert kept_too["input"]["schemes"][0]["designImage"]["contentType"] == "image/png"
         assert first["finishedAt"] < records[2]["createdAt"]  # timed when it ran, not when written
@@ -206,7 +206,7 @@ def test_records_wait_on_disk_while_the_database_is_cut_and_land_once(store_app,
     waiting = journal_of(store_app)
     assert len(waiting) == 3 and len({record.record_id for record in waiting}) == 3
     for record in waiting:  # whole records, each with the bytes of its two images
-        assert record.document["status"] == "ok" and len(record.images) == 2
+        assert record.document["status"] == "succeeded" and len(record.images) == 2
         refs = [step["image"]["sha256"] for step in image_steps(record.document)]
         assert len(refs) == 2 and set(refs) == {image.sha256 for image in record.images}
     assert len(stored_records(own_store, store_app)) == 1

@@ -38,6 +38,7 @@ from schemathesis.checks import (
 )
 from schemathesis.core import NotSet
 
+from apps import jobs
 from apps.paint.pipelines.contract import MAX_COUNT
 from apps.paint.sessions import SCHEME_FIELDS
 from core.backends import close_app_backends
@@ -207,6 +208,7 @@ def fuzz_env(mongo_uri: str, data_dir: Path) -> Iterator[FuzzEnv]:
         app.wsgi_app = _from_loopback(app.wsgi_app)
         stack.callback(app.extensions["mongo"].close)
         stack.callback(close_app_backends, app)
+        stack.callback(jobs.close_app, app)  # the jobs POST /jobs started end before what they use closes
         direct = MongoClient(mongo_uri, serverSelectionTimeoutMS=2000)
         stack.callback(direct.close)
         yield FuzzEnv(app, app.test_client(), direct[config["MONGO_DB"]])
@@ -234,8 +236,10 @@ CONFIG = {
     "operations": [
         {"include-path": ["/paint/start", "/generate"],
          "checks": {"positive_data_acceptance": {"expected-statuses": ["200"]}}},
-        # Each valid /generate runs a whole pipeline and stores images: fewer of those.
-        {"include-path": "/generate", "generation": {"max-examples": 10}},
+        {"include-path": "/jobs", "include-method": "POST",
+         "checks": {"positive_data_acceptance": {"expected-statuses": ["202"]}}},
+        # Each valid /generate or /jobs runs a whole pipeline and stores images: fewer of those.
+        {"include-path": ["/generate", "/jobs"], "generation": {"max-examples": 10}},
     ],
 }
 
@@ -250,6 +254,7 @@ def served_schema() -> schemathesis.BaseSchema:
     try:
         document = app.test_client().get("/openapi.json").get_json()
     finally:
+        jobs.close_app(app)
         close_app_backends(app)
         app.extensions["mongo"].close()
     return schemathesis.openapi.from_dict(document, config=schemathesis.Config.from_dict(CONFIG))
@@ -308,6 +313,10 @@ def document_accepts(path: str, value: Any, method: str = "post") -> bool:
     return all(_height(scheme) <= MAX_DEPTH for scheme in schemes)
 
 
+GENERATIONS = ("/generate", "/jobs")  # the routes that take a /generate body
+ACCEPTED = {"/paint/save": {200, 404}, "/jobs": {202}}  # what an accepted body gets, where not 200
+
+
 def _too_large(path: str, value: Any) -> bool:
     """Return whether `value` sent as JSON is over the fuzzed app's body limit for `path` (413)."""
     return len(json.dumps(value).encode()) > (MAX_SAVE_BODY if path == "/paint/save" else MAX_BODY)
@@ -321,7 +330,7 @@ def refused_in_words(env: FuzzEnv, case: schemathesis.Case) -> tuple[int, str] |
             return 413, ""
         if not document_accepts(path, case.body, case.operation.method.lower()):
             return 400, ""
-        if path == "/generate" and _too_many_stimuli(case.body):
+        if path in GENERATIONS and _too_many_stimuli(case.body):
             return 400, "prompts.num: "
     if _unknown_cursor(env, case):
         return 400, "before: "
@@ -333,10 +342,10 @@ def expect(path: str, value: Any, response: schemathesis.Response, accepted: boo
     status = response.status_code
     if accepted and _too_large(path, value):
         assert status == 413, f"{path} took a body over its limit: {status}"
-    elif accepted and path == "/generate" and _too_many_stimuli(value):
+    elif accepted and path in GENERATIONS and _too_many_stimuli(value):
         assert status == 400 and response.json()["message"].startswith("prompts.num: "), response.json()
     elif accepted:
-        assert status in ({200, 404} if path == "/paint/save" else {200}), f"{path} refused {value!r:.300}"
+        assert status in ACCEPTED.get(path, {200}), f"{path} refused {value!r:.300}"
     else:
         assert 400 <= status < 500, f"{path} accepted a body the document refuses: {value!r:.300}"
 

@@ -91,7 +91,7 @@ def test_each_type_answers_what_the_client_reads_and_is_recorded(gen_client, typ
     check_data(type_, answer["data"])
 
     listed = gen_client.get(f"/generations?username=alice&type={type_}").get_json()["data"]["items"]
-    assert len(listed) == 1 and listed[0]["status"] == "ok" and listed[0]["error"] is None
+    assert len(listed) == 1 and listed[0]["status"] == "succeeded" and listed[0]["error"] is None
     doc = gen_client.get(f"/generations/{listed[0]['_id']}").get_json()["data"]
     assert doc["appid"] == 0 and doc["type"] == type_ and doc["username"] == "alice"
     assert doc["durationMs"] >= 0 and doc["steps"] and all(s["kind"] in ("llm", "image") for s in doc["steps"])
@@ -177,7 +177,7 @@ def test_one_dead_sd_instance_still_succeeds(gen_client, gen_db, sims):
     check_data(0, answer["data"])
     assert sims.sds[0].jobs == [] and sum(len(sd.jobs) for sd in sims.sds) == 6
     (doc,) = all_records(gen_db)
-    assert doc["status"] == "ok"
+    assert doc["status"] == "succeeded"
 
 
 def test_a_bug_in_the_app_is_500_with_a_failed_record(gen_app, gen_client, gen_db, monkeypatch):
@@ -207,7 +207,7 @@ def test_record_is_written_after_the_client_hangs_up(gen_app, gen_db, sims):
             wait_until(lambda: sims.chat.held == 1, what="the first GPT call")
         sims.chat.release()  # the client is gone; the generation goes on and is recorded
         (doc,) = wait_until(lambda: all_records(gen_db), what="the record")
-        assert doc["status"] == "ok" and len(refs(doc["result"])) == 6
+        assert doc["status"] == "succeeded" and len(refs(doc["result"])) == 6
     finally:
         server.shutdown()
         thread.join(10)

@@ -122,7 +122,7 @@ def check_stored(mongo_uri: str, db_name: str) -> None:
     with MongoClient(mongo_uri, serverSelectionTimeoutMS=3000) as direct:
         db = direct[db_name]
         records = list(db[COLLECTION].find({}))
-        assert sorted((r["username"], r["status"]) for r in records) == [("alice", "ok"), ("bob", "ok")]
+        assert sorted((r["username"], r["status"]) for r in records) == [("alice", "succeeded"), ("bob", "succeeded")]
         for name in USERS:
             participant = db["participants"].find_one({"username": name})
             assert participant["designTask"] == "new" and participant["revision"] == 2

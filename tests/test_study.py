@@ -184,6 +184,7 @@ def test_the_timeline_filters_by_stage_and_type(study, query, expected):
     ("/study/participants/alice/schemes/准备/0", 404), ("/study/generations/nope", 400),
     ("/study/generations/" + "0" * 24, 404), ("/study/thumbnails/xyz", 400), ("/study/images/" + "a" * 64, 404),
     ("/study/thumbnails/" + "a" * 64, 404), ("/study/export.zip?username=", 400),
+    ("/study/export.zip?username=nobody", 404),
 ])
 def test_bad_requests_are_plain_pages_never_5xx(study, path, status):
     assert "<h1>" in page(study.client(), path, status)

@@ -46,7 +46,7 @@ def _generation(db, username: str) -> ObjectId:
         "input": {"designImage": {"sha256": keys[0], "contentType": "image/png"}},
         "steps": [{"kind": "llm", "images": [keys[0]], "raw": "x"}],
         "result": {"result": [{"items": [{"image": {"sha256": keys[1], "contentType": "image/png"}}]}]},
-        "status": "ok", "error": None,
+        "status": "succeeded", "error": None,
     })
     return record_id
 

@@ -27,6 +27,7 @@ from flask import Blueprint, Response, jsonify, render_template, send_from_direc
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
+from apps import jobs
 from apps import records as limits
 from apps.paint import sessions
 from apps.generate import exchanges
@@ -222,6 +223,10 @@ RESPONSES = {
     "BackendTimeout": json_response(
         "A generative backend did not answer in time; the message names the step.",
         failure(CODE_BACKEND), {"timeout": example("rapid.products: GPT timed out", CODE_BACKEND)}),
+    "Conflict": json_response(
+        "The job has ended, so there is nothing to cancel (or another server process runs it).",
+        failure(CODE_BUSINESS), {"ended": example("job 6650c0ffee0000000000abcd has ended (succeeded); there is "
+                                                  "nothing to cancel")}),
     "InternalError": json_response(
         "An unexpected failure (500), still in the envelope; the details are in the server log.",
         failure(CODE_BUSINESS, CODE_STORAGE), {"bug": example("internal server error")}),
@@ -229,7 +234,8 @@ RESPONSES = {
 
 STATUS_RESPONSES = {
     "400": "BadRequest", "401": "Unauthorized", "403": "Forbidden", "404": "NotFound", "405": "MethodNotAllowed",
-    "413": "PayloadTooLarge", "429": "RateLimited", "503": "StorageUnavailable", "504": "BackendTimeout",
+    "409": "Conflict", "413": "PayloadTooLarge", "429": "RateLimited", "503": "StorageUnavailable",
+    "504": "BackendTimeout",
 }
 
 
@@ -422,6 +428,8 @@ RESPONSE_EXAMPLES = {
 }
 
 GENERATE_REQUEST, GENERATE_DATA = exchanges()
+JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": Schema(Id, "validation"),
+          "description": "The job's id, its generation record's."}
 
 _SUMMARY_EXAMPLE = {"_id": RECORD_ID, "createdAt": "2024-05-24T09:30:00.123Z",
                     "finishedAt": "2024-05-24T09:31:10.456Z", "durationMs": 70333, "appid": 0, "type": 0,
@@ -430,7 +438,7 @@ _SUMMARY_EXAMPLE = {"_id": RECORD_ID, "createdAt": "2024-05-24T09:30:00.123Z",
                             {"method": "sketch", "candidates": ["alice"], "detail": "1 of 1 sketch images in their saves"},
                             {"method": "client", "candidates": ["alice", "bob"],
                              "detail": "their last start or save came from 10.0.0.7 with the same User-Agent"}]},
-                    "status": "ok", "error": None}
+                    "status": "succeeded", "error": None}
 _CLUES_EXAMPLE = {"username": None, "sketches": ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
                   "texts": [], "task": "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8",
                   "client": {"address": "10.0.0.7", "userAgent": "Mozilla/5.0", "candidates": ["alice", "bob"]}}
@@ -477,6 +485,58 @@ GENERATE_PATHS = {
                 {"method": "manual", "candidates": ["alice"], "detail": "set by a researcher at "
                                                                         "2024-05-24T10:00:00+00:00"}]}),
                       **errors(400, 401, 403, 404, 405, 413, 503)},
+    }},
+    "/jobs": {"post": {
+        "tags": ["jobs"], "operationId": "submitJob",
+        "summary": "Submit a generation as a job and answer at once",
+        "description": "The body of /generate. The job runs as a /generate call would and leaves the same "
+                       "record; follow it at `urls.self`, `urls.events` (Server-Sent Events) and cancel it at "
+                       "`urls.cancel`.",
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": Schema(GENERATE_REQUEST, "validation"),
+            "examples": {name: {"value": value} for name, value in REQUEST_EXAMPLES.items()}}}},
+        "responses": {"202": {**json_response("Queued.", success(jobs.Submitted), {"ok": answer({
+            "id": RECORD_ID, "status": "queued", "urls": {
+                "self": f"/jobs/{RECORD_ID}", "events": f"/jobs/{RECORD_ID}/events", "cancel": f"/jobs/{RECORD_ID}"}})}),
+            "headers": {"Location": _header("The job's URL.", {"type": "string"})}},
+            **errors(400, 401, 403, 405, 413, 429, _503="StorageOrBodyMemoryUnavailable")},
+    }},
+    "/jobs/{job_id}": {
+        "get": {
+            "tags": ["jobs"], "operationId": "getJob", "summary": "Answer a job's state, progress and result",
+            "parameters": [JOB_ID],
+            "responses": {"200": ok("The job.", jobs.JobView, {
+                "id": RECORD_ID, "status": "running", "createdAt": "2024-05-24T09:30:00.123Z",
+                "startedAt": "2024-05-24T09:30:00.130Z", "finishedAt": None,
+                "progress": {"stepsDone": 4, "stepsTotal": 10, "imagesDone": 0, "imagesTotal": 6},
+                "queuePosition": 3, "result": None, "error": None}), **errors(400, 401, 403, 404, 405, 503)},
+        },
+        "delete": {
+            "tags": ["jobs"], "operationId": "cancelJob", "summary": "Cancel a job that has not ended",
+            "description": "No step starts after; each image being drawn for the job is interrupted on the WebUI "
+                           "instance drawing it (POST /sdapi/v1/interrupt), never on another. The job ends "
+                           "`cancelled` shortly after the answer.",
+            "parameters": [JOB_ID],
+            "responses": {"202": json_response("Cancelling: the job as it is now.", success(jobs.JobView)),
+                          **errors(400, 401, 403, 404, 405, 409, 503)},
+        },
+    },
+    "/jobs/{job_id}/events": {"get": {
+        "tags": ["jobs"], "operationId": "jobEvents", "summary": "Stream a job's events (Server-Sent Events)",
+        "description": "Events, each with an increasing `id:`: `status` ({status}), `step` ({name, state: "
+                       "started|finished|failed, attempt}), `progress` ({instance, progress, eta, step, steps, "
+                       "and with ?preview=1 the WebUI's live preview as base64}), then `result` ({data}, "
+                       "/generate's data) or `error` ({code, message, step}) last; the stream ends after it. "
+                       "A comment line `: keep-alive` comes every JOB_KEEPALIVE seconds while nothing "
+                       "happens. Send `Last-Event-ID` to resume after an event.",
+        "parameters": [JOB_ID, *query_parameters(jobs.EventsQuery),
+                       {"name": "Last-Event-ID", "in": "header", "required": False,
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                        "description": "Resume after the event with this id."}],
+        "responses": {"200": {"description": "The event stream.", "content": {"text/event-stream": {
+            "schema": {"type": "string"},
+            "example": "id: 1\nevent: status\ndata: {\"status\":\"queued\"}\n\n"}}},
+            **errors(400, 401, 403, 404, 405, 503)},
     }},
     "/images/{key}": {"get": {
         "tags": ["records"], "operationId": "getImage",
@@ -539,6 +599,7 @@ giving its details to researchers only. CORS preflights need nothing.
 TAGS = [
     {"name": "sessions", "description": "A participant's session: created on first visit, saved after every sketch."},
     {"name": "generation", "description": "Creative stimuli for the study's stages."},
+    {"name": "jobs", "description": "Generations as jobs: submit one, follow its events, cancel it."},
     {"name": "records", "description": "What every generation did, for the researchers."},
     {"name": "system", "description": "Probes and metrics."},
     {"name": "documentation", "description": "This document."},

@@ -24,7 +24,7 @@ from pydantic import Field
 from werkzeug.exceptions import HTTPException
 
 from apps.paint.sessions import Stage
-from apps.paint.study_export import export_study
+from apps.paint.study_export import StudyExportError, export_study
 from apps.records import COLLECTION, UNTRUSTED
 from apps.study import participants, thumbnails
 from apps.study.cards import cards_of, inputs_of
@@ -230,7 +230,10 @@ def export() -> Response:
     folder = Path(tempfile.mkdtemp(prefix="study-export-", dir=data_dir))  # beside the data: room for it
     try:
         target = folder / "study.zip"
-        export_study(get_db(), target, username=query.username, as_zip=True)
+        try:
+            export_study(get_db(), target, username=query.username, as_zip=True)
+        except StudyExportError as error:  # a participant nobody is named
+            raise NotFound(str(error)) from None
         handle = target.open("rb")
     finally:
         shutil.rmtree(folder)  # the open handle keeps the bytes until the answer is sent and closes it

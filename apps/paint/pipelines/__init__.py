@@ -42,15 +42,21 @@ class Pipeline:
     answer: type[Answer]
     run: Callable[[Steps, Any], Answer]
     workers: Callable[[Any], int]  # tasks of one request that can run at once
+    images: Callable[[Any], int]  # images one request draws
     asks: dict[str, Ask]  # its GPT steps: how each asks and what it accepts
+
+    def size(self, prompts: Any) -> tuple[int, int]:
+        """Return how many steps a request of these `prompts` takes (GPT steps and images), and how many images."""
+        drawn = self.images(prompts)
+        return len(self.asks) + drawn, drawn
 
 
 PIPELINES: dict[int, Pipeline] = {
-    0: Pipeline(rapid.RapidPrompts, rapid.RapidAnswer, rapid.run, rapid.workers, rapid.ASKS),
-    1: Pipeline(deep.DeepPrompts, deep.DeepAnswer, deep.run, deep.workers, deep.ASKS),
-    2: Pipeline(naming.NamingPrompts, naming.NamingAnswer, naming.run, naming.workers, naming.ASKS),
+    0: Pipeline(rapid.RapidPrompts, rapid.RapidAnswer, rapid.run, rapid.workers, rapid.images, rapid.ASKS),
+    1: Pipeline(deep.DeepPrompts, deep.DeepAnswer, deep.run, deep.workers, deep.images, deep.ASKS),
+    2: Pipeline(naming.NamingPrompts, naming.NamingAnswer, naming.run, naming.workers, naming.images, naming.ASKS),
     3: Pipeline(group_two.GroupTwoPrompts, group_two.GroupTwoAnswer, group_two.run, group_two.workers,
-                group_two.ASKS),
+                group_two.images, group_two.ASKS),
 }
 ASKS: dict[str, Ask] = {step: ask for pipeline in PIPELINES.values() for step, ask in pipeline.asks.items()}
 
@@ -70,6 +76,10 @@ class PaintApp:
     def read(self, type: int, prompts: Any) -> Body:
         """Return the `prompts` of a request of `type` checked by that type's model, or raise BadInput."""
         return parse(PIPELINES[type].prompts, prompts, "prompts")
+
+    def size(self, type: int, prompts: Body) -> tuple[int, int]:
+        """Return how many steps a request of `type` takes (GPT steps and images), and how many images."""
+        return PIPELINES[type].size(prompts)
 
     def clues(self, prompts: Body) -> Clues:
         """Return what checked `prompts` show of their participant (apps.attribution)."""

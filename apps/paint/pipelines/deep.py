@@ -42,9 +42,14 @@ class DeepAnswer(Answer):
     result: list[Creative]
 
 
+def images(prompts: DeepPrompts) -> int:
+    """Return how many images this request draws: a scene per related product."""
+    return RELATED
+
+
 def workers(prompts: DeepPrompts) -> int:
     """Return how many tasks of this request can run at once: two texts and every image."""
-    return 2 + RELATED
+    return 2 + images(prompts)
 
 
 def run(steps: Steps, prompts: DeepPrompts) -> DeepAnswer:

@@ -53,9 +53,14 @@ class GroupTwoAnswer(Answer):
     result: list[Creative]
 
 
+def images(prompts: GroupTwoPrompts) -> int:
+    """Return how many images this request draws: a scene and a product shot per stimulus."""
+    return 2 * len(prompts.selected_schemes) * prompts.num
+
+
 def workers(prompts: GroupTwoPrompts) -> int:
     """Return how many tasks of this request can run at once: the scene chain and every image."""
-    return 1 + 2 * len(prompts.selected_schemes) * prompts.num
+    return 1 + images(prompts)
 
 
 def _scene_chain(steps: Steps, schemes: list[dict[str, Any]], per_scheme: int,

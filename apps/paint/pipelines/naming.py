@@ -37,6 +37,11 @@ class NamingAnswer(Answer):
     selected: list[str]
 
 
+def images(prompts: NamingPrompts) -> int:
+    """Return how many images this request draws: none, it names and selects."""
+    return 0
+
+
 def workers(prompts: NamingPrompts) -> int:
     """Return how many tasks of this request can run at once: none besides its own thread."""
     return 1

@@ -36,9 +36,14 @@ class RapidAnswer(Answer):
     result: list[Creative]
 
 
+def images(prompts: RapidPrompts) -> int:
+    """Return how many images this request draws: a scene per product."""
+    return prompts.num
+
+
 def workers(prompts: RapidPrompts) -> int:
     """Return how many tasks of this request can run at once: abstracts and every image."""
-    return 1 + prompts.num
+    return 1 + images(prompts)
 
 
 def run(steps: Steps, prompts: RapidPrompts) -> RapidAnswer:

@@ -188,6 +188,8 @@ class Steps:
         call = _Call(step, template, self.book.render(template, count=count, **variables), images,
                      declared.shape.model(step.replace(".", "_"), count, variables))
         context = Context(count, self.book.limits[template], tuple(variables.get("products", ())))
+        self.flow.check()
+        self.trace.begin(step)
         with step_context(step):
             return self._ask(call, declared, context, keep)
 
@@ -238,6 +240,7 @@ class Steps:
     def draw(self, step: str, pipeline: str, kind: str, keywords: str) -> Image:
         """Return one image of `kind` ("scene" or "product") for GPT's `keywords`."""
         self.flow.check()
+        self.trace.begin(step)
         keywords = " ".join(keywords.split())
         payload = build_payload(self.book.render(f"sd/{kind}_positive", keywords=keywords),
                                 self.book.render(f"sd/{kind}_negative"),

@@ -1,0 +1,494 @@
+"""Generations as jobs: submitted, followed, cancelled, and kept after the request that asked.
+
+Every generation is a job, and its generation record (apps.records) is the job's record:
+stored `queued` when it is submitted, `running` once its pipeline starts, and `succeeded`,
+`failed` or `cancelled` when it ends, each with its time. POST /jobs submits one and
+answers 202 at once; POST /generate submits one and waits for it (the web client's
+contract), so a client that goes away cancels nothing: the job ends, is recorded and stays
+readable. A process runs its jobs on threads of its own (`Jobs`), at most JOB_WORKERS at a
+time; more wait, queued.
+
+A job tells what happens to it as numbered events: `status`, `step` (a step started,
+finished or failed, by name), `progress` (one image, from the WebUI instance drawing it:
+agent.pool.ImageControl), then `result` or `error`, always last. GET /jobs/<id>/events
+streams them as Server-Sent Events, from the start or after `Last-Event-ID`, with a
+keep-alive comment every JOB_KEEPALIVE seconds, and ends after the last. GET /jobs/<id>
+answers its state, progress and place in the image queue; DELETE /jobs/<id> cancels it: no
+step starts after, each image being drawn for it is interrupted on the instance drawing it
+and no other, and it ends `cancelled` (409 once it has ended).
+
+A job stays in memory while it runs and JOB_KEEP seconds after; after that, and in a
+process that did not run it, its record answers. While a process runs jobs it marks their
+records alive every JOB_HEARTBEAT seconds (`aliveAt`), so the record of a job whose process
+died is known for what it is, and answered and stored as failed.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
+
+from bson import ObjectId
+from flask import Blueprint, Flask, Response, current_app, request, stream_with_context, url_for
+from pydantic import Field
+from pymongo.database import Database
+from pymongo.errors import PyMongoError
+
+from agent.errors import BackendError, Cancelled
+from agent.pool import ImageControl
+from apps import records
+from apps.records import (CANCELLED, COLLECTION, ENDED, FAILED, QUEUED, RUNNING, SUCCEEDED, GenerationCall,
+                          ImageStep, LLMStep, Recorder, RecordError, Status)
+from core import validation as v
+from core.db import Document, Id, get_db
+from core.backends import get_pool
+from core.envelope import CODE_BACKEND, CODE_BUSINESS, ApiError, BadInput, NotFound, ok
+from core.monitoring import generation_observed
+from core.security import researcher
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "jobs"
+INTERRUPTED = "Interrupted"  # the kind of a job's error when the process running it died
+
+
+class Conflict(ApiError):
+    """The job has ended (or runs elsewhere), so it cannot be cancelled."""
+
+    status = 409
+
+bp = Blueprint("jobs", __name__)
+
+
+# -- what the routes answer ----------------------------------------------------------------
+class JobError(Document):
+    """Why a job did not succeed: the envelope's code and message, and the step that failed."""
+
+    code: int
+    message: str
+    step: str | None
+
+
+class Progress(Document):
+    """How far a job got: its steps (GPT steps and images) and its images, done of all."""
+
+    steps_done: int = Field(ge=0)
+    steps_total: int = Field(ge=0)
+    images_done: int = Field(ge=0)
+    images_total: int = Field(ge=0)
+
+
+class JobView(Document):
+    """GET /jobs/<id>: a job's state; `result` is exactly /generate's `data`, `error` why it did not succeed."""
+
+    id: Id
+    status: Status
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: Progress
+    queue_position: int | None = Field(description="While an image of the job waits for a WebUI instance: its "
+                                                   "place in the line (1 is next); else null")
+    result: Any = None
+    error: JobError | None = None
+
+
+class JobUrls(Document):
+    """Where to follow a job."""
+
+    self: str
+    events: str
+    cancel: str
+
+
+class Submitted(Document):
+    """POST /jobs: the job, queued."""
+
+    id: Id
+    status: Status
+    urls: JobUrls
+
+
+class EventsQuery(v.Body):
+    """The query of GET /jobs/<id>/events."""
+
+    preview: Literal["0", "1"] = Field("0", description="1: progress events carry the WebUI's live preview "
+                                                        "(base64 PNG) when it has one")
+
+
+def error_of(failure: BaseException) -> JobError:
+    """Return a job's error for the exception it ended with, as /generate's envelope would say it."""
+    if isinstance(failure, BackendError):
+        code = CODE_BUSINESS if failure.caused_by_input else CODE_BACKEND
+        return JobError(code=code, message=failure.describe(), step=failure.step)
+    if isinstance(failure, ApiError):
+        return JobError(code=failure.code, message=failure.message, step=None)
+    return JobError(code=CODE_BACKEND, message="internal server error", step=None)
+
+
+# -- one job -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Event:
+    """One numbered event of a job."""
+
+    id: int
+    kind: str
+    data: dict[str, Any]
+
+    def sse(self, preview: bool) -> str:
+        """Return the event as Server-Sent Events text (a progress event without its preview unless asked)."""
+        data = self.data
+        if self.kind == "progress" and not preview:
+            data = {key: value for key, value in data.items() if key != "preview"}
+        return f"id: {self.id}\nevent: {self.kind}\ndata: {records.json_codec.dumps(data).decode()}\n\n"
+
+
+class Job:
+    """One generation run by this process: its record, its events, and its hold over its images in the pool."""
+
+    def __init__(self, call: GenerationCall, db: Database, journal: records.RecordJournal | None, owner: str) -> None:
+        self.call = call
+        self.recorder = Recorder(db, call, journal, on_step=self._on_step)
+        self.control = ImageControl(owner, on_event=self._on_image)
+        self.status: Status = QUEUED
+        self.created_at = datetime.now(timezone.utc)
+        self.started_at: datetime | None = None
+        self.finished_at: datetime | None = None
+        self.ended_at = 0.0  # monotonic, for how long it is kept
+        self.result: dict[str, Any] | None = None
+        self.failure: BaseException | None = None
+        self.error: JobError | None = None
+        self._steps_total, self._images_total = call.handler.size(call.type, call.prompts)
+        self._done: set[str] = set()
+        self._images_done = 0
+        self._events: list[Event] = []
+        self._changed = threading.Condition()
+        self._cancel = threading.Event()
+
+    @property
+    def id(self) -> ObjectId:
+        """The job's id: its record's."""
+        return self.recorder.record_id
+
+    @property
+    def ended(self) -> bool:
+        """Whether the job has ended (its last event is out)."""
+        return self.status in ENDED
+
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
+        """Add an event, numbered after the others, and wake whoever waits for one."""
+        with self._changed:
+            self._events.append(Event(len(self._events) + 1, kind, data))
+            self._changed.notify_all()
+
+    def events_after(self, last: int, timeout: float) -> tuple[list[Event], bool]:
+        """Return the events after number `last` (waiting up to `timeout` for one), and whether no more will come."""
+        with self._changed:
+            if len(self._events) <= last and not self.ended:
+                self._changed.wait(timeout)
+            return self._events[last:], self.ended
+
+    def _on_step(self, step: str, state: str, entry: LLMStep | ImageStep | None) -> None:
+        data: dict[str, Any] = {"name": step, "state": state}
+        if entry is not None:
+            data["attempt"] = getattr(entry, "attempt", getattr(entry, "attempts", None))
+            if state == "finished" and step not in self._done:
+                self._done.add(step)
+                self._images_done += isinstance(entry, ImageStep)
+        self.emit("step", data)
+
+    def _on_image(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "progress":
+            self.emit("progress", data)
+
+    def progress(self) -> Progress:
+        """Return how far the job got."""
+        return Progress(steps_done=len(self._done), steps_total=self._steps_total, images_done=self._images_done,
+                        images_total=self._images_total)
+
+    def view(self, pool: Any) -> JobView:
+        """Return the job's state for GET /jobs/<id>."""
+        waiting = None if self.ended else pool.queue_position(self.control)
+        return JobView(id=self.id, status=self.status, created_at=self.created_at, started_at=self.started_at,
+                       finished_at=self.finished_at, progress=self.progress(), queue_position=waiting,
+                       result=self.result, error=self.error)
+
+    def cancel(self) -> bool:
+        """Stop the job: no step starts after, its images are interrupted; return False if it had ended."""
+        if self.ended:
+            return False
+        self._cancel.set()
+        self.control.cancel()
+        return True
+
+    def run(self, gpt: Any, pool: Any) -> None:
+        """Run the pipeline, record each state and end with the `result` or `error` event."""
+        try:
+            with self.recorder as recorder, generation_observed(recorder):
+                if self._cancel.is_set():
+                    raise Cancelled("the generation was cancelled before it started")
+                self.started_at, self.status = recorder.running_since, RUNNING
+                self.emit("status", {"status": RUNNING})
+                recorder.result = self.call.handler.run(self.call.type, self.call.prompts, gpt, pool, recorder.trace,
+                                                        control=self.control)
+        except Exception as failure:  # every ending is the job's, told in its last event
+            if not isinstance(failure, (BackendError, ApiError)):
+                log.exception("generation %s failed", self.id)
+            self._end(records.status_of(RecordError.of(failure)), failure=failure)
+            return
+        self._end(SUCCEEDED, result=recorder.result.model_dump(mode="json", by_alias=True))
+
+    def _end(self, status: Status, *, result: dict[str, Any] | None = None,
+             failure: BaseException | None = None) -> None:
+        self.result, self.failure = result, failure
+        self.error = None if failure is None else error_of(failure)
+        self.finished_at, self.ended_at = datetime.now(timezone.utc), time.monotonic()
+        with self._changed:
+            self.status = status
+            self._events.append(Event(len(self._events) + 1, "status", {"status": status}))
+            last = ("result", {"data": result}) if failure is None else ("error", self.error.model_dump(by_alias=True))
+            self._events.append(Event(len(self._events) + 1, *last))
+            self._changed.notify_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the job ends; return whether it did."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.ended, timeout)
+
+
+# -- the jobs of this process ---------------------------------------------------------------
+class Jobs:
+    """The jobs of this process: run on its threads, kept while they run and `keep` seconds after."""
+
+    def __init__(self, app: Flask, workers: int, keep: float, heartbeat: float) -> None:
+        self.app, self.keep, self.heartbeat = app, keep, heartbeat
+        self._executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="job")
+        self._jobs: dict[ObjectId, Job] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeats, name="job-heartbeat", daemon=True)
+        self._beat.start()
+
+    def submit(self, call: GenerationCall, db: Database, journal: records.RecordJournal | None, owner: str,
+               gpt: Any, pool: Any) -> Job:
+        """Record `call` as a queued job and start it on a job thread; return it."""
+        job = Job(call, db, journal, owner)
+        job.recorder.queued()
+        job.emit("status", {"status": QUEUED})
+        with self._lock:
+            self._forget_old()
+            self._jobs[job.id] = job
+        self._executor.submit(self._run, job, gpt, pool)
+        return job
+
+    def _run(self, job: Job, gpt: Any, pool: Any) -> None:
+        with self.app.app_context():  # the metrics and logs of the app that took the job
+            job.run(gpt, pool)
+
+    def get(self, job_id: ObjectId) -> Job | None:
+        """Return the job if this process runs it, or ran it less than `keep` seconds ago."""
+        with self._lock:
+            self._forget_old()
+            return self._jobs.get(job_id)
+
+    def _forget_old(self) -> None:
+        now = time.monotonic()
+        for job_id in [i for i, job in self._jobs.items() if job.ended and now - job.ended_at > self.keep]:
+            del self._jobs[job_id]
+
+    def _heartbeats(self) -> None:
+        """Mark the records of the jobs this process runs alive, every `heartbeat` seconds."""
+        while not self._closed.wait(self.heartbeat):
+            with self._lock:
+                live = [job.id for job in self._jobs.values() if not job.ended]
+            if not live:
+                continue
+            try:
+                with self.app.app_context():
+                    get_db()[COLLECTION].update_many({"_id": {"$in": live}, "status": {"$in": [QUEUED, RUNNING]}},
+                                                     {"$set": {"aliveAt": datetime.now(timezone.utc)}})
+            except PyMongoError as error:
+                log.debug("could not mark %d running jobs alive: %s", len(live), type(error).__name__)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop taking jobs, cancel the waiting ones, and give the running ones `timeout` seconds to end."""
+        self._closed.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            running = [job for job in self._jobs.values() if not job.ended]
+        for job in running:
+            job.wait(max(0.0, deadline - time.monotonic()))
+
+
+def get_jobs() -> Jobs:
+    """Return the current app's jobs."""
+    return current_app.extensions[EXTENSION]
+
+
+def init_app(app: Flask) -> None:
+    """Give the app its jobs and register the routes."""
+    app.extensions[EXTENSION] = Jobs(app, app.config["JOB_WORKERS"], app.config["JOB_KEEP"],
+                                     app.config["JOB_HEARTBEAT"])
+    app.register_blueprint(bp)
+
+
+def close_app(app: Flask) -> None:
+    """Let the app's running jobs end."""
+    jobs = app.extensions.get(EXTENSION)
+    if jobs is not None:
+        jobs.close()
+
+
+# -- a job read from its record -------------------------------------------------------------
+def _stale(doc: dict[str, Any], heartbeat: float) -> bool:
+    """Return whether a queued or running record's process stopped marking it alive."""
+    alive = doc.get("aliveAt") or doc.get("startedAt") or doc.get("createdAt")
+    if isinstance(alive, datetime) and alive.tzinfo is None:
+        alive = alive.replace(tzinfo=timezone.utc)
+    return doc.get("status") in (QUEUED, RUNNING) and (
+        not isinstance(alive, datetime) or datetime.now(timezone.utc) - alive > timedelta(seconds=3 * heartbeat))
+
+
+def _recorded(db: Database, job_id: ObjectId) -> dict[str, Any]:
+    """Return the record of a job, stored as failed first if the process running it died."""
+    doc = db[COLLECTION].find_one({"_id": job_id})
+    if doc is None:
+        raise NotFound(f"no job has the id {job_id}")
+    if _stale(doc, current_app.config["JOB_HEARTBEAT"]):
+        error = RecordError(step=None, kind=INTERRUPTED,
+                            message="the server running this generation stopped before it ended")
+        ended = {"status": FAILED, "error": error.model_dump(by_alias=True), "finishedAt": datetime.now(timezone.utc)}
+        db[COLLECTION].update_one({"_id": job_id, "status": doc["status"]}, {"$set": ended})
+        doc = {**doc, **ended}
+        log.warning("generation %s was left %s by a server that stopped; recorded as failed", job_id, doc["status"])
+    return doc
+
+
+def _record_error(doc: dict[str, Any]) -> JobError | None:
+    error = doc.get("error")
+    if doc.get("status") not in (FAILED, CANCELLED) or not error:
+        return None
+    code = CODE_BUSINESS if error.get("kind") in (Cancelled.__name__,) else CODE_BACKEND
+    return JobError(code=code, message=error.get("message") or "", step=error.get("step"))
+
+
+def _record_view(db: Database, doc: dict[str, Any]) -> JobView:
+    """Return the state of a job this process no longer holds, from its record."""
+    steps = doc.get("steps") or []
+    done = {entry["step"] for entry in steps if not entry.get("error")}
+    images = {entry["step"] for entry in steps if entry.get("kind") == "image" and not entry.get("error")}
+    total = len(done)
+    return JobView(id=doc["_id"], status=doc["status"], created_at=doc["createdAt"], started_at=doc.get("startedAt"),
+                   finished_at=doc.get("finishedAt"),
+                   progress=Progress(steps_done=total, steps_total=total, images_done=len(images),
+                                     images_total=len(images)),
+                   queue_position=None,
+                   result=records.answered(db, doc["result"]) if doc.get("status") == SUCCEEDED else None,
+                   error=_record_error(doc))
+
+
+# -- the routes ------------------------------------------------------------------------------
+def _last_event_id() -> int:
+    raw = request.headers.get("Last-Event-ID", "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit() or len(raw) > 18:
+        raise BadInput("Last-Event-ID", "must be the id of an event: a whole number")
+    return int(raw)
+
+
+def urls_of(job_id: ObjectId) -> JobUrls:
+    """Return where to follow a job."""
+    return JobUrls(self=url_for("jobs.get_job", job_id=str(job_id)),
+                   events=url_for("jobs.job_events", job_id=str(job_id)),
+                   cancel=url_for("jobs.cancel_job", job_id=str(job_id)))
+
+
+@bp.get("/jobs/<job_id>")
+@researcher
+def get_job(job_id: str):
+    """Answer a job's state, progress and place in the image queue, and its result or error once it ended."""
+    key = v.object_id(job_id, "a job")
+    job = get_jobs().get(key)
+    view = job.view(get_pool()) if job is not None else _record_view(get_db(), _recorded(get_db(), key))
+    return ok(view.model_dump(mode="json", by_alias=True))
+
+
+@bp.delete("/jobs/<job_id>")
+@researcher
+def cancel_job(job_id: str):
+    """Cancel a job that has not ended: 202 with its state (it ends `cancelled` soon), 409 once it ended."""
+    key = v.object_id(job_id, "a job")
+    job = get_jobs().get(key)
+    if job is None:
+        doc = _recorded(get_db(), key)
+        if doc["status"] in ENDED:
+            raise Conflict(f"job {key} has ended ({doc['status']}); there is nothing to cancel")
+        raise Conflict(f"job {key} runs in another server process, which alone can cancel it")
+    if not job.cancel():
+        raise Conflict(f"job {key} has ended ({job.status}); there is nothing to cancel")
+    log.info("generation %s cancelled", key)
+    return ok(job.view(get_pool()).model_dump(mode="json", by_alias=True), status=202)
+
+
+def _stream(job: Job, after: int, preview: bool, keepalive: float) -> Iterator[str]:
+    """Yield the job's events after number `after` as they come, a comment while none does; end after the last."""
+    while True:
+        events, ended = job.events_after(after, keepalive)
+        for event in events:
+            yield event.sse(preview)
+            after = event.id
+        if ended and not events:
+            return
+        if not events:
+            yield ": keep-alive\n\n"
+
+
+def _recorded_stream(db: Database, key: ObjectId, after: int, poll: float, keepalive: float) -> Iterator[str]:
+    """Yield the events a record tells (its status, then its result or error), for a job this process does not hold."""
+    waited = 0.0
+    while True:
+        doc = _recorded(db, key)
+        if doc["status"] in ENDED:
+            break
+        if after < 1:
+            yield Event(1, "status", {"status": doc["status"]}).sse(False)
+            after = 1
+        time.sleep(poll)
+        waited += poll
+        if waited >= keepalive:
+            yield ": keep-alive\n\n"
+            waited = 0.0
+    error = _record_error(doc)
+    last = ("result", {"data": records.answered(db, doc["result"])}) if error is None else \
+        ("error", error.model_dump(by_alias=True))
+    for event in (Event(2, "status", {"status": doc["status"]}), Event(3, *last)):
+        if event.id > after:
+            yield event.sse(False)
+
+
+@bp.get("/jobs/<job_id>/events")
+@researcher
+def job_events(job_id: str):
+    """Stream a job's events as Server-Sent Events, after `Last-Event-ID` when it is sent."""
+    key = v.object_id(job_id, "a job")
+    query = v.parse_query(EventsQuery, request.args)
+    after = _last_event_id()
+    keepalive = current_app.config["JOB_KEEPALIVE"]
+    job = get_jobs().get(key)
+    if job is not None:
+        if query.preview == "1":
+            job.control.preview = True
+        events = _stream(job, after, query.preview == "1", keepalive)
+    else:
+        db = get_db()
+        _recorded(db, key)  # 404 before the stream starts
+        events = _recorded_stream(db, key, after, min(1.0, keepalive), keepalive)
+    return Response(stream_with_context(events), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

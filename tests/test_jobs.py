@@ -1,0 +1,191 @@
+"""Generations as jobs over loopback HTTP: submitted, followed with a real SSE client, cancelled, read back.
+
+The app is served by a real threaded server; the events are read with sseclient-py over a
+streaming `requests` response, as a browser's EventSource would read them.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import requests
+import sseclient
+from werkzeug.serving import make_server
+
+from tests.helpers import PROMPTS, RAPID_TWO, all_records, body, check_rapid, wait_until
+
+TOKEN = "jobs-token"
+
+
+@pytest.fixture
+def served(make_gen_app):
+    """Serve a fresh app wired to the simulators; return a function giving the base URL for settings."""
+    servers = []
+
+    def serve(**settings):
+        app = make_gen_app(**settings)
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        return app, f"http://127.0.0.1:{server.server_port}"
+
+    yield serve
+    for server, thread in servers:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+
+
+def submit(base: str, type_: int = 0, prompts=None, **kwargs) -> dict:
+    response = requests.post(f"{base}/jobs", json=body(type_, RAPID_TWO if prompts is None else prompts, None),
+                             timeout=10, **kwargs)
+    assert response.status_code == 202, response.text
+    data = response.json()["data"]
+    assert response.headers["Location"] == data["urls"]["self"] == f"/jobs/{data['id']}"
+    return data
+
+
+def events(base: str, job_id: str, last: int | None = None, **params) -> list[sseclient.Event]:
+    """Read a job's whole event stream (it ends after the last event)."""
+    headers = {"Accept": "text/event-stream"}
+    if last is not None:
+        headers["Last-Event-ID"] = str(last)
+    with requests.get(f"{base}/jobs/{job_id}/events", headers=headers, params=params, stream=True,
+                      timeout=30) as response:
+        assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/event-stream")
+        return list(sseclient.SSEClient(response).events())
+
+
+def job(base: str, job_id: str) -> dict:
+    return requests.get(f"{base}/jobs/{job_id}", timeout=10).json()["data"]
+
+
+def drawing(sd) -> bool:
+    """Return whether a WebUI simulator is drawing now, as its own progress route says."""
+    return requests.get(f"{sd.url}/sdapi/v1/progress", timeout=5).json()["state"]["job_count"] > 0
+
+
+def test_a_job_is_queued_runs_and_answers_what_generate_answers(served, database_of):
+    app, base = served()
+    submitted = submit(base)
+    assert submitted["status"] == "queued"
+    assert submitted["urls"] == {"self": f"/jobs/{submitted['id']}", "events": f"/jobs/{submitted['id']}/events",
+                                 "cancel": f"/jobs/{submitted['id']}"}
+    done = wait_until(lambda: (found := job(base, submitted["id"]))["status"] == "succeeded" and found,
+                      what="the job to succeed")
+    check_rapid(done["result"], 2)
+    assert done["error"] is None and done["queuePosition"] is None
+    assert done["progress"] == {"stepsDone": 6, "stepsTotal": 6, "imagesDone": 2, "imagesTotal": 2}
+    assert done["createdAt"] <= done["startedAt"] <= done["finishedAt"]
+    (record,) = all_records(database_of(app))
+    assert str(record["_id"]) == submitted["id"] and record["status"] == "succeeded"
+    assert record["startedAt"] is not None and record["finishedAt"] is not None
+
+
+def test_events_come_in_order_with_ids_and_resume_after_last_event_id(served, sims):
+    for sd in sims.sds:
+        sd.per_step = 0.03  # 20 steps: long enough for a progress poll or two
+    app, base = served()
+    submitted = submit(base)
+    seen = events(base, submitted["id"], preview="1")
+    assert [int(e.id) for e in seen] == list(range(1, len(seen) + 1))
+    kinds = [e.event for e in seen]
+    assert kinds[0] == "status" and seen[0].data == '{"status":"queued"}'
+    assert seen[1].data == '{"status":"running"}'
+    assert kinds[-2:] == ["status", "result"] and seen[-2].data == '{"status":"succeeded"}'
+    steps = [e for e in seen if e.event == "step"]
+    assert steps[0].data.startswith('{"name":"rapid.products","state":"started"')
+    started = {s.data.split('"')[3] for s in steps if '"started"' in s.data}
+    finished = {s.data.split('"')[3] for s in steps if '"finished"' in s.data}
+    assert started == finished == {"rapid.products", "rapid.abstracts", "rapid.scenes", "rapid.sd_prompts",
+                                   "rapid.scene_images[0]", "rapid.scene_images[1]"}
+    assert "progress" in kinds
+    # Resumed after any event, the stream goes on with exactly the ones after it.
+    middle = len(seen) // 2
+    again = events(base, submitted["id"], last=middle)
+    assert [(e.id, e.event) for e in again] == [(e.id, e.event) for e in seen[middle:]]
+    assert again[-1].data == seen[-1].data
+
+
+def test_cancel_interrupts_exactly_the_instance_drawing_the_job_and_nothing_else(served, sims):
+    for sd in sims.sds:
+        sd.per_step = 0.2  # 4 s an image: cancelled long before it ends
+    app, base = served()
+    mine = submit(base, prompts={"task": "a", "num": 1})
+    other = submit(base, prompts={"task": "b", "num": 1}, headers={"User-Agent": "another participant"})
+    wait_until(lambda: sum(drawing(sd) for sd in sims.sds) == 2, timeout=15, what="both jobs drawing")
+    response = requests.delete(f"{base}/jobs/{mine['id']}", timeout=10)
+    assert response.status_code == 202
+    ended = wait_until(lambda: (found := job(base, mine["id"]))["status"] == "cancelled" and found, what="cancelled")
+    assert ended["error"]["code"] == 1 and ended["result"] is None
+    interrupted = [sd for sd in sims.sds if sd.interrupts]
+    assert len(interrupted) == 1 and len(interrupted[0].interrupts) == 1
+    assert wait_until(lambda: job(base, other["id"])["status"] == "succeeded", timeout=20, what="the other job")
+    assert requests.delete(f"{base}/jobs/{mine['id']}", timeout=10).status_code == 409
+    assert requests.delete(f"{base}/jobs/{other['id']}", timeout=10).status_code == 409
+
+
+def test_a_client_leaving_generate_cancels_nothing_and_the_result_stays_readable(served, database_of, sims):
+    app, base = served(JOB_KEEP=0)
+    for sd in sims.sds:
+        sd.per_step = 0.02
+    try:
+        requests.post(f"{base}/generate", json=body(0, RAPID_TWO, None), timeout=0.2)
+    except requests.Timeout:
+        pass  # the client gave up and closed its connection
+    (record,) = wait_until(lambda: [r for r in all_records(database_of(app)) if r["status"] == "succeeded"],
+                           what="the job to end")
+    # Read back from its record alone (JOB_KEEP=0): the result as /generate would have answered it.
+    found = job(base, str(record["_id"]))
+    assert found["status"] == "succeeded"
+    check_rapid(found["result"], 2)
+    replay = events(base, str(record["_id"]))
+    assert [e.event for e in replay] == ["status", "result"] and '"succeeded"' in replay[0].data
+
+
+def test_a_job_whose_server_died_is_answered_as_failed(served, database_of):
+    app, base = served()
+    submitted = submit(base, 2, PROMPTS[2])
+    wait_until(lambda: job(base, submitted["id"])["status"] == "succeeded", what="the job")
+    db = database_of(app)
+    long_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    orphan = db.generations.find_one()
+    orphan.pop("_id")
+    left = db.generations.insert_one({**orphan, "status": "running", "aliveAt": long_ago, "result": None}).inserted_id
+    found = job(base, str(left))
+    assert found["status"] == "failed" and "stopped before it ended" in found["error"]["message"]
+    assert db.generations.find_one({"_id": left})["status"] == "failed"
+
+
+@pytest.mark.parametrize(("method", "path", "headers", "status", "says"), [
+    ("get", "/jobs/0123456789abcdef01234567", {}, 404, "no job"),
+    ("get", "/jobs/not-an-id", {}, 400, "job"),
+    ("delete", "/jobs/0123456789abcdef01234567", {}, 404, "no job"),
+    ("delete", "/jobs/xyz", {}, 400, "job"),
+    ("get", "/jobs/0123456789abcdef01234567/events", {}, 404, "no job"),
+    ("get", "/jobs/0123456789abcdef01234567/events", {"Last-Event-ID": "one"}, 400, "Last-Event-ID"),
+    ("get", "/jobs/0123456789abcdef01234567/events?preview=yes", {}, 400, "preview"),
+])
+def test_unknown_malformed_and_bad_requests_are_refused_in_the_envelope(client, method, path, headers, status, says):
+    response = getattr(client, method)(path, headers=headers)
+    assert response.status_code == status
+    assert says in response.get_json()["message"] and response.get_json()["success"] is False
+
+
+def test_jobs_need_the_token_when_one_is_set(served):
+    app, base = served(API_TOKEN=TOKEN)
+    refused = requests.post(f"{base}/jobs", json=body(0, RAPID_TWO, None), timeout=10)
+    assert refused.status_code == 401
+    submitted = submit(base, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert requests.get(f"{base}/jobs/{submitted['id']}", timeout=10).status_code == 401
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        state = requests.get(f"{base}/jobs/{submitted['id']}", headers={"Authorization": f"Bearer {TOKEN}"},
+                             timeout=10).json()["data"]["status"]
+        if state == "succeeded":
+            break
+        time.sleep(0.05)
+    assert state == "succeeded"
