@@ -8,6 +8,7 @@ are what the OpenAPI document says each route answers.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Generic, Literal, TypeVar, get_args
 
 from flask import Flask, Response, jsonify, request
@@ -132,8 +133,11 @@ def _broken_body(error: ParseException) -> Response:
 
 def _backend_error(error: BackendError) -> Response:
     log.warning("backend failure: %s", error.describe())
-    code = CODE_BUSINESS if error.caused_by_input else CODE_BACKEND  # the participant can rephrase
-    return fail(error.describe(), status=error.http_status, code=code)
+    code = CODE_BUSINESS if error.caused_by_input else CODE_BACKEND  # the participant can act on it
+    response = fail(error.describe(), status=error.http_status, code=code)
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    return response
 
 
 # How stores say they ran out of space: MongoDB's OutOfDiskSpace code, SQLite's SQLITE_FULL
