@@ -35,7 +35,7 @@ from pydantic import BaseModel
 
 from agent.errors import BackendError, GPTError, SDError, step_context
 from agent.gpt import REPHRASE, ChatAnswer, GPTClient
-from agent.pool import SDInstancePool
+from agent.pool import ImageControl, SDInstancePool
 from agent.sd import build_payload
 from apps.paint.pipelines.answers import Ask, Context, Failure, answer_items, correction, summary
 from apps.paint.pipelines.parsing import split_items
@@ -176,6 +176,7 @@ class Steps:
     pool: SDInstancePool
     trace: Trace
     flow: Flow
+    control: ImageControl | None = None  # whose images these are, for the pool's line; None: each its own
 
     def ask(self, step: str, count: int, *, images: Sequence[Image] = (),
             keep: Callable[[list[str]], list[str]] | None = None, **variables: Any) -> list[str]:
@@ -245,7 +246,7 @@ class Steps:
         started = time.monotonic()
         try:
             with step_context(step):
-                result = self.pool.txt2img(payload)
+                result = self.pool.txt2img(payload, control=self.control)
         except SDError as e:
             self.flow.fail(e)  # before the trace entry: other steps stop as early as possible
             self.trace.image(step=step, started=started, payload=payload, instance=e.job.instance,
