@@ -145,6 +145,10 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SD_COOLDOWN": _float(env, "SD_COOLDOWN", 15.0),
         "SD_MAX_ATTEMPTS": _int(env, "SD_MAX_ATTEMPTS", 3),
         "SD_PROBE_TIMEOUT": _float(env, "SD_PROBE_TIMEOUT", 2.0),
+        # Whose image an instance takes next: "fair" serves participants in turn, "fifo" in arrival order.
+        "SD_QUEUE_ORDER": _choice(env, "SD_QUEUE_ORDER", ("fair", "fifo")),
+        # Images of one participant that may wait for an instance at once; more answer 429. 0 turns it off.
+        "SD_MAX_QUEUED_PER_PARTICIPANT": _int(env, "SD_MAX_QUEUED_PER_PARTICIPANT", 0),
         # Seconds between tries to write the generation records that wait on disk for the database.
         "RECORD_RETRY": _float(env, "RECORD_RETRY", 5.0),
         # Seconds around a participant's last /paint/start or /paint/save within which a generation

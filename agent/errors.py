@@ -4,7 +4,10 @@ A route turns any `BackendError` into the envelope with code 2, HTTP 503 (504 fo
 timeout) and a message naming the backend, the step when known, and the cause. The
 errors a participant's own input causes (`caused_by_input`: the content filter, a
 refusal) answer code 1 with HTTP 422 instead: asking again with the same words would
-meet the same answer, rephrasing them may not.
+meet the same answer, rephrasing them may not. Two more are the participant's own doing
+and answer code 1: too many of their images waiting (429, with Retry-After from
+`retry_after`) and their generation cancelled (409: DELETE /jobs/<id> came first; a
+/generate waiting for that job is answered so).
 
 BackendError                 a generative backend could not give an answer (503)
 ├── BackendTimeout           it did not answer in time (504); every timeout below is one too
@@ -28,10 +31,12 @@ BackendError                 a generative backend could not give an answer (503)
     ├── SDServerError *      an error status that is the instance's fault (5xx, 401, 404, ...)
     ├── SDBadResponse *      a 2xx answer without decodable images
     ├── SDBadRequest         the instance rejected our payload (400, 422, ...)
+    ├── SDCancelled          the job's ImageControl was cancelled (also a Cancelled: 409, code 1)
     └── PoolError            no instance could take the job (or the pool is closed)
         ├── PoolTimeout      no instance became free in time (also a BackendTimeout)
         ├── AllInstancesDown every instance is cooling down
-        └── NoInstancesConfigured  SD_ENDPOINTS names no instance
+        ├── NoInstancesConfigured  SD_ENDPOINTS names no instance
+        └── TooManyQueued    SD_MAX_QUEUED_PER_PARTICIPANT of the owner's images already wait (429, code 1)
 
 * INSTANCE_FAILURES: they say something about the instance, so the job may go to another one.
 
@@ -54,7 +59,8 @@ class BackendError(Exception):
 
     backend = "backend"
     http_status = 503
-    caused_by_input = False  # True: the participant's words caused it, so they can act (code 1)
+    caused_by_input = False  # True: the participant's words or requests caused it, so they can act (code 1)
+    retry_after: float | None = None  # seconds after which asking again may succeed (Retry-After)
     step: str | None = None  # the pipeline step that failed, named by step_context
 
     def describe(self) -> str:
@@ -240,6 +246,13 @@ class SDBadResponse(SDError):
     """The instance answered 2xx with something that is not JSON with decodable images."""
 
 
+class SDCancelled(SDError, Cancelled):
+    """The job's generation was cancelled (agent.pool.ImageControl.cancel) while it waited or ran."""
+
+    def __init__(self, message: str = "the generation was cancelled", **context: object) -> None:
+        SDError.__init__(self, message, **context)
+
+
 # The failures that say something about the instance, so the job may go elsewhere.
 INSTANCE_FAILURES = (SDConnectionError, SDTimeout, SDServerError, SDBadResponse)
 
@@ -258,3 +271,14 @@ class AllInstancesDown(PoolError):
 
 class NoInstancesConfigured(PoolError):
     """SD_ENDPOINTS names no instance."""
+
+
+class TooManyQueued(PoolError):
+    """SD_MAX_QUEUED_PER_PARTICIPANT images of the job's owner already wait (`retry_after`: until they start)."""
+
+    http_status = 429
+    caused_by_input = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after

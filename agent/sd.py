@@ -5,7 +5,9 @@ options it is given (the study's settings are in settings/sd_options.json, not h
 Each image of an answer is decoded here, once, into a `core.image_store.Image`. Every
 failure becomes a typed `SDError` naming the instance (never its credentials) and the
 cause; a reply without a decodable image is an error too, so no caller ever receives an
-empty image. `agent.pool.SDInstancePool` spreads jobs over several instances.
+empty image. `progress` reads how far the running job is and `interrupt` ends it early
+(the WebUI then answers its txt2img with what it made so far). `agent.pool.SDInstancePool`
+spreads jobs over several instances.
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ Timeout = float | tuple[float, float]
 # --api) or busy, not that our payload is wrong: another instance may well succeed.
 INSTANCE_FAULT_STATUSES = frozenset({401, 403, 404, 405, 408, 429})
 TXT2IMG = "/sdapi/v1/txt2img"
+PROGRESS = "/sdapi/v1/progress"
+INTERRUPT = "/sdapi/v1/interrupt"
 
 # Fields of the WebUI's txt2img request model; `prompt` and `negative_prompt` are arguments.
 TXT2IMG_FIELDS = frozenset({
@@ -207,7 +211,7 @@ def ping(endpoint: SDEndpoint | str, *, timeout: Timeout) -> None:
     except SDServerError as e:
         if e.status != 404:
             raise
-        _request(endpoint, "GET", "/sdapi/v1/progress", None, timeout)
+        _request(endpoint, "GET", PROGRESS, None, timeout)
 
 
 def _image(where: str, index: int, image: Any) -> Image:
@@ -233,3 +237,34 @@ def text2Image(endpoint: SDEndpoint | str, payload: dict[str, Any], *, timeout: 
         info = {}
     return Generation([_image(where, i, image) for i, image in enumerate(images)],
                       info if isinstance(info, dict) else {})
+
+
+class Progress(NamedTuple):
+    """How far the instance's running job is, as GET /sdapi/v1/progress reports it."""
+
+    running: bool  # False: the instance is idle and the rest means nothing
+    progress: float  # 0..1 over all the job's batches
+    eta: float  # seconds left, the WebUI's estimate
+    step: int  # the sampling step of the batch being sampled
+    steps: int  # the sampling steps of a batch
+    preview: str | None  # the live preview, base64, when asked for and drawn
+
+
+def progress(endpoint: SDEndpoint | str, *, skip_current_image: bool = True, timeout: Timeout) -> Progress:
+    """Return the progress of the instance's running job (with its live preview unless `skip_current_image`)."""
+    endpoint = _endpoint(endpoint)
+    path = f"{PROGRESS}?skip_current_image={str(skip_current_image).lower()}"
+    body = _request(endpoint, "GET", path, None, timeout)
+    try:
+        state = body.get("state") or {}
+        preview = body.get("current_image")
+        return Progress(bool(state.get("job_count")), float(body["progress"]), float(body.get("eta_relative") or 0.0),
+                        int(state.get("sampling_step") or 0), int(state.get("sampling_steps") or 0),
+                        preview if isinstance(preview, str) and preview else None)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise SDBadResponse(f"SD instance {endpoint.name}: the answer is not a progress report (GET {PROGRESS})") from e
+
+
+def interrupt(endpoint: SDEndpoint | str, *, timeout: Timeout) -> None:
+    """Ask the instance to end its running job early (it does nothing when idle)."""
+    _request(endpoint, "POST", INTERRUPT, None, timeout)

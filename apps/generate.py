@@ -12,17 +12,22 @@ backend, fails on a bug or outlives its client; rejected requests leave none, an
 requests over the client's GENERATE_RATE_LIMIT (429 before the body is read). The record
 says whose generation it was (apps.attribution): the body's username when it sends one,
 else what the prompts and the client show, weighed against the participants' sessions.
+Its images take their turns in the SD pool's line as that participant's, found when the
+request arrives (else the body's username, else the client's address).
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Protocol, Union
 
 from flask import Blueprint, Flask, current_app
 from pydantic import BaseModel, Field, create_model
+from pymongo.errors import PyMongoError
 from typing_extensions import TypeAliasType
 
 import config
+from agent.pool import ImageControl
 from apps.paint import register
 from apps.paint.pipelines import PaintApp, Pipeline
 from apps import attribution
@@ -34,6 +39,8 @@ from core.backends import get_gpt, get_pool
 from core.db import get_db
 from core.envelope import BadInput, ok
 from core.security import client_key, limit_generate, participant, researcher
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("generate", __name__)
 
@@ -52,8 +59,9 @@ class GenerationApp(Protocol):
     def size(self, type: int, prompts: BaseModel) -> tuple[int, int]:
         """Return how many steps a request of `type` takes (its images among them), and how many images."""
 
-    def run(self, type: int, prompts: Any, gpt: Any, pool: Any, trace: Any) -> BaseModel:
-        """Run the pipeline of `type` and return the answer's `data`."""
+    def run(self, type: int, prompts: Any, gpt: Any, pool: Any, trace: Any, *,
+            control: ImageControl | None = None) -> BaseModel:
+        """Run the pipeline of `type`, its images held by `control`, and return the answer's `data`."""
 
 
 # appid -> its handler's class, built once at startup (so a broken template stops the server).
@@ -114,9 +122,14 @@ def read_call() -> GenerationCall:
                           attribution.clues(get_db(), body.username, handler.clues(prompts)))
 
 
-def owner_of(call: GenerationCall) -> str:
-    """Return whose share of the image queue a generation takes: its participant, else its username or client."""
-    return attribution.attribute(get_db(), call.clues).username or call.username or client_key()
+def image_owner(call: GenerationCall) -> str:
+    """Return whose turn the call's images take in the pool's line: its participant, else its client."""
+    try:
+        username = attribution.attribute(get_db(), call.clues).username if call.clues is not None else None
+    except PyMongoError as error:  # the generation runs without the database; its record is attributed later
+        log.warning("could not attribute a generation before it ran: %s", type(error).__name__)
+        username = None
+    return username or call.username or client_key()
 
 
 def submit() -> Job:
@@ -124,7 +137,7 @@ def submit() -> Job:
     limit_generate()  # before any work: a client over its budget costs nothing and leaves no record
     call = read_call()
     register.admit(call.username)
-    return get_jobs().submit(call, get_db(), get_journal(), owner_of(call), get_gpt(), get_pool())
+    return get_jobs().submit(call, get_db(), get_journal(), image_owner(call), get_gpt(), get_pool())
 
 
 @bp.post("/generate")

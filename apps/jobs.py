@@ -47,7 +47,7 @@ from apps.records import (CANCELLED, COLLECTION, ENDED, FAILED, QUEUED, RUNNING,
 from core import validation as v
 from core.db import Document, Id, get_db
 from core.backends import get_pool
-from core.envelope import CODE_BACKEND, CODE_BUSINESS, ApiError, BadInput, NotFound, ok
+from core.envelope import CODE_BACKEND, ApiError, BadInput, NotFound, failure_of, ok
 from core.monitoring import generation_observed
 from core.security import researcher
 
@@ -122,13 +122,9 @@ class EventsQuery(v.Body):
 
 
 def error_of(failure: BaseException) -> JobError:
-    """Return a job's error for the exception it ended with, as /generate's envelope would say it."""
-    if isinstance(failure, BackendError):
-        code = CODE_BUSINESS if failure.caused_by_input else CODE_BACKEND
-        return JobError(code=code, message=failure.describe(), step=failure.step)
-    if isinstance(failure, ApiError):
-        return JobError(code=failure.code, message=failure.message, step=None)
-    return JobError(code=CODE_BACKEND, message="internal server error", step=None)
+    """Return a job's error for the exception it ended with, as /generate's envelope says it."""
+    _, code, message = failure_of(failure)
+    return JobError(code=code, message=message, step=getattr(failure, "step", None))
 
 
 # -- one job -------------------------------------------------------------------------------
@@ -239,7 +235,7 @@ class Job:
         except Exception as failure:  # every ending is the job's, told in its last event
             if not isinstance(failure, (BackendError, ApiError)):
                 log.exception("generation %s failed", self.id)
-            self._end(records.status_of(RecordError.of(failure)), failure=failure)
+            self._end(records.status_of(failure), failure=failure)
             return
         self._end(SUCCEEDED, result=recorder.result.model_dump(mode="json", by_alias=True))
 
@@ -374,8 +370,9 @@ def _record_error(doc: dict[str, Any]) -> JobError | None:
     error = doc.get("error")
     if doc.get("status") not in (FAILED, CANCELLED) or not error:
         return None
-    code = CODE_BUSINESS if error.get("kind") in (Cancelled.__name__,) else CODE_BACKEND
-    return JobError(code=code, message=error.get("message") or "", step=error.get("step"))
+    # Records from before jobs keep no code: a backend's failure is what most were.
+    return JobError(code=error.get("code") or CODE_BACKEND, message=error.get("message") or "",
+                    step=error.get("step"))
 
 
 def _record_view(db: Database, doc: dict[str, Any]) -> JobView:
@@ -417,7 +414,7 @@ def get_job(job_id: str):
     key = v.object_id(job_id, "a job")
     job = get_jobs().get(key)
     view = job.view(get_pool()) if job is not None else _record_view(get_db(), _recorded(get_db(), key))
-    return ok(view.model_dump(mode="json", by_alias=True))
+    return ok(view.model_dump(by_alias=True))
 
 
 @bp.delete("/jobs/<job_id>")
@@ -434,7 +431,7 @@ def cancel_job(job_id: str):
     if not job.cancel():
         raise Conflict(f"job {key} has ended ({job.status}); there is nothing to cancel")
     log.info("generation %s cancelled", key)
-    return ok(job.view(get_pool()).model_dump(mode="json", by_alias=True), status=202)
+    return ok(job.view(get_pool()).model_dump(by_alias=True), status=202)
 
 
 def _stream(job: Job, after: int, preview: bool, keepalive: float) -> Iterator[str]:

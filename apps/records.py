@@ -53,7 +53,7 @@ from apps.attribution import Attribution, Clues, Marks
 from core import json_codec
 from core import validation as v
 from core.db import OBJECT_ID_PATTERN, Document, Id, get_db
-from core.envelope import BadInput, NotFound, ok
+from core.envelope import BadInput, NotFound, failure_of, ok
 from core.image_store import Image, ImageRef, RecordImage, get_image, is_key, put_image
 from core.security import researcher
 
@@ -194,20 +194,22 @@ class Trace:
 
 # -- the record ------------------------------------------------------------------------------
 class RecordError(Document):
-    """How a failed generation ended: the step that failed, a message and the exception's class."""
+    """How a failed generation ended: the step that failed, a message, the exception's class, the envelope's code."""
 
     step: str | None
     message: LongText
     kind: str
+    code: int | None = Field(None, description="The envelope code it was answered with (null in older records)")
 
     @classmethod
     def of(cls, exc: BaseException | None) -> RecordError | None:
         """Return the error of a generation that raised `exc` (None when it succeeded)."""
         if exc is None:
             return None
+        _, code, _ = failure_of(exc)
         if isinstance(exc, BackendError):
-            return cls(step=exc.step, message=exc.describe(), kind=type(exc).__name__)
-        return cls(step=None, message=f"{type(exc).__name__}: {exc}", kind=type(exc).__name__)
+            return cls(step=exc.step, message=exc.describe(), kind=type(exc).__name__, code=code)
+        return cls(step=None, message=f"{type(exc).__name__}: {exc}", kind=type(exc).__name__, code=code)
 
 
 # A generation is a job (apps.jobs), and its record says where the job is: queued -> running ->
@@ -218,11 +220,11 @@ ENDED = (SUCCEEDED, FAILED, CANCELLED)
 OLD_SUCCEEDED = "ok"  # what records said of a success before generations were jobs
 
 
-def status_of(error: RecordError | None) -> Status:
-    """Return how a generation that ended with `error` ended."""
-    if error is None:
+def status_of(failure: BaseException | None) -> Status:
+    """Return how a generation that raised `failure` (None: nothing) ended."""
+    if failure is None:
         return SUCCEEDED
-    return CANCELLED if error.kind == Cancelled.__name__ else FAILED
+    return CANCELLED if isinstance(failure, Cancelled) else FAILED
 
 
 class GenerationSummary(Document):
@@ -391,7 +393,7 @@ class Recorder:
         self._ended, self._error = (datetime.now(timezone.utc), time.monotonic()), RecordError.of(exc)
         record = None
         try:
-            record = self.stored(status_of(self._error), self._error)
+            record = self.stored(status_of(exc), self._error)
             record.store(self.db)
         except Exception as error:
             if self.journal is not None and record is not None and isinstance(error, PyMongoError):

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,11 +71,13 @@ def _wait_for_ping(master: subprocess.Popen, port: int, data_dir: Path) -> None:
     raise RuntimeError("gunicorn did not answer /ping within 60 s")
 
 
-def start_server(port: int, data_dir: Path, chat_url: str, api_key: str, sd_endpoints: list[str]) -> Server:
-    """Start gunicorn with the production config and wait until it answers /ping."""
+def start_server(port: int, data_dir: Path, chat_url: str, api_key: str, sd_endpoints: list[str],
+                 settings: Mapping[str, str] | None = None) -> Server:
+    """Start gunicorn with the production config (and `settings` over it) and wait until it answers /ping."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(BACKEND_PREFIXES)}
     env.update(PORT=str(port), HOST="127.0.0.1", DATA_DIR=str(data_dir),
                AZURE_OPENAI_ENDPOINT=chat_url, AZURE_OPENAI_API_KEY=api_key, SD_ENDPOINTS=",".join(sd_endpoints))
+    env.update(settings or {})
     with open(data_dir / "server.out", "wb") as out, open(data_dir / "server.err", "wb") as err:
         master = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
                                   cwd=ROOT, env=env, stdout=out, stderr=err)

@@ -26,8 +26,9 @@ def init_app(app: Flask) -> None:
     pool = SDInstancePool.from_config(app.config)
     app.extensions[GPT] = gpt
     app.extensions[SD_POOL] = pool
-    log.info("backends: GPT provider %s, %d Stable Diffusion instance(s)",
-             gpt.provider, len(pool.snapshot()["instances"]))
+    snapshot = pool.snapshot()
+    log.info("backends: GPT provider %s, %d Stable Diffusion instance(s) serving images in %s order",
+             gpt.provider, len(snapshot["instances"]), snapshot["order"])
     atexit.register(close_app_backends, app)
 
 

@@ -8,6 +8,7 @@ are what the OpenAPI document says each route answers.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Generic, Literal, TypeVar, get_args
 
 from flask import Flask, Response, jsonify, request
@@ -119,8 +120,29 @@ def _http_error(error: HTTPException) -> Response:
     return response
 
 
+def failure_of(error: BaseException) -> tuple[int, int, str]:
+    """Return the HTTP status, envelope code and message that answer `error`, the one place they are decided."""
+    if isinstance(error, ApiError):
+        return error.status, error.code, error.message
+    if isinstance(error, BackendError):
+        # The participant can act on what their own input or requests caused: code 1.
+        return error.http_status, CODE_BUSINESS if error.caused_by_input else CODE_BACKEND, error.describe()
+    if isinstance(error, DocumentTooLarge):
+        return 413, CODE_BUSINESS, "the data is too large to store in one document"
+    if isinstance(error, ConnectionFailure):
+        return 503, CODE_STORAGE, "the database is unavailable; try again shortly"
+    if isinstance(error, PyMongoError) and _disk_full(error):
+        return 503, CODE_STORAGE, "the database's disk is full; nothing was written, try again later"
+    return 500, CODE_BUSINESS, "internal server error"
+
+
+def _failed(error: BaseException) -> Response:
+    status, code, message = failure_of(error)
+    return fail(message, status=status, code=code)
+
+
 def _api_error(error: ApiError) -> Response:
-    response = fail(error.message, status=error.status, code=error.code)
+    response = _failed(error)
     response.headers.update(error.headers)
     return response
 
@@ -132,8 +154,10 @@ def _broken_body(error: ParseException) -> Response:
 
 def _backend_error(error: BackendError) -> Response:
     log.warning("backend failure: %s", error.describe())
-    code = CODE_BUSINESS if error.caused_by_input else CODE_BACKEND  # the participant can rephrase
-    return fail(error.describe(), status=error.http_status, code=code)
+    response = _failed(error)
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    return response
 
 
 # How stores say they ran out of space: MongoDB's OutOfDiskSpace code, SQLite's SQLITE_FULL
@@ -151,21 +175,18 @@ def _disk_full(error: PyMongoError) -> bool:
 
 
 def _storage_error(error: PyMongoError) -> Response:
-    if isinstance(error, DocumentTooLarge):
-        return fail("the data is too large to store in one document", status=413)
     if isinstance(error, ConnectionFailure):
         log.warning("database unavailable: %s", type(error).__name__)
-        return fail("the database is unavailable; try again shortly", status=503, code=CODE_STORAGE)
-    if _disk_full(error):
+    elif _disk_full(error):
         log.error("database cannot write: its disk is full (%s)", error)
-        return fail("the database's disk is full; nothing was written, try again later", status=503,
-                    code=CODE_STORAGE)
-    return _unexpected(error)
+    elif not isinstance(error, DocumentTooLarge):
+        return _unexpected(error)
+    return _failed(error)
 
 
 def _unexpected(error: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.path)
-    return fail("internal server error", status=500)
+    return _failed(error)
 
 
 def register_error_handlers(app: Flask) -> None:

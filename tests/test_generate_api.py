@@ -17,7 +17,8 @@ from werkzeug.serving import make_server
 
 from simulators.chat import Scripted
 from tests.helpers import (
-    ITEM_KEYS, PROMPTS, SKETCH, TASK, Sims, all_records, backend_settings, body, check_item, image_steps, wait_until,
+    ITEM_KEYS, PROMPTS, RAPID_TWO, SKETCH, TASK, Sims, all_records, backend_settings, body, check_item, image_steps,
+    wait_until,
 )
 
 ENVELOPE = {"success", "data", "code", "message"}
@@ -286,3 +287,48 @@ def test_each_step_of_the_record_is_timed_from_the_request_start(make_app, chat_
     assert first["finished"] - first["latency"] < second["finished"] and \
         second["finished"] - second["latency"] < first["finished"]
     assert waiting["queueWait"] >= 0.1 and waiting["finished"] - waiting["started"] >= 0.25
+
+
+def test_images_wait_in_line_as_the_participant_the_client_or_the_username(make_gen_app):
+    app = make_gen_app()
+    pool, owners = app.extensions["sd_pool"], []
+    real = pool.txt2img
+
+    def spy(payload, control=None):
+        owners.append(control.owner)
+        return real(payload, control=control)
+
+    pool.txt2img = spy
+    client = app.test_client()
+    browser = {"REMOTE_ADDR": "127.0.0.9", "HTTP_USER_AGENT": "lab browser"}
+    asked = [body(0, RAPID_TWO, username=None), body(0, RAPID_TWO, username="carol")]
+    assert all(client.post("/generate", json=sent, environ_base=browser).status_code == 200 for sent in asked)
+    assert client.post("/paint/start", json={"username": "bob"}, environ_base=browser).status_code == 200
+    assert client.post("/generate", json=asked[0], environ_base=browser).status_code == 200
+    assert owners == ["127.0.0.9"] * 2 + ["carol"] * 2 + ["bob"] * 2  # bob: attributed by his client
+
+
+def test_more_waiting_images_than_the_cap_is_429_code_1_and_cancels_the_rest(make_gen_app, sims):
+    client = make_gen_app(SD_MAX_QUEUED_PER_PARTICIPANT=2).test_client()
+    assert client.post("/generate", json=body(0, RAPID_TWO)).status_code == 200  # a pace for Retry-After
+    for sd in sims.sds:
+        sd.hang()
+    done = {}
+    worker = threading.Thread(target=lambda: done.update(r=client.post("/generate", json=body(0, PROMPTS[0]))))
+    worker.start()
+    # Six images, three instances: three run, two may wait, the sixth is refused, and the
+    # request cancels the rest: the waiting ones leave the line, the running ones are interrupted.
+    wait_until(lambda: all(len(sd.interrupts) == 1 for sd in sims.sds), what="the running images interrupted")
+    for sd in sims.sds:
+        sd.release()
+    worker.join(30)
+    response = done["r"]
+    answer = response.get_json()
+    assert response.status_code == 429 and answer["code"] == 1 and answer["success"] is False
+    assert "SD_MAX_QUEUED_PER_PARTICIPANT" in answer["message"] and int(response.headers["Retry-After"]) >= 1
+    assert sum(len(sd.jobs) for sd in sims.sds) == 2 + 3  # the warm-up's two, then only the three that ran
+    snapshot = client.application.extensions["sd_pool"].snapshot()
+    assert snapshot["waiting"] == 0 and all(i["state"] == "idle" and i["failures"] == 0
+                                            for i in snapshot["instances"])
+    latest = client.get("/generations?username=alice").get_json()["data"]["items"][0]
+    assert latest["status"] == "failed" and latest["error"]["kind"] == "TooManyQueued"

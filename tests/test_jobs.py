@@ -5,6 +5,8 @@ streaming `requests` response, as a browser's EventSource would read them.
 """
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -17,6 +19,7 @@ from werkzeug.serving import make_server
 from tests.helpers import PROMPTS, RAPID_TWO, all_records, body, check_rapid, wait_until
 
 TOKEN = "jobs-token"
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
@@ -76,7 +79,7 @@ def test_a_job_is_queued_runs_and_answers_what_generate_answers(served, database
                                  "cancel": f"/jobs/{submitted['id']}"}
     done = wait_until(lambda: (found := job(base, submitted["id"]))["status"] == "succeeded" and found,
                       what="the job to succeed")
-    check_rapid(done["result"], 2)
+    check_rapid({"success": True, "code": 0, "data": done["result"]}, 2)  # exactly what /generate answers
     assert done["error"] is None and done["queuePosition"] is None
     assert done["progress"] == {"stepsDone": 6, "stepsTotal": 6, "imagesDone": 2, "imagesTotal": 2}
     assert done["createdAt"] <= done["startedAt"] <= done["finishedAt"]
@@ -87,7 +90,7 @@ def test_a_job_is_queued_runs_and_answers_what_generate_answers(served, database
 
 def test_events_come_in_order_with_ids_and_resume_after_last_event_id(served, sims):
     for sd in sims.sds:
-        sd.per_step = 0.03  # 20 steps: long enough for a progress poll or two
+        sd.per_step = 0.05  # the study's 30 steps, 1.5 s: long enough for the pool's progress poll (every second)
     app, base = served()
     submitted = submit(base)
     seen = events(base, submitted["id"], preview="1")
@@ -102,12 +105,15 @@ def test_events_come_in_order_with_ids_and_resume_after_last_event_id(served, si
     finished = {s.data.split('"')[3] for s in steps if '"finished"' in s.data}
     assert started == finished == {"rapid.products", "rapid.abstracts", "rapid.scenes", "rapid.sd_prompts",
                                    "rapid.scene_images[0]", "rapid.scene_images[1]"}
-    assert "progress" in kinds
+    progress = [json.loads(e.data) for e in seen if e.event == "progress"]
+    assert progress and all(0 <= p["progress"] <= 1 and 0 <= p["step"] <= p["steps"] for p in progress)
+    assert any(p["preview"] and base64.b64decode(p["preview"]).startswith(PNG) for p in progress)
     # Resumed after any event, the stream goes on with exactly the ones after it.
     middle = len(seen) // 2
     again = events(base, submitted["id"], last=middle)
     assert [(e.id, e.event) for e in again] == [(e.id, e.event) for e in seen[middle:]]
     assert again[-1].data == seen[-1].data
+    assert all("preview" not in json.loads(e.data) for e in again if e.event == "progress")  # not asked for
 
 
 def test_cancel_interrupts_exactly_the_instance_drawing_the_job_and_nothing_else(served, sims):
@@ -141,7 +147,7 @@ def test_a_client_leaving_generate_cancels_nothing_and_the_result_stays_readable
     # Read back from its record alone (JOB_KEEP=0): the result as /generate would have answered it.
     found = job(base, str(record["_id"]))
     assert found["status"] == "succeeded"
-    check_rapid(found["result"], 2)
+    check_rapid({"success": True, "code": 0, "data": found["result"]}, 2)
     replay = events(base, str(record["_id"]))
     assert [e.event for e in replay] == ["status", "result"] and '"succeeded"' in replay[0].data
 

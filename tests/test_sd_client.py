@@ -8,12 +8,12 @@ import pytest
 from agent.errors import (
     BackendError, BackendTimeout, SDBadRequest, SDBadResponse, SDConnectionError, SDServerError, SDTimeout,
 )
-from agent.sd import SDEndpoint, build_payload, ping, text2Image
+from agent.sd import SDEndpoint, build_payload, interrupt, ping, progress, text2Image
 from apps.paint.pipelines import SETTINGS_DIR
 from apps.paint.pipelines.settings import load_sd_options
 from simulators.http import Reply, serve
 from simulators.png import read_png_header, render_png
-from tests.helpers import small_payload
+from tests.helpers import Worker, small_payload, wait_until
 
 PASSWORD = "s3cret-pw"
 PNG_B64 = base64.b64encode(render_png(4, 4, "stub")).decode()
@@ -201,3 +201,31 @@ def test_credentials_never_appear_in_error_messages(sd_sims, stub):
     for error in errors:
         assert PASSWORD not in str(error) and PASSWORD not in repr(error) and PASSWORD not in str(error.__cause__)
         assert "SD instance 127.0.0.1:" in str(error)
+
+
+def test_progress_reads_the_running_job_and_its_preview_only_when_asked(sd_sims):
+    sim = sd_sims(per_step=0.02)
+    assert progress(sim.url, timeout=2) == (False, 0.0, 0.0, 0, 0, None)
+    sim.hang()
+    worker = Worker(lambda: text2Image(sim.url, small_payload(steps=20), timeout=5))
+    worker.start()
+    held = wait_until(lambda: progress(sim.url, timeout=2).running, what="the job to start")
+    assert held and progress(sim.url, skip_current_image=False, timeout=2).preview is None  # nothing sampled yet
+    sim.release()
+    seen = wait_until(lambda: (p := progress(sim.url, timeout=2)).step >= 2 and p, what="two sampled steps")
+    assert seen.running and seen.steps == 20 and 0 < seen.progress < 1 and seen.eta > 0 and seen.preview is None
+    worker.outcome()
+
+
+def test_interrupt_ends_the_running_job_and_its_errors_are_typed(sd_sims, stub):
+    sim = sd_sims(per_step=0.05)
+    worker = Worker(lambda: text2Image(sim.url, small_payload(steps=40), timeout=5))
+    worker.start()
+    wait_until(lambda: progress(sim.url, timeout=2).step >= 1, what="the job to sample")
+    interrupt(sim.url, timeout=2)
+    assert worker.outcome().images and sim.jobs[0].interrupted and len(sim.interrupts) == 1
+    with pytest.raises(SDBadResponse, match="progress report"):
+        progress(stub(200, ["not", "progress"]), timeout=2)
+    sim.refuse()
+    with pytest.raises(SDConnectionError, match="refused"):
+        interrupt(sim.url, timeout=2)

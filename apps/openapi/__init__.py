@@ -189,9 +189,12 @@ RESPONSES = {
         "document would exceed MongoDB's 16 MB limit.",
         failure(CODE_BUSINESS), {"too large": example("request body is larger than the server accepts")}),
     "RateLimited": json_response(
-        "The client used up its GENERATE_RATE_LIMIT budget (requests per minute per address).",
+        "The client used up its GENERATE_RATE_LIMIT budget (requests per minute per address), or more of "
+        "the participant's images would wait for a Stable Diffusion instance than SD_MAX_QUEUED_PER_PARTICIPANT "
+        "allows.",
         failure(CODE_BUSINESS), {"too many": example("too many generation requests; retry in 4 s")},
-        {"Retry-After": _header("Seconds until a request is allowed again.", {"type": "integer", "minimum": 1})}),
+        {"Retry-After": _header("Seconds until a request is allowed again (for waiting images, until they "
+                                "should all have started).", {"type": "integer", "minimum": 1})}),
     "StorageUnavailable": json_response(
         "The database is unreachable (within MONGO_TIMEOUT_MS) or refused a write; retry shortly.",
         failure(CODE_STORAGE),

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.gpt import GPTClient
-from agent.pool import SDInstancePool
+from agent.pool import ImageControl, SDInstancePool
 from apps.attribution import Clues
 from apps.paint.pipelines import contract, deep, group_two, naming, rapid
 from apps.paint.pipelines.answers import Ask
@@ -86,12 +86,19 @@ class PaintApp:
         return contract.clues(prompts)
 
     def run(self, type: int, prompts: Body, gpt: GPTClient, pool: SDInstancePool, trace: Trace, *,
-            sequential: bool = False) -> Answer:
+            sequential: bool = False, control: ImageControl | None = None) -> Answer:
         """Run the pipeline of `type` and return the answer's `data`; backend failures name their step.
 
+        `control` holds the request's image jobs (whose they are; cancelling it stops them).
         `sequential=True` runs the same steps one after another (for the benchmark).
         """
         pipeline = PIPELINES[type]
         with Flow(pipeline.workers(prompts), sequential=sequential) as flow:
-            steps = Steps(self.book, self.sd_options, gpt, pool, trace, flow)
-            return pipeline.run(steps, prompts)
+            steps = Steps(self.book, self.sd_options, gpt, pool, trace, flow, control)
+            try:
+                return pipeline.run(steps, prompts)
+            except BaseException as error:
+                flow.fail(error)  # first: the cause is this error, not the cancels it leads to
+                if control is not None:  # its other images would be thrown away: free their instances now
+                    control.cancel()
+                raise

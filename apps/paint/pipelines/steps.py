@@ -33,9 +33,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from agent.errors import BackendError, GPTError, SDError, step_context
+from agent.errors import BackendError, Cancelled, GPTError, SDError, step_context
 from agent.gpt import REPHRASE, ChatAnswer, GPTClient
-from agent.pool import SDInstancePool
+from agent.pool import ImageControl, SDInstancePool
 from agent.sd import build_payload
 from apps.paint.pipelines.answers import Ask, Context, Failure, answer_items, correction, summary
 from apps.paint.pipelines.parsing import split_items
@@ -176,6 +176,7 @@ class Steps:
     pool: SDInstancePool
     trace: Trace
     flow: Flow
+    control: ImageControl | None = None  # whose images these are, for the pool's line; None: each its own
 
     def ask(self, step: str, count: int, *, images: Sequence[Image] = (),
             keep: Callable[[list[str]], list[str]] | None = None, **variables: Any) -> list[str]:
@@ -188,17 +189,23 @@ class Steps:
         call = _Call(step, template, self.book.render(template, count=count, **variables), images,
                      declared.shape.model(step.replace(".", "_"), count, variables))
         context = Context(count, self.book.limits[template], tuple(variables.get("products", ())))
-        self.flow.check()
+        self._check()
         self.trace.begin(step)
         with step_context(step):
             return self._ask(call, declared, context, keep)
+
+    def _check(self) -> None:
+        """Raise Aborted if another step failed, Cancelled if the generation was cancelled: no step starts then."""
+        self.flow.check()
+        if self.control is not None and self.control.cancelled:
+            raise Cancelled()
 
     def _ask(self, call: _Call, declared: Ask, context: Context,
              keep: Callable[[list[str]], list[str]] | None) -> list[str]:
         prompt, budget, reason, attempt = call.prompt, None, None, 0
         while True:
             attempt += 1
-            self.flow.check()
+            self._check()
             started = time.monotonic()
             answer = self._call(call, prompt, attempt, budget, reason, started)
             if answer.finish_reason == "length":
@@ -239,7 +246,7 @@ class Steps:
 
     def draw(self, step: str, pipeline: str, kind: str, keywords: str) -> Image:
         """Return one image of `kind` ("scene" or "product") for GPT's `keywords`."""
-        self.flow.check()
+        self._check()
         self.trace.begin(step)
         keywords = " ".join(keywords.split())
         payload = build_payload(self.book.render(f"sd/{kind}_positive", keywords=keywords),
@@ -248,7 +255,7 @@ class Steps:
         started = time.monotonic()
         try:
             with step_context(step):
-                result = self.pool.txt2img(payload)
+                result = self.pool.txt2img(payload, control=self.control)
         except SDError as e:
             self.flow.fail(e)  # before the trace entry: other steps stop as early as possible
             self.trace.image(step=step, started=started, payload=payload, instance=e.job.instance,
