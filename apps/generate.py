@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, Protocol, Union
 
 from flask import Blueprint, Flask, current_app
 from pydantic import BaseModel, Field, create_model
+import pymongo
 from pymongo.errors import PyMongoError
 from typing_extensions import TypeAliasType
 
@@ -33,7 +34,7 @@ from apps.paint.pipelines import PaintApp, Pipeline
 from apps import attribution
 from apps.attribution import Clues
 from apps.jobs import Job, Submitted, get_jobs, urls_of
-from apps.records import GenerationCall, get_journal
+from apps.records import ASIDE_TIMEOUT, GenerationCall, get_journal
 from core import validation as v
 from core.backends import get_gpt, get_pool
 from core.db import get_db
@@ -118,14 +119,16 @@ def read_call() -> GenerationCall:
     if body.type not in handler.pipelines:
         raise BadInput("type", f"app {body.appid} has no type {body.type}; its types are {_listed(handler.pipelines)}")
     prompts = handler.read(body.type, body.prompts)
-    return GenerationCall(body.appid, body.type, body.username, handler, prompts,
-                          attribution.clues(get_db(), body.username, handler.clues(prompts)))
+    with pymongo.timeout(ASIDE_TIMEOUT):  # the evidence is worth a second at most
+        clues = attribution.clues(get_db(), body.username, handler.clues(prompts))
+    return GenerationCall(body.appid, body.type, body.username, handler, prompts, clues)
 
 
 def image_owner(call: GenerationCall) -> str:
     """Return whose turn the call's images take in the pool's line: its participant, else its client."""
     try:
-        username = attribution.attribute(get_db(), call.clues).username if call.clues is not None else None
+        with pymongo.timeout(ASIDE_TIMEOUT):
+            username = attribution.attribute(get_db(), call.clues).username if call.clues is not None else None
     except PyMongoError as error:  # the generation runs without the database; its record is attributed later
         log.warning("could not attribute a generation before it ran: %s", type(error).__name__)
         username = None

@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 from bson import ObjectId
@@ -307,7 +307,7 @@ class Jobs:
             try:
                 with self.app.app_context():
                     get_db()[COLLECTION].update_many({"_id": {"$in": live}, "status": {"$in": [QUEUED, RUNNING]}},
-                                                     {"$set": {"aliveAt": datetime.now(timezone.utc)}})
+                                                     {"$set": {"aliveAt": time.time()}})
             except PyMongoError as error:
                 log.debug("could not mark %d running jobs alive: %s", len(live), type(error).__name__)
 
@@ -343,12 +343,10 @@ def close_app(app: Flask) -> None:
 
 # -- a job read from its record -------------------------------------------------------------
 def _stale(doc: dict[str, Any], heartbeat: float) -> bool:
-    """Return whether a queued or running record's process stopped marking it alive."""
-    alive = doc.get("aliveAt") or doc.get("startedAt") or doc.get("createdAt")
-    if isinstance(alive, datetime) and alive.tzinfo is None:
-        alive = alive.replace(tzinfo=timezone.utc)
+    """Return whether a queued or running record's process stopped marking it alive (three beats missed)."""
+    alive = doc.get("aliveAt")
     return doc.get("status") in (QUEUED, RUNNING) and (
-        not isinstance(alive, datetime) or datetime.now(timezone.utc) - alive > timedelta(seconds=3 * heartbeat))
+        not isinstance(alive, (int, float)) or time.time() - alive > 3 * heartbeat)
 
 
 def _recorded(db: Database, job_id: ObjectId) -> dict[str, Any]:
@@ -359,7 +357,7 @@ def _recorded(db: Database, job_id: ObjectId) -> dict[str, Any]:
     if _stale(doc, current_app.config["JOB_HEARTBEAT"]):
         error = RecordError(step=None, kind=INTERRUPTED,
                             message="the server running this generation stopped before it ended")
-        ended = {"status": FAILED, "error": error.model_dump(by_alias=True), "finishedAt": datetime.now(timezone.utc)}
+        ended = {"status": FAILED, "error": error.model_dump(by_alias=True)}
         db[COLLECTION].update_one({"_id": job_id, "status": doc["status"]}, {"$set": ended})
         doc = {**doc, **ended}
         log.warning("generation %s was left %s by a server that stopped; recorded as failed", job_id, doc["status"])

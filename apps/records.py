@@ -43,6 +43,7 @@ from bson.errors import InvalidDocument
 from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, StringConstraints
 from pydantic_core import PydanticCustomError
+import pymongo
 from pymongo import ASCENDING, DESCENDING
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
@@ -65,6 +66,9 @@ MAX_TEXT = 64 * 1024  # longer strings are cut: no record may near MongoDB's 16 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 MAX_TYPE = 1000
+# Seconds the database may take for what a generation can do without (its queued and running
+# marks, the evidence looked up as it arrives): a database that hangs delays it no longer.
+ASIDE_TIMEOUT = 1.0
 NEWEST_FIRST = [("createdAt", DESCENDING), ("_id", DESCENDING)]
 IMMUTABLE = "public, max-age=31536000, immutable"
 # Blobs of saved schemes keep the media type their data URI declared (text/html, SVG with
@@ -242,8 +246,6 @@ class GenerationSummary(Document):
                                                         "only while the record is being written")
     status: Status
     error: RecordError | None
-    alive_at: datetime | None = Field(None, description="While queued or running: when the server running it last "
-                                                        "said it still does (apps.jobs)")
 
 
 class GenerationRecord(GenerationSummary):
@@ -255,6 +257,8 @@ class GenerationRecord(GenerationSummary):
     steps: list[TraceEntry] = Field(description="One entry per GPT call and per image job, in the order they "
                                                 "finished")
     result: dict[str, Any] | None = Field(description="The answer's data as the client received it")
+    alive_at: float | None = Field(None, description="While queued or running: when the server running it last "
+                                                     "said it still does, in seconds since 1970 (apps.jobs)")
 
 
 class GenerationPage(Document):
@@ -313,14 +317,18 @@ class StoredRecord:
         # A record kept by a server older than attribution has no clues: only its username.
         clues = Clues.model_validate(self.document.get("clues") or {"username": self.document.get("username")})
         participant = attribution.attribute(db, clues)
-        # Every field but the attribution, which a researcher may have set meanwhile. No upsert:
-        # nx-27017 gives an upserted document its filter's ObjectId _id as a string.
-        fields = {key: value for key, value in self.document.items() if key not in ("_id", "participant")}
-        if not db[COLLECTION].update_one({"_id": self.record_id}, {"$set": fields}).matched_count:
+        # Replaced whole, not $set: nx-27017 stores a datetime written by $set as a string (and gives an
+        # upserted document its filter's ObjectId as a string). A researcher's attribution stays.
+        stored = db[COLLECTION].find_one({"_id": self.record_id}, {"participant": 1})
+        kept = (stored or {}).get("participant")
+        chosen = kept if kept and kept.get("method") in attribution.FIXED else attribution.as_dict(participant)
+        if stored is None:
             try:
-                db[COLLECTION].insert_one({**self.document, "participant": attribution.as_dict(participant)})
+                db[COLLECTION].insert_one({**self.document, "participant": chosen})
             except DuplicateKeyError:  # stored meanwhile by another try
-                db[COLLECTION].update_one({"_id": self.record_id}, {"$set": fields})
+                stored = {}
+        if stored is not None:
+            db[COLLECTION].replace_one({"_id": self.record_id}, {**self.document, "participant": chosen})
         # A save that brought evidence while this was weighed found no record to update: look again.
         _settle(db, self.record_id, clues, participant)
 
@@ -368,7 +376,8 @@ class Recorder:
     def queued(self) -> None:
         """Store the record as queued, attributed, so it can be looked up before it runs."""
         try:
-            self.stored(QUEUED).store(self.db)
+            with pymongo.timeout(ASIDE_TIMEOUT):
+                self.stored(QUEUED).store(self.db)
         except PyMongoError as error:
             log.warning("generation %s: its queued record was not stored (%s); its end will be",
                         self.record_id, type(error).__name__)
@@ -379,10 +388,11 @@ class Recorder:
         return self._running_at
 
     def __enter__(self) -> Recorder:
-        self._running_at = datetime.now(timezone.utc)
+        self._running_at = datetime.now(timezone.utc)  # stored with the end (a $set would write it as text)
         try:
-            self.db[COLLECTION].update_one({"_id": self.record_id, "status": QUEUED},
-                                           {"$set": {"status": RUNNING, "startedAt": self._running_at}})
+            with pymongo.timeout(ASIDE_TIMEOUT):
+                self.db[COLLECTION].update_one({"_id": self.record_id, "status": QUEUED},
+                                               {"$set": {"status": RUNNING}})
         except PyMongoError as error:
             log.debug("generation %s: not marked running: %s", self.record_id, type(error).__name__)
         return self
@@ -421,7 +431,7 @@ class Recorder:
             clues=call.clues or Clues(username=call.username),
             steps=self.trace.entries,
             result=None if self.result is None else self.result.model_dump(by_alias=True, context=context),
-            status=status, error=error, alive_at=None if ended else datetime.now(timezone.utc))
+            status=status, error=error, alive_at=None if ended else time.time())
         return StoredRecord(record.model_dump(by_alias=True, context=context), list(sink.images.values()))
 
 

@@ -192,7 +192,8 @@ def test_a_bug_in_the_app_is_500_with_a_failed_record(gen_app, gen_client, gen_d
     assert response.status_code == 500 and response.get_json()["message"] == "internal server error"
     (doc,) = all_records(gen_db)
     assert doc["status"] == "failed" and doc["result"] is None
-    assert doc["error"] == {"step": None, "message": "RuntimeError: pipeline bug", "kind": "RuntimeError"}
+    assert doc["error"] == {"step": None, "message": "RuntimeError: pipeline bug", "kind": "RuntimeError",
+                            "code": 1}
 
 
 def test_record_is_written_after_the_client_hangs_up(gen_app, gen_db, sims):
@@ -207,8 +208,9 @@ def test_record_is_written_after_the_client_hangs_up(gen_app, gen_db, sims):
                          + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
             wait_until(lambda: sims.chat.held == 1, what="the first GPT call")
         sims.chat.release()  # the client is gone; the generation goes on and is recorded
-        (doc,) = wait_until(lambda: all_records(gen_db), what="the record")
-        assert doc["status"] == "succeeded" and len(refs(doc["result"])) == 6
+        (doc,) = wait_until(lambda: [r for r in all_records(gen_db) if r["status"] == "succeeded"],
+                            what="the record of its end")
+        assert len(refs(doc["result"])) == 6 and len(all_records(gen_db)) == 1
     finally:
         server.shutdown()
         thread.join(10)

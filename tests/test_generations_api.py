@@ -14,7 +14,7 @@ import pytest
 from pydantic import BaseModel
 
 from agent.errors import BackendError, step_context
-from apps.records import COLLECTION, GenerationCall, RecordError, Recorder
+from apps.records import COLLECTION, GenerationCall, RecordError, Recorder, status_of
 from core.image_store import AnswerImage, SketchImage, decode_image, put_image
 from tests.helpers import PNG_1PX
 
@@ -51,7 +51,7 @@ def record(db, *, type_=0, username="alice", fail=False, when=None):
     error = failed_in("s.two") if fail else None
     if error is None:
         recorder.result = StubAnswer(ok=True)
-    doc = recorder.stored(RecordError.of(error)).document
+    doc = recorder.stored(status_of(error), RecordError.of(error)).document
     if when is not None:
         doc["createdAt"] = when
     db[COLLECTION].insert_one(doc)
@@ -77,7 +77,7 @@ def test_list_is_newest_first_with_summaries(client, seeded):
     got = items(client.get("/generations"))
     assert [g["_id"] for g in got] == seeded[::-1]
     first = got[0]
-    assert set(first) == {"_id", "createdAt", "finishedAt", "durationMs", "appid", "type",
+    assert set(first) == {"_id", "createdAt", "startedAt", "finishedAt", "durationMs", "appid", "type",
                           "username", "participant", "status", "error"}
     assert first["createdAt"] == "2030-01-01T00:00:06.000Z" and first["username"] is None
 
@@ -96,7 +96,8 @@ def test_list_filters(client, seeded, query, expected):
 def test_failed_record_is_listed_with_its_error(client, seeded):
     (bob,) = items(client.get("/generations?username=bob"))
     assert bob["status"] == "failed"
-    assert bob["error"] == {"step": "s.two", "message": "s.two: simulated outage", "kind": "BackendError"}
+    assert bob["error"] == {"step": "s.two", "message": "s.two: simulated outage", "kind": "BackendError",
+                           "code": 2}
 
 
 def test_pages_follow_the_next_cursor_to_the_end(client, seeded):

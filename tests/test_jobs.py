@@ -9,8 +9,6 @@ import base64
 import json
 import threading
 import time
-from datetime import datetime, timedelta, timezone
-
 import pytest
 import requests
 import sseclient
@@ -157,7 +155,7 @@ def test_a_job_whose_server_died_is_answered_as_failed(served, database_of):
     submitted = submit(base, 2, PROMPTS[2])
     wait_until(lambda: job(base, submitted["id"])["status"] == "succeeded", what="the job")
     db = database_of(app)
-    long_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    long_ago = time.time() - 3600  # its server's last heartbeat
     orphan = db.generations.find_one()
     orphan.pop("_id")
     left = db.generations.insert_one({**orphan, "status": "running", "aliveAt": long_ago, "result": None}).inserted_id
@@ -195,3 +193,28 @@ def test_jobs_need_the_token_when_one_is_set(served):
             break
         time.sleep(0.05)
     assert state == "succeeded"
+
+
+def test_a_job_waiting_for_an_instance_says_its_place_in_line(served, sims):
+    sd = sims.sds[0]
+    sd.per_step = 0.05  # 1.5 s an image, one instance: the job's second image waits for its first
+    app, base = served(SD_ENDPOINTS=[sd.endpoint])
+    submitted = submit(base)
+    waiting = wait_until(lambda: (found := job(base, submitted["id"]))["queuePosition"] is not None and found,
+                         what="an image waiting")
+    assert waiting["queuePosition"] == 1 and waiting["status"] == "running"
+    assert waiting["progress"]["imagesTotal"] == 2 and waiting["progress"]["imagesDone"] == 0
+    done = wait_until(lambda: (found := job(base, submitted["id"]))["status"] == "succeeded" and found,
+                      what="the job")
+    assert done["queuePosition"] is None and done["progress"]["imagesDone"] == 2
+
+
+def test_a_quiet_stream_sends_keep_alive_comments(served, sims):
+    for sd in sims.sds:
+        sd.per_step = 0.03  # about a second of drawing, with nothing to tell in between but progress
+    app, base = served(JOB_KEEPALIVE=0.1)
+    submitted = submit(base)
+    with requests.get(f"{base}{submitted['urls']['events']}", stream=True, timeout=30) as response:
+        lines = [line for line in response.iter_lines(decode_unicode=True)]
+    assert lines.count(": keep-alive") >= 2
+    assert [line for line in lines if line.startswith("event: ")][-1] == "event: result"  # and then it ended
