@@ -154,11 +154,13 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         # Seconds around a participant's last /paint/start or /paint/save within which a generation
         # from the same client (address and User-Agent) may be attributed to them.
         "ATTRIBUTION_WINDOW": _float(env, "ATTRIBUTION_WINDOW", 3600.0),
-        # Generations as jobs (apps/jobs.py): how many run at once in a process (more wait queued),
-        # seconds an ended one stays in memory, seconds between marks that a process still runs its
-        # jobs, and seconds between keep-alive comments of an event stream.
-        "JOB_WORKERS": _int(env, "JOB_WORKERS", 64),
-        "JOB_KEEP": _float(env, "JOB_KEEP", 300.0),
+        # Generations as jobs (apps/jobs.py). JOB_WORKERS: jobs a process runs at once; more wait,
+        # in arrival order, so keep it above the generations participants run at once (the SD pool
+        # and GPT_MAX_CONCURRENCY set the pace, not this). JOB_KEEP: seconds an ended job stays in
+        # memory; JOB_HEARTBEAT: seconds between the marks that a process still runs its jobs;
+        # JOB_KEEPALIVE: seconds between the keep-alive comments of an event stream.
+        "JOB_WORKERS": _int(env, "JOB_WORKERS", 256),
+        "JOB_KEEP": _float(env, "JOB_KEEP", 10.0),  # its result (images as base64) is memory: briefly
         "JOB_HEARTBEAT": _float(env, "JOB_HEARTBEAT", 10.0),
         "JOB_KEEPALIVE": _float(env, "JOB_KEEPALIVE", 15.0),
         # Per-client limit on POST /generate, requests per minute; 0 turns it off.
