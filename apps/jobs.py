@@ -44,6 +44,7 @@ from agent.pool import ImageControl
 from apps import records
 from apps.records import (CANCELLED, COLLECTION, ENDED, FAILED, QUEUED, RUNNING, SUCCEEDED, GenerationCall,
                           ImageStep, LLMStep, Recorder, RecordError, Status)
+from core import json_codec
 from core import validation as v
 from core.db import Document, Id, get_db
 from core.backends import get_pool
@@ -141,7 +142,7 @@ class Event:
         data = self.data
         if self.kind == "progress" and not preview:
             data = {key: value for key, value in data.items() if key != "preview"}
-        return f"id: {self.id}\nevent: {self.kind}\ndata: {records.json_codec.dumps(data).decode()}\n\n"
+        return f"id: {self.id}\nevent: {self.kind}\ndata: {json_codec.dumps(data).decode()}\n\n"
 
 
 class Job:
@@ -192,11 +193,12 @@ class Job:
     def _on_step(self, step: str, state: str, entry: LLMStep | ImageStep | None) -> None:
         data: dict[str, Any] = {"name": step, "state": state}
         if entry is not None:
-            data["attempt"] = getattr(entry, "attempt", getattr(entry, "attempts", None))
+            data["attempt"] = entry.attempt if isinstance(entry, LLMStep) else entry.attempts
+        with self._changed:  # steps finish on the pipeline's threads at once
             if state == "finished" and step not in self._done:
                 self._done.add(step)
                 self._images_done += isinstance(entry, ImageStep)
-        self.emit("step", data)
+            self.emit("step", data)
 
     def _on_image(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "progress":
@@ -204,8 +206,9 @@ class Job:
 
     def progress(self) -> Progress:
         """Return how far the job got."""
-        return Progress(steps_done=len(self._done), steps_total=self._steps_total, images_done=self._images_done,
-                        images_total=self._images_total)
+        with self._changed:
+            return Progress(steps_done=len(self._done), steps_total=self._steps_total,
+                            images_done=self._images_done, images_total=self._images_total)
 
     def view(self, pool: Any) -> JobView:
         """Return the job's state for GET /jobs/<id>."""
@@ -312,9 +315,9 @@ class Jobs:
                 log.debug("could not mark %d running jobs alive: %s", len(live), type(error).__name__)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop taking jobs, cancel the waiting ones, and give the running ones `timeout` seconds to end."""
+        """Stop taking jobs and give the ones submitted `timeout` seconds to end (each ends, and is recorded)."""
         self._closed.set()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown(wait=False)  # the queued ones still run: each has a record and maybe a waiter
         deadline = time.monotonic() + timeout
         with self._lock:
             running = [job for job in self._jobs.values() if not job.ended]

@@ -1,7 +1,8 @@
 """Generations as jobs over loopback HTTP: submitted, followed with a real SSE client, cancelled, read back.
 
-The app is served by a real threaded server; the events are read with sseclient-py over a
-streaming `requests` response, as a browser's EventSource would read them.
+The app is served by a real threaded server (and once by gunicorn, as in production); the
+events are read with sseclient-py over a streaming `requests` response, as a browser's
+EventSource would read them.
 """
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import base64
 import json
 import threading
 import time
+import uuid
+
 import pytest
 import requests
 import sseclient
 from werkzeug.serving import make_server
 
-from tests.helpers import PROMPTS, RAPID_TWO, all_records, body, check_rapid, wait_until
+from tests.helpers import PROMPTS, RAPID_TWO, SIM_KEY, all_records, body, check_rapid, wait_until
+from tests.production_server import serving
 
 TOKEN = "jobs-token"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -116,7 +120,7 @@ def test_events_come_in_order_with_ids_and_resume_after_last_event_id(served, si
 
 def test_cancel_interrupts_exactly_the_instance_drawing_the_job_and_nothing_else(served, sims):
     for sd in sims.sds:
-        sd.per_step = 0.2  # 4 s an image: cancelled long before it ends
+        sd.per_step = 0.1  # 3 s an image (the study's 30 steps): cancelled long before it ends
     app, base = served()
     mine = submit(base, prompts={"task": "a", "num": 1})
     other = submit(base, prompts={"task": "b", "num": 1}, headers={"User-Agent": "another participant"})
@@ -218,3 +222,17 @@ def test_a_quiet_stream_sends_keep_alive_comments(served, sims):
         lines = [line for line in response.iter_lines(decode_unicode=True)]
     assert lines.count(": keep-alive") >= 2
     assert [line for line in lines if line.startswith("event: ")][-1] == "event: result"  # and then it ended
+
+
+def test_the_production_server_streams_a_jobs_events_to_their_end(mongo_uri, tmp_path, sims):
+    """Under gunicorn and its worker (core/worker.py), as operators run it: the stream flows and ends."""
+    with serving(MONGO_URI=mongo_uri, MONGO_DB=f"jobs_{uuid.uuid4().hex[:12]}", DATA_DIR=str(tmp_path / "var"),
+                 AZURE_OPENAI_ENDPOINT=sims.chat.url, AZURE_OPENAI_API_KEY=SIM_KEY,
+                 SD_ENDPOINTS=",".join(sd.endpoint for sd in sims.sds), JOB_KEEPALIVE="0.2") as server:
+        base = f"http://127.0.0.1:{server.port}"
+        sims.chat.latency = 0.3  # a quiet moment or two for the keep-alive comments
+        submitted = submit(base)
+        seen = events(base, submitted["id"])
+        assert [e.event for e in seen][-2:] == ["status", "result"] and '"succeeded"' in seen[-2].data
+        check_rapid({"success": True, "code": 0, "data": json.loads(seen[-1].data)["data"]}, 2)
+        assert [int(e.id) for e in seen] == list(range(1, len(seen) + 1))
