@@ -141,13 +141,16 @@ def client_now() -> tuple[str | None, str | None]:
     return (str(address) if address else None), (agent[:MAX_USER_AGENT] if agent else None)
 
 
-def clues(db: Database, username: str | None, shown: Clues) -> Clues:
-    """Return the clues of the current request: what its prompts showed, who sent it and from where."""
+def clues(db: Database | None, username: str | None, shown: Clues) -> Clues:
+    """Return the clues of the current request: what its prompts showed, who sent it and from where.
+
+    Without `db` (the database is away) the client's participants are not looked up.
+    """
     if username is not None:
         return shown.model_copy(update={"username": username})
     address, agent = client_now()
     candidates = None
-    if address is not None:
+    if address is not None and db is not None:
         window = timedelta(seconds=current_app.config["ATTRIBUTION_WINDOW"])
         now = datetime.now(timezone.utc)
         try:

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Annotated, Any, Literal, Protocol, Union
 
 from flask import Blueprint, Flask, current_app
 from pydantic import BaseModel, Field, create_model
 import pymongo
+from pymongo.database import Database
 from pymongo.errors import PyMongoError
 from typing_extensions import TypeAliasType
 
@@ -119,16 +121,13 @@ def read_call() -> GenerationCall:
     if body.type not in handler.pipelines:
         raise BadInput("type", f"app {body.appid} has no type {body.type}; its types are {_listed(handler.pipelines)}")
     prompts = handler.read(body.type, body.prompts)
-    with pymongo.timeout(ASIDE_TIMEOUT):  # the evidence is worth a second at most
-        clues = attribution.clues(get_db(), body.username, handler.clues(prompts))
-    return GenerationCall(body.appid, body.type, body.username, handler, prompts, clues)
+    return GenerationCall(body.appid, body.type, body.username, handler, prompts)
 
 
-def image_owner(call: GenerationCall) -> str:
+def image_owner(db: Database, call: GenerationCall) -> str:
     """Return whose turn the call's images take in the pool's line: its participant, else its client."""
     try:
-        with pymongo.timeout(ASIDE_TIMEOUT):
-            username = attribution.attribute(get_db(), call.clues).username if call.clues is not None else None
+        username = attribution.attribute(db, call.clues).username if call.clues is not None else None
     except PyMongoError as error:  # the generation runs without the database; its record is attributed later
         log.warning("could not attribute a generation before it ran: %s", type(error).__name__)
         username = None
@@ -140,7 +139,16 @@ def submit() -> Job:
     limit_generate()  # before any work: a client over its budget costs nothing and leaves no record
     call = read_call()
     register.admit(call.username)
-    return get_jobs().submit(call, get_db(), get_journal(), image_owner(call), get_gpt(), get_pool())
+    db, journal = get_db(), get_journal()  # outside the budget below: the first call sets up the indexes
+    shown = call.handler.clues(call.prompts)
+    if journal.backlog:  # records wait for the database: it would not answer these either
+        call = replace(call, clues=attribution.clues(None, call.username, shown))
+        return get_jobs().submit(call, db, journal, call.username or client_key(), get_gpt(), get_pool())
+    # One budget for all the database does that the generation can do without: its evidence, whose
+    # turn its images take, its queued record. A database that hangs delays it by ASIDE_TIMEOUT, once.
+    with pymongo.timeout(ASIDE_TIMEOUT):
+        call = replace(call, clues=attribution.clues(db, call.username, shown))
+        return get_jobs().submit(call, db, journal, image_owner(db, call), get_gpt(), get_pool())
 
 
 @bp.post("/generate")

@@ -44,7 +44,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, StringConstraints
 from pydantic_core import PydanticCustomError
 import pymongo
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, WriteConcern
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
@@ -69,6 +69,7 @@ MAX_TYPE = 1000
 # Seconds the database may take for what a generation can do without (its queued and running
 # marks, the evidence looked up as it arrives): a database that hangs delays it no longer.
 ASIDE_TIMEOUT = 1.0
+MARK = WriteConcern(w=1)  # the queued and running marks: acknowledged, not journaled (no fsync each)
 NEWEST_FIRST = [("createdAt", DESCENDING), ("_id", DESCENDING)]
 IMMUTABLE = "public, max-age=31536000, immutable"
 # Blobs of saved schemes keep the media type their data URI declared (text/html, SVG with
@@ -375,9 +376,12 @@ class Recorder:
 
     def queued(self) -> None:
         """Store the record as queued, attributed, so it can be looked up before it runs."""
+        if self.journal is not None and self.journal.backlog:
+            return  # the database takes no records now: the end waits in the journal with the rest
         try:
             with pymongo.timeout(ASIDE_TIMEOUT):
-                self.stored(QUEUED).store(self.db)
+                # Unjournaled, as the running mark: the record of the end, journaled, holds it all.
+                self.stored(QUEUED).store(self.db.with_options(write_concern=MARK))
         except PyMongoError as error:
             log.warning("generation %s: its queued record was not stored (%s); its end will be",
                         self.record_id, type(error).__name__)
@@ -389,10 +393,12 @@ class Recorder:
 
     def __enter__(self) -> Recorder:
         self._running_at = datetime.now(timezone.utc)  # stored with the end (a $set would write it as text)
+        if self.journal is not None and self.journal.backlog:
+            return self
         try:
             with pymongo.timeout(ASIDE_TIMEOUT):
-                self.db[COLLECTION].update_one({"_id": self.record_id, "status": QUEUED},
-                                               {"$set": {"status": RUNNING}})
+                self.db[COLLECTION].with_options(write_concern=MARK).update_one(
+                    {"_id": self.record_id, "status": QUEUED}, {"$set": {"status": RUNNING}})
         except PyMongoError as error:
             log.debug("generation %s: not marked running: %s", self.record_id, type(error).__name__)
         return self
@@ -574,6 +580,11 @@ class RecordJournal:
                 return sum(chunk.count(b"\n") for chunk in iter(lambda: journal.read(1 << 20), b""))
         except FileNotFoundError:
             return 0
+
+    @property
+    def backlog(self) -> bool:
+        """Whether records wait for the database: it did not take the last ones, so spare it what can be spared."""
+        return self._holds_records()
 
     def _holds_records(self) -> bool:
         """Return whether the file holds anything (without reading it)."""

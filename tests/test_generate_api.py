@@ -10,6 +10,7 @@ import hashlib
 import json
 import socket
 import threading
+import time
 
 import bson
 import pytest
@@ -328,7 +329,10 @@ def test_more_waiting_images_than_the_cap_is_429_code_1_and_cancels_the_rest(mak
     answer = response.get_json()
     assert response.status_code == 429 and answer["code"] == 1 and answer["success"] is False
     assert "SD_MAX_QUEUED_PER_PARTICIPANT" in answer["message"] and int(response.headers["Retry-After"]) >= 1
-    assert sum(len(sd.jobs) for sd in sims.sds) == 2 + 3  # the warm-up's two, then only the three that ran
+    # The warm-up's two, then only the three that ran (each ends on its instance after the answer).
+    wait_until(lambda: sum(len(sd.jobs) for sd in sims.sds) == 2 + 3, what="the interrupted images to end")
+    time.sleep(0.2)
+    assert sum(len(sd.jobs) for sd in sims.sds) == 2 + 3
     snapshot = client.application.extensions["sd_pool"].snapshot()
     assert snapshot["waiting"] == 0 and all(i["state"] == "idle" and i["failures"] == 0
                                             for i in snapshot["instances"])

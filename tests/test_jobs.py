@@ -236,3 +236,19 @@ def test_the_production_server_streams_a_jobs_events_to_their_end(mongo_uri, tmp
         assert [e.event for e in seen][-2:] == ["status", "result"] and '"succeeded"' in seen[-2].data
         check_rapid({"success": True, "code": 0, "data": json.loads(seen[-1].data)["data"]}, 2)
         assert [int(e.id) for e in seen] == list(range(1, len(seen) + 1))
+
+
+@pytest.mark.parametrize(("sent", "field"), [
+    ({"appid": 0, "type": 0, "prompts": {"task": "", "num": 6}}, "prompts.task"),
+    ({"appid": 0, "type": 0, "prompts": {"task": "x", "num": 99}}, "prompts.num"),
+    ({"appid": 7, "type": 0, "prompts": {}}, "appid"),
+    ({"appid": 0, "type": 9, "prompts": {}}, "type"),
+    ({"appid": 0, "type": 1, "prompts": {"designTask": "x", "designTexts": [], "designImage": "data:image/png;base64,AAAA",
+                                         "schemeId": 1}}, "prompts.designImage"),
+    ([1, 2], "body"),
+])
+def test_jobs_refuses_what_generate_refuses_and_submits_nothing(client, db, sent, field):
+    answers = [client.post(path, json=sent) for path in ("/generate", "/jobs")]
+    assert [a.status_code for a in answers] == [400, 400]
+    assert answers[0].get_json() == answers[1].get_json() and answers[1].get_json()["message"].startswith(field)
+    assert db.generations.count_documents({}) == 0
