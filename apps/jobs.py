@@ -165,7 +165,6 @@ class Job:
         self._images_done = 0
         self._events: list[Event] = []
         self._changed = threading.Condition()
-        self._cancel = threading.Event()
 
     @property
     def id(self) -> ObjectId:
@@ -221,7 +220,6 @@ class Job:
         """Stop the job: no step starts after, its images are interrupted; return False if it had ended."""
         if self.ended:
             return False
-        self._cancel.set()
         self.control.cancel()
         return True
 
@@ -229,7 +227,7 @@ class Job:
         """Run the pipeline, record each state and end with the `result` or `error` event."""
         try:
             with self.recorder as recorder, generation_observed(recorder):
-                if self._cancel.is_set():
+                if self.control.cancelled:  # only a cancel can have cancelled it before it ran
                     raise Cancelled("the generation was cancelled before it started")
                 self.started_at, self.status = recorder.running_since, RUNNING
                 self.emit("status", {"status": RUNNING})

@@ -323,13 +323,14 @@ class StoredRecord:
         stored = db[COLLECTION].find_one({"_id": self.record_id}, {"participant": 1})
         kept = (stored or {}).get("participant")
         chosen = kept if kept and kept.get("method") in attribution.FIXED else attribution.as_dict(participant)
-        if stored is None:
-            try:
-                db[COLLECTION].insert_one({**self.document, "participant": chosen})
-            except DuplicateKeyError:  # stored meanwhile by another try
-                stored = {}
-        if stored is not None:
-            db[COLLECTION].replace_one({"_id": self.record_id}, {**self.document, "participant": chosen})
+        whole = {**self.document, "participant": chosen}
+        try:
+            if stored is None:
+                db[COLLECTION].insert_one(whole)
+            else:
+                db[COLLECTION].replace_one({"_id": self.record_id}, whole)
+        except DuplicateKeyError:  # stored meanwhile by another try
+            db[COLLECTION].replace_one({"_id": self.record_id}, whole)
         # A save that brought evidence while this was weighed found no record to update: look again.
         _settle(db, self.record_id, clues, participant)
 
