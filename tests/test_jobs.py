@@ -146,9 +146,10 @@ def test_a_client_leaving_generate_cancels_nothing_and_the_result_stays_readable
         pass  # the client gave up and closed its connection
     (record,) = wait_until(lambda: [r for r in all_records(database_of(app)) if r["status"] == "succeeded"],
                            what="the job to end")
-    # Read back from its record alone (JOB_KEEP=0): the result as /generate would have answered it.
-    found = job(base, str(record["_id"]))
-    assert found["status"] == "succeeded"
+    # The record is stored just before the job in memory ends (so that its end is readable once told):
+    # then, with JOB_KEEP=0, it is read back from its record alone, as /generate would have answered it.
+    found = wait_until(lambda: (seen := job(base, str(record["_id"])))["status"] == "succeeded" and seen,
+                       what="the job to be told ended")
     check_rapid({"success": True, "code": 0, "data": found["result"]}, 2)
     replay = events(base, str(record["_id"]))
     assert [e.event for e in replay] == ["status", "result"] and '"succeeded"' in replay[0].data
