@@ -163,6 +163,13 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "JOB_KEEP": _float(env, "JOB_KEEP", 10.0),  # its result (images as base64) is memory: briefly
         "JOB_HEARTBEAT": _float(env, "JOB_HEARTBEAT", 10.0),
         "JOB_KEEPALIVE": _float(env, "JOB_KEEPALIVE", 15.0),
+        # Several server processes (gunicorn -w N, several hosts) share the SD pool, the GPT and
+        # /generate limits and the job events through one Redis (core/shared.py); unset, a
+        # process keeps them to itself and must be the only one. SHARED_TTL: seconds what a
+        # process holds there (instance leases, GPT slots) outlives it when it is killed.
+        "REDIS_URL": env.get("REDIS_URL") or None,
+        "REDIS_PREFIX": env.get("REDIS_PREFIX") or "refinity:",
+        "SHARED_TTL": _float(env, "SHARED_TTL", 10.0),
         # Per-client limit on POST /generate, requests per minute; 0 turns it off.
         "GENERATE_RATE_LIMIT": _int(env, "GENERATE_RATE_LIMIT", 0),
     }

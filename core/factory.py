@@ -10,7 +10,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import config
-from core import backends, db, envelope, monitoring, request_body, security
+from core import backends, db, envelope, monitoring, request_body, security, shared
 from core.embedded_store import EmbeddedStore
 from core.json_codec import ApiJSON
 
@@ -47,6 +47,7 @@ def create_app(overrides: Mapping[str, Any] | None = None, *, env: Mapping[str, 
     envelope.register_error_handlers(app)
     request_body.init_app(app)
     _open_store(app)
+    shared.init_app(app)  # before the backends and limits that share through it
     backends.init_app(app)
     monitoring.init_app(app)  # the first request hooks, so even a refused request gets an id and a log line
     security.init_app(app)
@@ -58,7 +59,7 @@ def create_app(overrides: Mapping[str, Any] | None = None, *, env: Mapping[str, 
 
 
 def close_app(app: Flask) -> None:
-    """Close what `app` opened, in the reverse order: jobs, records waiting, backends, database, store.
+    """Close what `app` opened, in the reverse order: jobs, records waiting, backends, shared state, database, store.
 
     The entry points call it when they stop (app.py, gunicorn's worker_exit); the atexit
     hooks of the parts are only the backstop of a process that exits without it.
@@ -70,6 +71,7 @@ def close_app(app: Flask) -> None:
     if journal is not None:
         journal.close()
     backends.close_app_backends(app)
+    app.extensions[shared.EXTENSION].close()
     app.extensions["mongo"].close()
     embedded = app.extensions.get("embedded_store")
     if embedded is not None:

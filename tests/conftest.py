@@ -8,6 +8,9 @@
 - `chat_sim` is a chat-completions simulator, `sd_sims` starts WebUI simulators, `sims` is
   one of the first and three of the second; `make_gpt` and `sd_pools` build clients of them.
 - `make_gen_app`/`gen_app`/`gen_client`/`gen_db`: an app wired to `sims`.
+- `redis_url` is a real redis-server started once per session; `shared` is the shared state
+  of a deployment (core.shared) in each of its two implementations, "process" and "redis",
+  and `sd_pools` builds pools on it, so every test of the pool runs against both.
 Every fixture stops or closes what it started after the test, the last first and each
 whatever another's closing raised (an ExitStack).
 """
@@ -30,11 +33,18 @@ from agent.pool import SDInstancePool
 from apps.paint.pipelines import PaintApp
 from config import from_env
 from core.embedded_store import EmbeddedStore
+from core.shared import InProcess, InRedis, Shared
 from core.factory import close_app, create_app
 from simulators.chat import ChatSimulator
 from simulators.webui import SDWebUISimulator
+from tests import redis_server
 from tests.helpers import API_VERSION, SIM_KEY, Sims, backend_settings
 from tests.tcp_gate import TcpGate
+
+
+def pytest_report_header() -> str:
+    """Say in one line whether the Redis half of the shared suite runs here."""
+    return f"redis: {redis_server.version()}"
 
 
 # -- the database and apps on it ---------------------------------------------------------
@@ -105,6 +115,46 @@ def gated_app(make_app, wire_gate: TcpGate) -> Flask:
 def paint() -> PaintApp:
     """The paint app on the real settings/ directory (checked once per session), without Flask."""
     return PaintApp()
+
+
+# -- the shared state of a deployment, in both implementations ------------------------------
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    """Start a real redis-server for the whole session and return its URL (skip where it is missing)."""
+    if redis_server.binary() is None:
+        pytest.skip(redis_server.MISSING)
+    server = redis_server.RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def make_shared(request: pytest.FixtureRequest) -> Iterator[Callable[..., Shared]]:
+    """Return a factory of shared states of `kind` ("process" or "redis": each on keys of its own test)."""
+    closing = ExitStack()
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+
+    def make(kind: str, **settings: Any) -> Shared:
+        if kind == "process":
+            return InProcess()
+        shared = InRedis(request.getfixturevalue("redis_url"), prefix=prefix, **settings)
+        closing.callback(shared.close)
+        return shared
+
+    with closing:
+        yield make
+
+
+@pytest.fixture(params=["process", "redis"])
+def shared_kind(request: pytest.FixtureRequest) -> str:
+    """Each implementation of the shared state in turn: the shared suite runs against both."""
+    return request.param
+
+
+@pytest.fixture
+def shared(make_shared, shared_kind: str) -> Shared:
+    """The shared state of one deployment, in this process or in Redis."""
+    return make_shared(shared_kind)
 
 
 # -- simulated backends and clients of them -------------------------------------------------
