@@ -354,6 +354,7 @@ def expect(path: str, value: Any, response: schemathesis.Response, accepted: boo
 # POST /jobs reads its body with /generate's code (apps.generate.read_call) and each valid one runs a
 # whole pipeline: schemathesis sends /generate its cases, and tests/test_jobs.py checks that /jobs
 # refuses the same bodies the same way.
+@pytest.mark.fuzz  # about two minutes: its own suite (-m fuzz), which .ci/run runs
 @SCHEMA.exclude(operation_id="submitJob").parametrize()
 def test_every_operation_answers_as_the_document_says(case, env):
     """Examples, coverage cases and random data, valid and not, of every documented operation."""
