@@ -1,4 +1,4 @@
-"""A fair, failure-aware pool of Stable Diffusion WebUI instances shared by the whole server.
+"""A fair, failure-aware pool of Stable Diffusion WebUI instances shared by the whole deployment.
 
 A WebUI runs one generation at a time and silently queues the rest, so sending it several
 jobs stacks them on one GPU while others idle. The pool is therefore a semaphore with one
@@ -6,9 +6,8 @@ slot per instance: `acquire()` waits for a free instance and `release()` gives i
 and `txt2img()` runs each attempt of a job between the two, releasing in a `finally`.
 
 Waiters stand in one line, and whoever frees an instance hands it straight to the head of
-the line under the lock, so a thread arriving later can never barge in ahead of the line's
-order (a bare Condition would let it). Each waiter sleeps on its own Event. The line's
-order is SD_QUEUE_ORDER:
+the line in the same atomic step, so a job arriving later can never barge in ahead of the
+line's order. The line's order is SD_QUEUE_ORDER:
 
 - "fair" (the default) serves owners in turn: each owner with images waiting gets one
   instance per round, so one participant's 24 images cannot hold back everyone who
@@ -34,6 +33,16 @@ or waiter wake-up after a cooldown ends starts a short-lived thread that probes 
 instance (GET /internal/ping, else /sdapi/v1/progress); only a passing probe puts it back
 in the pool, a failed one restarts the cooldown. When every instance is cooling down,
 callers and waiters get `AllInstancesDown` at once instead of waiting for the acquire timeout.
+
+Where the line and the instances' states are kept is the pool's board, and there are two:
+- `_LocalBoard` keeps them in this process, under one lock: right for a server that is one
+  process, and wrong for several, which would each lend every instance once.
+- `_RedisBoard` (REDIS_URL set: core.shared.InRedis) keeps them in Redis for every process
+  of the deployment, each step one Lua script and each wait a BLPOP. A lease expires unless
+  the process holding it renews it, so the instances of a killed process come back within
+  the shared ttl (interrupted first: the WebUI would go on drawing the dead one's image);
+  cooldowns and probe results are the deployment's, one probe per instance for all.
+Both serve the same order, and every test of the pool runs against both.
 """
 from __future__ import annotations
 
@@ -43,6 +52,7 @@ import logging
 import math
 import threading
 import time
+import uuid
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +64,7 @@ from agent.errors import (
 )
 from agent.sd import Generation, SDEndpoint, interrupt, ping, progress, text2Image
 from core.image_store import Image
+from core.shared import InRedis, Shared
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +76,6 @@ EventHandler = Callable[[str, dict[str, Any]], None]
 WARN_WAIT = 30.0  # a job waiting this many seconds for an instance means the pool is too small
 WARN_EVERY = 60.0  # seconds between two such warnings
 PROGRESS_EVERY = 1.0  # seconds between two progress polls of the instance running a job
-_begun = itertools.count()  # the order generations began in, for the line within one owner
 
 
 @dataclass(frozen=True)
@@ -94,8 +104,9 @@ class ImageControl:
     def __init__(self, owner: str, *, on_event: EventHandler | None = None, preview: bool = False) -> None:
         self.owner = owner
         self.on_event, self.preview = on_event, preview
-        self._key: Hashable = owner  # whose turn in the fair line
-        self._begun = next(_begun)
+        self._key = owner  # whose turn in the fair line
+        # When it began (wall clock, µs, so processes of one deployment agree), for the order within one owner.
+        self._begun = time.time_ns() // 1000
         self._lock = threading.Lock()
         self._cancelled = False
         self._jobs: set[_Job] = set()  # waiting or running now
@@ -104,7 +115,7 @@ class ImageControl:
     def anonymous(cls) -> ImageControl:
         """Return a control whose owner is itself alone (a txt2img called without one)."""
         control = cls("anonymous")
-        control._key = control  # no other job can share its turn
+        control._key = f"\x00anonymous {uuid.uuid4().hex}"  # no owner's name: no other job can share its turn
         return control
 
     @property
@@ -144,7 +155,11 @@ class ImageControl:
 
 @dataclass(eq=False)
 class _Instance:
-    """One WebUI instance: its state in the pool and its counters (changed only under the lock)."""
+    """One WebUI instance of a pool: its endpoint and gate, and the local board's state and counters of it.
+
+    The state and counters are `_LocalBoard`'s, changed only under its lock; `_RedisBoard`
+    keeps them in Redis, for every process.
+    """
 
     endpoint: SDEndpoint
     state: InstanceState = IDLE
@@ -163,32 +178,23 @@ class _Instance:
         """Return whether the cooldown is over, so the instance should be probed."""
         return self.state == COOLDOWN and self.cooldown_until <= now
 
-    def to_dict(self, now: float) -> dict[str, Any]:
-        """Return the counters and state, for metrics (no credentials)."""
+    def view(self, now: float) -> dict[str, Any]:
+        """Return the state and counters, for metrics (no credentials)."""
         busy = self.busy_seconds + (now - self.leased_at if self.state == BUSY else 0.0)
-        return {
-            "name": self.endpoint.name,
-            "state": self.state,
-            "healthy": self.state not in (COOLDOWN, PROBING),  # a probe still running proves nothing yet
-            "in_flight": 1 if self.state == BUSY else 0,
-            "jobs": self.jobs,
-            "failures": self.failures,
-            "busy_seconds": round(busy, 3),
-            "cooldowns": self.cooldowns,
-            "cooldown_remaining": round(max(0.0, self.cooldown_until - now), 3)
-            if self.state == COOLDOWN else 0.0,
-            "last_error": self.last_error,
-        }
+        return _instance_view(self.endpoint.name, self.state, jobs=self.jobs, failures=self.failures,
+                              busy_seconds=busy, cooldowns=self.cooldowns,
+                              cooldown_remaining=max(0.0, self.cooldown_until - now), last_error=self.last_error)
 
 
 @dataclass(eq=False)
 class _Job:
-    """One txt2img call of a control: where it waits or runs now (changed only under the pool's lock)."""
+    """One txt2img call of a control: where it waits (on its board) or runs now."""
 
     pool: SDInstancePool
     control: ImageControl
-    waiter: _Waiter | None = None
-    instance: _Instance | None = None
+    waiter: _Waiter | None = None  # on the local board, under its lock
+    ticket: str | None = None  # on the Redis board
+    instance: _Instance | None = None  # under the pool's `_running` lock
 
 
 @dataclass(eq=False)
@@ -204,7 +210,7 @@ class _Waiter:
     def serve(self, instance: _Instance | None = None, error: SDError | None = None) -> None:
         """Hand the waiter an instance or an error and wake it."""
         self.instance, self.error = instance, error
-        self.job.waiter, self.job.instance = None, instance
+        self.job.waiter = None
         self.event.set()
 
 
@@ -341,13 +347,62 @@ def _job_failed(error: SDError, job: JobContext) -> SDError:
     return type(error)(str(error), status=error.status, job=job)
 
 
+
+
+def _instance_view(name: str, state: InstanceState, *, jobs: int, failures: int, busy_seconds: float,
+                   cooldowns: int, cooldown_remaining: float, last_error: str) -> dict[str, Any]:
+    """Return one instance's state and counters as /metrics and /readyz show them (no credentials)."""
+    return {
+        "name": name,
+        "state": state,
+        "healthy": state not in (COOLDOWN, PROBING),  # a probe still running proves nothing yet
+        "in_flight": 1 if state == BUSY else 0,
+        "jobs": jobs,
+        "failures": failures,
+        "busy_seconds": round(busy_seconds, 3),
+        "cooldowns": cooldowns,
+        "cooldown_remaining": round(cooldown_remaining, 3) if state == COOLDOWN else 0.0,
+        "last_error": last_error,
+    }
+
+
+def _down_message(views: Sequence[Mapping[str, Any]]) -> str | None:
+    """Return why every instance is down when all of them cool down, else None."""
+    if not views or any(view["state"] != COOLDOWN for view in views):
+        return None
+    causes = "; ".join(view["last_error"] for view in views)
+    retry = min(view["cooldown_remaining"] for view in views)
+    return f"all {len(views)} Stable Diffusion instances are down (next retry in {retry:.0f}s): {causes}"
+
+
+def _too_many_queued(max_queued: int, last_position: int | None, views: Sequence[Mapping[str, Any]],
+                     leases: int) -> TooManyQueued:
+    """Return the refusal of an owner's image over the cap, with when its last waiting image should start."""
+    retry_after = None
+    up = sum(1 for view in views if view["state"] in (IDLE, BUSY))
+    if last_position is not None and leases and up:
+        per_job = sum(view["busy_seconds"] for view in views) / leases  # the pace jobs ran at so far
+        retry_after = float(math.ceil(last_position * per_job / up))
+    return TooManyQueued(f"{max_queued} images of this participant already wait for a Stable Diffusion "
+                         "instance (SD_MAX_QUEUED_PER_PARTICIPANT); ask again when some are done",
+                         retry_after=retry_after)
+
+
 class SDInstancePool:
-    """Lend WebUI instances one job at a time, fairly, with failover and cooldowns."""
+    """Lend WebUI instances one job at a time, fairly, with failover and cooldowns.
+
+    Where the instances' states and the line are kept is the pool's board: in this process
+    (`_LocalBoard`), or in Redis for every process of the deployment (`_RedisBoard`, when
+    `shared` is core.shared.InRedis). The pool itself runs the jobs: attempts, failover,
+    progress and cancel, the same on either board.
+    """
 
     def __init__(self, endpoints: Sequence[str], *, connect_timeout: float, read_timeout: float,
                  acquire_timeout: float, cooldown: float, max_attempts: int, probe_timeout: float,
                  order: QueueOrder = FAIR, max_queued_per_owner: int = 0,
-                 progress_every: float = PROGRESS_EVERY) -> None:
+                 progress_every: float = PROGRESS_EVERY, shared: Shared | None = None) -> None:
+        if order not in (FAIR, FIFO):
+            raise ValueError(f"the queue order must be {FAIR!r} or {FIFO!r}, got {order!r}")
         unique: dict[str, SDEndpoint] = {}
         for url in endpoints:
             endpoint = SDEndpoint.parse(url)
@@ -356,20 +411,21 @@ class SDInstancePool:
             unique.setdefault(endpoint.base_url, endpoint)
         self._instances = [_Instance(endpoint) for endpoint in unique.values()]
         self._by_endpoint = {instance.endpoint: instance for instance in self._instances}
-        self._idle = deque(self._instances)  # least recently used first
-        self._line = _Line(order)
-        self._lock = threading.Lock()
         self._timeouts = (connect_timeout, read_timeout)
         self._acquire_timeout, self._max_attempts = acquire_timeout, max(1, max_attempts)
-        self._cooldown, self._probe_timeout = cooldown, probe_timeout
-        self._max_queued, self._progress_every = max(0, max_queued_per_owner), progress_every
-        self._total_wait, self._leases, self._closed = 0.0, 0, False
-        self._last_warning = -WARN_EVERY
-        self._probes: set[threading.Thread] = set()
+        self._probe_timeout, self._progress_every = probe_timeout, progress_every
+        self._running = threading.Lock()  # guards each job's `instance`, which cancel reads
+        self._total_wait, self._last_warning = 0.0, -WARN_EVERY
+        settings = {"order": order, "cooldown": cooldown, "probe_timeout": probe_timeout,
+                    "max_queued": max(0, max_queued_per_owner)}
+        if isinstance(shared, InRedis):
+            self._board: _Board = _RedisBoard(self._instances, shared, **settings)
+        else:
+            self._board = _LocalBoard(self._instances, **settings)
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> SDInstancePool:
-        """Build the pool from the settings (config.from_env: SD_ENDPOINTS, SD_*_TIMEOUT, ...)."""
+    def from_config(cls, cfg: Mapping[str, Any], shared: Shared | None = None) -> SDInstancePool:
+        """Build the pool from the settings (config.from_env: SD_ENDPOINTS, SD_*_TIMEOUT, ...) on `shared`."""
         return cls(
             cfg["SD_ENDPOINTS"],
             connect_timeout=cfg["SD_CONNECT_TIMEOUT"],
@@ -380,6 +436,7 @@ class SDInstancePool:
             probe_timeout=cfg["SD_PROBE_TIMEOUT"],
             order=cfg["SD_QUEUE_ORDER"],
             max_queued_per_owner=cfg["SD_MAX_QUEUED_PER_PARTICIPANT"],
+            shared=shared,
         )
 
     # -- the semaphore ----------------------------------------------------------------------
@@ -393,7 +450,9 @@ class SDInstancePool:
 
     def release(self, endpoint: SDEndpoint, failure: str | None = None) -> None:
         """Take a leased instance back: idle again, or cooling down when `failure` names its fault."""
-        self._give_back(self._by_endpoint[endpoint], failure)
+        instance = self._by_endpoint[endpoint]
+        with instance.gate:
+            self._board.give_back(instance, failure)
 
     # -- jobs -------------------------------------------------------------------------------
     def txt2img(self, payload: dict[str, Any], control: ImageControl | None = None) -> SDResult:
@@ -412,9 +471,7 @@ class SDInstancePool:
 
     def queue_position(self, control: ImageControl) -> int | None:
         """Return the 1-based place in line of the control's first waiting image, None when none waits."""
-        with self._lock:
-            waiter = self._line.first_of(control)
-            return None if waiter is None else self._line.position(waiter)
+        return self._board.position(control)
 
     def _run(self, job: _Job, payload: dict[str, Any]) -> SDResult:
         deadline = time.monotonic() + self._acquire_timeout
@@ -443,12 +500,23 @@ class SDInstancePool:
             return SDResult(generation.images, generation.info, instance.endpoint.name,
                             time.monotonic() - started, waited, attempt, list(tried.errors))
         # Every attempt failed. If that left no instance up, say so: it is the cause to act on.
-        with self._lock:
-            down = self._down_message(time.monotonic()) if self._all_down() else None
+        down = _down_message(self._board.views())
         if down is not None:
             raise AllInstancesDown(down, job=tried) from last
         assert last is not None  # the loop only ends after a failed attempt
         raise _job_failed(last, tried) from last
+
+    def _lease(self, job: _Job, timeout: float | None, *, retry: bool) -> _Instance:
+        """Wait in line for an instance for `job` and return it, the job now running on it."""
+        if not self._instances:
+            raise NoInstancesConfigured("no Stable Diffusion instance is configured: set SD_ENDPOINTS")
+        timeout = self._acquire_timeout if timeout is None else timeout
+        start = time.monotonic()
+        instance = self._board.lease(job, max(0.0, timeout), retry=retry)
+        with self._running:
+            job.instance = instance
+        self._account_wait(time.monotonic() - start)
+        return instance
 
     def _attempt(self, job: _Job, instance: _Instance, payload: dict[str, Any]) -> Generation:
         """Run one attempt on a leased instance, watching its progress, and give the instance back."""
@@ -459,7 +527,7 @@ class SDInstancePool:
             watch = _ProgressWatch(control, instance.endpoint, self._progress_every, self._probe_timeout)
         failure, ok = None, False
         try:
-            if control.cancelled:
+            if control.cancelled:  # read after `job.instance` was set: a cancel either sees it or is seen here
                 raise SDCancelled(f"the generation was cancelled before SD instance {name} began the image")
             try:
                 generation = text2Image(instance.endpoint, payload, timeout=self._timeouts)
@@ -476,17 +544,22 @@ class SDInstancePool:
         finally:
             if watch is not None:
                 watch.end()
-            self._give_back(instance, failure, job)
+            self._give_back(job, instance, failure)
             control._emit("finished", {"instance": name, "ok": ok})
+
+    def _give_back(self, job: _Job, instance: _Instance, failure: str | None) -> None:
+        """Give the instance back once no interrupt is on its way to it (the gate), so none reaches the next job."""
+        with instance.gate:
+            with self._running:
+                job.instance = None
+            self._board.give_back(instance, failure)
 
     def _cancel(self, job: _Job) -> None:
         """Take a cancelled job out of the line, or interrupt the instance running it."""
-        with self._lock:
-            waiter = job.waiter
-            if waiter is not None and self._line.remove(waiter):
-                waiter.serve(error=SDCancelled("the generation was cancelled while the image waited for an "
-                                               "instance"))
-                return
+        if self._board.withdraw(job, SDCancelled("the generation was cancelled while the image waited for an "
+                                                 "instance")):
+            return
+        with self._running:
             instance = job.instance
         if instance is not None:
             self._interrupt(job, instance)
@@ -494,13 +567,23 @@ class SDInstancePool:
     def _interrupt(self, job: _Job, instance: _Instance) -> None:
         """Send POST /sdapi/v1/interrupt to the instance if it still runs `job` (and hold it until sent)."""
         with instance.gate:
-            with self._lock:
+            with self._running:
                 if job.instance is not instance:  # it ended first: the instance may run another's job now
                     return
             try:
                 interrupt(instance.endpoint, timeout=self._probe_timeout)
             except SDError as e:  # the job then runs to its end and is thrown away
                 log.warning("could not interrupt a cancelled job: %s", e)
+
+    def _account_wait(self, waited: float) -> None:
+        with self._running:
+            self._total_wait += waited
+            warn = waited >= WARN_WAIT and time.monotonic() - self._last_warning >= WARN_EVERY
+            if warn:
+                self._last_warning = time.monotonic()
+        if warn:
+            log.warning("an SD job waited %.1fs for a free instance (%d instances, %d jobs still waiting); "
+                        "add WebUI instances to SD_ENDPOINTS", waited, len(self._instances), self._board.waiting())
 
     # -- health, metrics and shutdown -------------------------------------------------------
     def probe_due(self) -> None:
@@ -509,43 +592,91 @@ class SDInstancePool:
         Probes otherwise start only when a job asks for an instance, so a health check calls
         this to let a fully-down pool recover while no traffic reaches it.
         """
-        with self._lock:
-            self._dispatch()
+        self._board.probe_due()
 
     def snapshot(self) -> dict[str, Any]:
-        """Return the pool's counters and each instance's state (no network, no credentials)."""
-        with self._lock:
-            now = time.monotonic()
-            return {
-                "instances": [instance.to_dict(now) for instance in self._instances],
-                "waiting": len(self._line),
-                "order": self._line.order,
-                "total_queue_wait": round(self._total_wait, 3),
-                "leases": self._leases,
-                "closed": self._closed,
-            }
+        """Return the pool's counters and each instance's state (no network, no credentials on the local board)."""
+        with self._running:
+            total_wait = self._total_wait
+        return {**self._board.snapshot(), "total_queue_wait": round(total_wait, 3)}
 
     def close(self) -> None:
         """Refuse new leases, wake every waiter with PoolError and wait for running probes."""
-        with self._lock:
-            self._closed = True
-            for waiter in self._line.drain():
-                waiter.serve(error=PoolError("the Stable Diffusion pool is closed"))
-            probes = list(self._probes)
-        for thread in probes:
-            thread.join(self._probe_timeout + 1.0)
+        self._board.close()
 
-    # -- taking the lock themselves ---------------------------------------------------------
-    def _lease(self, job: _Job, timeout: float | None, *, retry: bool) -> _Instance:
-        """Wait in line for an instance for `job` and return it (`acquire`'s errors, SDCancelled, TooManyQueued)."""
-        timeout = self._acquire_timeout if timeout is None else timeout
-        start = time.monotonic()
-        deadline, waiter = start + max(0.0, timeout), _Waiter(job)
+
+class _Board:
+    """Where a pool keeps its instances' states and its line, and who hands out instances.
+
+    `lease` waits in line and returns the instance leased to the job; `give_back` ends a
+    lease (idle, or cooling down after `failure`); `withdraw` takes a waiting job out of line
+    and wakes it with `error`; an instance whose cooldown is over is probed (GET /internal/ping)
+    before it is leased again.
+    """
+
+    order: QueueOrder
+
+    def lease(self, job: _Job, timeout: float, *, retry: bool) -> _Instance:
+        raise NotImplementedError
+
+    def give_back(self, instance: _Instance, failure: str | None) -> None:
+        raise NotImplementedError
+
+    def withdraw(self, job: _Job, error: SDError) -> bool:
+        """Take `job` out of the line, waking it with `error`; return False when it did not wait."""
+        raise NotImplementedError
+
+    def position(self, control: ImageControl) -> int | None:
+        raise NotImplementedError
+
+    def waiting(self) -> int:
+        """Return how many images wait in line."""
+        raise NotImplementedError
+
+    def views(self) -> list[dict[str, Any]]:
+        """Return each instance's `_instance_view`."""
+        raise NotImplementedError
+
+    def snapshot(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def probe_due(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _timeout_message(self, timeout: float, instances: int) -> str:
+        return (f"no Stable Diffusion instance became free within {timeout:g}s "
+                f"({instances} instances, {self.waiting()} other jobs waiting); "
+                "add instances to SD_ENDPOINTS or raise SD_ACQUIRE_TIMEOUT")
+
+
+class _LocalBoard(_Board):
+    """The board of a pool alone in its process: the instances' states and the line in memory, under one lock.
+
+    Waiters stand in one `_Line`, and whoever frees an instance hands it straight to the head
+    of the line under the lock, so a thread arriving later can never barge in ahead of the
+    line's order (a bare Condition would let it). Each waiter sleeps on its own Event, waking
+    at its deadline or when a cooldown ends, to start that instance's probe.
+    """
+
+    def __init__(self, instances: list[_Instance], *, order: QueueOrder, cooldown: float, probe_timeout: float,
+                 max_queued: int) -> None:
+        self.order = order
+        self._instances = instances
+        self._idle = deque(instances)  # least recently used first
+        self._line = _Line(order)
+        self._lock = threading.Lock()
+        self._cooldown, self._probe_timeout, self._max_queued = cooldown, probe_timeout, max_queued
+        self._leases, self._closed = 0, False
+        self._probes: set[threading.Thread] = set()
+
+    def lease(self, job: _Job, timeout: float, *, retry: bool) -> _Instance:
+        deadline, waiter = time.monotonic() + timeout, _Waiter(job)
         with self._lock:
             if self._closed:
                 raise PoolError("the Stable Diffusion pool is closed")
-            if not self._instances:
-                raise NoInstancesConfigured("no Stable Diffusion instance is configured: set SD_ENDPOINTS")
             if job.control.cancelled:  # checked under the lock that cancel() takes to find waiters
                 raise SDCancelled("the generation was cancelled before this image got an instance")
             self._line.add(waiter, retry=retry)
@@ -565,22 +696,18 @@ class SDInstancePool:
                 if time.monotonic() >= deadline:
                     self._line.remove(waiter)
                     job.waiter = None
-                    raise PoolTimeout(self._timeout_message(timeout))
+                    raise PoolTimeout(self._timeout_message(timeout, len(self._instances)))
                 self._dispatch()
                 pause = self._pause(deadline)
         if waiter.error is not None:
             raise waiter.error
         assert waiter.instance is not None
-        self._account_wait(time.monotonic() - start)
         return waiter.instance
 
-    def _give_back(self, instance: _Instance, failure: str | None, job: _Job | None = None) -> None:
-        """Take a leased instance back once no interrupt is on its way to it (see `release`)."""
-        with instance.gate, self._lock:
+    def give_back(self, instance: _Instance, failure: str | None) -> None:
+        with self._lock:
             if instance.state != BUSY:  # a second release would hand one instance to two jobs
                 raise ValueError(f"SD instance {instance.endpoint.name} is not leased")
-            if job is not None:
-                job.instance = None
             instance.busy_seconds += time.monotonic() - instance.leased_at
             self._leases += 1
             if failure is None:
@@ -592,13 +719,49 @@ class SDInstancePool:
                 self._cool(instance, failure)
             self._dispatch()
 
+    def withdraw(self, job: _Job, error: SDError) -> bool:
+        with self._lock:
+            waiter = job.waiter
+            if waiter is None or not self._line.remove(waiter):
+                return False
+            waiter.serve(error=error)
+            return True
+
+    def position(self, control: ImageControl) -> int | None:
+        with self._lock:
+            waiter = self._line.first_of(control)
+            return None if waiter is None else self._line.position(waiter)
+
+    def waiting(self) -> int:
+        return len(self._line)
+
+    def views(self) -> list[dict[str, Any]]:
+        with self._lock:
+            now = time.monotonic()
+            return [instance.view(now) for instance in self._instances]
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            now = time.monotonic()
+            return {"instances": [instance.view(now) for instance in self._instances], "waiting": len(self._line),
+                    "order": self.order, "leases": self._leases, "closed": self._closed, "shared": "process"}
+
+    def probe_due(self) -> None:
+        with self._lock:
+            self._dispatch()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for waiter in self._line.drain():
+                waiter.serve(error=PoolError("the Stable Diffusion pool is closed"))
+            probes = list(self._probes)
+        for thread in probes:
+            thread.join(self._probe_timeout + 1.0)
+
     def _probe(self, instance: _Instance) -> None:
         """Ping an instance whose cooldown is over (on its own short thread, so no job waits for it)."""
-        try:
-            ping(instance.endpoint, timeout=self._probe_timeout)
-            failure = None
-        except Exception as e:  # any failure keeps the instance out, whatever its kind
-            failure = f"probe failed: {e}"
+        failure = _probe_failure(instance.endpoint, self._probe_timeout)
         with self._lock:
             self._probes.discard(threading.current_thread())
             if failure is None:
@@ -608,17 +771,6 @@ class SDInstancePool:
             else:
                 self._cool(instance, failure)
             self._dispatch()
-
-    def _account_wait(self, waited: float) -> None:
-        with self._lock:
-            self._total_wait += waited
-            warn = waited >= WARN_WAIT and time.monotonic() - self._last_warning >= WARN_EVERY
-            if warn:
-                self._last_warning = time.monotonic()
-            waiting = len(self._line)
-        if warn:
-            log.warning("an SD job waited %.1fs for a free instance (%d instances, %d jobs still waiting); "
-                        "add WebUI instances to SD_ENDPOINTS", waited, len(self._instances), waiting)
 
     # -- under the lock ---------------------------------------------------------------------
     def _dispatch(self) -> None:
@@ -635,10 +787,11 @@ class SDInstancePool:
                                           name=f"sd-probe-{instance.endpoint.name}")
                 self._probes.add(thread)
                 thread.start()
-        if self._line and self._all_down():
-            message = self._down_message(now)
-            for waiter in self._line.drain():
-                waiter.serve(error=AllInstancesDown(message))
+        if self._line:
+            message = _down_message([instance.view(now) for instance in self._instances])
+            if message is not None:
+                for waiter in self._line.drain():
+                    waiter.serve(error=AllInstancesDown(message))
 
     def _refuse_over_cap(self, waiter: _Waiter) -> None:
         """Take `waiter` out of line and raise TooManyQueued if its owner now has too many images waiting."""
@@ -647,19 +800,10 @@ class SDInstancePool:
             return
         self._line.remove(waiter)
         waiter.job.waiter = None
-        retry_after = None
         last = self._line.last_of(control)
-        up = sum(1 for i in self._instances if i.state in (IDLE, BUSY))
-        if last is not None and self._leases and up:
-            # When the owner's last waiting image should start, at the pace jobs ran so far.
-            per_job = sum(i.busy_seconds for i in self._instances) / self._leases
-            retry_after = float(math.ceil(self._line.position(last) * per_job / up))
-        raise TooManyQueued(f"{self._max_queued} images of this participant already wait for a Stable Diffusion "
-                            "instance (SD_MAX_QUEUED_PER_PARTICIPANT); ask again when some are done",
-                            retry_after=retry_after)
-
-    def _all_down(self) -> bool:
-        return bool(self._instances) and all(i.state == COOLDOWN for i in self._instances)
+        now = time.monotonic()
+        raise _too_many_queued(self._max_queued, None if last is None else self._line.position(last),
+                               [instance.view(now) for instance in self._instances], self._leases)
 
     def _pause(self, deadline: float) -> float:
         """Return how long a waiter may sleep: until its deadline or the next cooldown ends."""
@@ -673,13 +817,481 @@ class SDInstancePool:
         instance.last_error = cause
         log.warning("SD instance %s set aside for %gs: %s", instance.endpoint.name, self._cooldown, cause)
 
-    def _timeout_message(self, timeout: float) -> str:
-        return (f"no Stable Diffusion instance became free within {timeout:g}s "
-                f"({len(self._instances)} instances, {len(self._line)} other jobs waiting); "
-                "add instances to SD_ENDPOINTS or raise SD_ACQUIRE_TIMEOUT")
 
-    def _down_message(self, now: float) -> str:
-        causes = "; ".join(i.last_error for i in self._instances)
-        retry = min(i.cooldown_until for i in self._instances) - now
-        return (f"all {len(self._instances)} Stable Diffusion instances are down "
-                f"(next retry in {retry:.0f}s): {causes}")
+def _probe_failure(endpoint: SDEndpoint, timeout: float) -> str | None:
+    """Ping an instance; return why it failed, or None when it answers."""
+    try:
+        ping(endpoint, timeout=timeout)
+        return None
+    except Exception as e:  # any failure keeps the instance out, whatever its kind
+        return f"probe failed: {e}"
+
+
+# -- the board in Redis ---------------------------------------------------------------------
+# Every script starts with this: the common arguments, Redis's clock, and the steps they share.
+# ARGV: the board's key prefix, the process-key prefix, the lease's ttl and the probe's (ms),
+# the number of instances and their names, then the script's own arguments from ARGV[A].
+_LUA_STEPS = """
+local P, PROC = ARGV[1], ARGV[2]
+local TTL, PROBE_TTL = tonumber(ARGV[3]), tonumber(ARGV[4])
+local NAMES = {}
+for i = 1, tonumber(ARGV[5]) do NAMES[i] = ARGV[5 + i] end
+local A = 6 + #NAMES
+local clock = redis.call('TIME')
+local NOW = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+
+local function ikey(name) return P .. 'instance:' .. name end
+local function ticket_of(member) return string.match(member, '([^:]+)$') end
+
+local function grant(ticket, value)
+  local key = P .. 'grant:' .. ticket
+  redis.call('RPUSH', key, value)
+  redis.call('PEXPIRE', key, TTL)
+end
+
+-- Take a ticket out of line; return what was kept of it, or nil when it no longer waits.
+local function take(ticket)
+  local raw = redis.call('HGET', P .. 'tickets', ticket)
+  if not raw then return nil end
+  local rec = cjson.decode(raw)
+  redis.call('HDEL', P .. 'tickets', ticket)
+  local line = P .. 'line:' .. rec.turn
+  redis.call('ZREM', line, rec.member)
+  if redis.call('ZCARD', line) == 0 then redis.call('LREM', P .. 'owners', 0, rec.turn) end
+  if redis.call('HINCRBY', P .. 'waiting', rec.owner, -1) <= 0 then redis.call('HDEL', P .. 'waiting', rec.owner) end
+  return rec
+end
+
+-- The 1-based place of a waiting ticket, if nobody else arrives: every turn is served once per
+-- round for `index` rounds, then the turns before its own in that round.
+local function position(rec)
+  local index = redis.call('ZRANK', P .. 'line:' .. rec.turn, rec.member)
+  if not index then return nil end
+  local ahead, before = 0, true
+  for _, turn in ipairs(redis.call('LRANGE', P .. 'owners', 0, -1)) do
+    local n = redis.call('ZCARD', P .. 'line:' .. turn)
+    ahead = ahead + math.min(n, index)
+    if turn == rec.turn then before = false elseif before and n > index then ahead = ahead + 1 end
+  end
+  return ahead + 1
+end
+
+local function cool(name, cause, ms)
+  redis.call('HSET', ikey(name), 'state', 'cooldown', 'until', NOW + ms, 'holder', '', 'last_error', cause)
+  redis.call('HINCRBY', ikey(name), 'cooldowns', 1)
+end
+
+-- Hand idle instances to the line's first waiters, owners in turn; set due instances probing
+-- (a cooldown over, a probe that never reported, a lease its process stopped renewing); fail
+-- every waiter when every instance cools down. Return the probes to start, as name, why pairs.
+local function dispatch()
+  local probes, idle, cooling = {}, {}, 0
+  for _, name in ipairs(NAMES) do
+    local h = redis.call('HMGET', ikey(name), 'state', 'until', 'lru')
+    local state, ends = h[1] or 'idle', tonumber(h[2]) or 0
+    if state == 'busy' and ends <= NOW then
+      redis.call('HSET', ikey(name), 'state', 'probing', 'until', NOW + PROBE_TTL, 'holder', '',
+                 'last_error', 'its lease expired: the process holding it stopped renewing it')
+      probes[#probes + 1] = name; probes[#probes + 1] = 'expired'; state = 'probing'
+    elseif (state == 'cooldown' or state == 'probing') and ends <= NOW then
+      redis.call('HSET', ikey(name), 'state', 'probing', 'until', NOW + PROBE_TTL)
+      probes[#probes + 1] = name; probes[#probes + 1] = 'due'; state = 'probing'
+    end
+    if state == 'cooldown' then cooling = cooling + 1 end
+    if state == 'idle' then idle[#idle + 1] = {name, tonumber(h[3]) or 0} end
+  end
+  table.sort(idle, function(a, b) return a[2] < b[2] end)  -- least recently used first
+  local owners, free = P .. 'owners', 1
+  while free <= #idle do
+    local turn = redis.call('LINDEX', owners, 0)
+    if not turn then break end
+    local member = redis.call('ZRANGE', P .. 'line:' .. turn, 0, 0)[1]
+    if not member then
+      redis.call('LPOP', owners)
+    else
+      local ticket = ticket_of(member)
+      local rec = take(ticket)
+      if rec == nil then redis.call('ZREM', P .. 'line:' .. turn, member) end
+      if redis.call('LINDEX', owners, 0) == turn then redis.call('LMOVE', owners, owners, 'LEFT', 'RIGHT') end
+      -- A waiter whose process is gone is skipped: nobody would run its job.
+      if rec ~= nil and redis.call('EXISTS', PROC .. rec.process) == 1 then
+        local name = idle[free][1]
+        free = free + 1
+        redis.call('HSET', ikey(name), 'state', 'busy', 'until', NOW + TTL, 'holder', ticket, 'leased_at', NOW)
+        grant(ticket, 'ok:' .. name)
+      end
+    end
+  end
+  if #NAMES > 0 and cooling == #NAMES then
+    for _, turn in ipairs(redis.call('LRANGE', owners, 0, -1)) do
+      for _, member in ipairs(redis.call('ZRANGE', P .. 'line:' .. turn, 0, -1)) do
+        local ticket = ticket_of(member)
+        take(ticket)
+        grant(ticket, 'down')
+      end
+    end
+  end
+  return probes
+end
+
+-- Milliseconds until the first cooldown or probe ends (a waiter wakes then to dispatch), or -1.
+local function next_wake()
+  local soonest = -1
+  for _, name in ipairs(NAMES) do
+    local h = redis.call('HMGET', ikey(name), 'state', 'until')
+    if h[1] == 'cooldown' or h[1] == 'probing' then
+      local left = math.max(1, (tonumber(h[2]) or 0) - NOW)
+      if soonest < 0 or left < soonest then soonest = left end
+    end
+  end
+  return soonest
+end
+
+local function with_probes(head, probes)
+  for _, item in ipairs(probes) do head[#head + 1] = item end
+  return head
+end
+"""
+
+_LUA = {
+    # ticket, turn, owner, begun, process, retry, max_queued -> {'served'} | {'full', last position}
+    # | {'queued', position, next wake}, then the probes to start.
+    "lease": """
+local ticket, turn, owner, begun, process = ARGV[A], ARGV[A + 1], ARGV[A + 2], ARGV[A + 3], ARGV[A + 4]
+local retry, max_queued = ARGV[A + 5] == '1', tonumber(ARGV[A + 6])
+local arrival = string.format('%016d', redis.call('INCR', P .. 'arrivals'))
+-- A retry goes first within its owner, and its owner next: it arrived before every waiter.
+local member = retry and ('0:' .. arrival .. ':' .. ticket) or ('1:' .. begun .. ':' .. arrival .. ':' .. ticket)
+local line = P .. 'line:' .. turn
+redis.call('ZADD', line, 0, member)
+redis.call('HSET', P .. 'tickets', ticket, cjson.encode({turn = turn, owner = owner, process = process, member = member}))
+local count = redis.call('HINCRBY', P .. 'waiting', owner, 1)
+if retry then
+  redis.call('LREM', P .. 'owners', 0, turn)
+  redis.call('LPUSH', P .. 'owners', turn)
+elseif redis.call('ZCARD', line) == 1 then
+  redis.call('RPUSH', P .. 'owners', turn)
+end
+local probes = dispatch()
+local raw = redis.call('HGET', P .. 'tickets', ticket)
+if not raw then return with_probes({'served'}, probes) end
+local rec = cjson.decode(raw)
+if not retry and max_queued > 0 and count > max_queued then
+  take(ticket)
+  local last = -1
+  for _, other in ipairs(redis.call('ZRANGE', line, 0, -1)) do
+    local kept = redis.call('HGET', P .. 'tickets', ticket_of(other))
+    if kept and cjson.decode(kept).owner == owner then last = math.max(last, position(cjson.decode(kept))) end
+  end
+  return with_probes({'full', last}, probes)
+end
+return with_probes({'queued', position(rec), next_wake()}, probes)
+""",
+    # tickets... -> the smallest place in line of those still waiting, or -1
+    "position": """
+local best = -1
+for i = A, #ARGV do
+  local raw = redis.call('HGET', P .. 'tickets', ARGV[i])
+  if raw then
+    local at = position(cjson.decode(raw))
+    if at and (best < 0 or at < best) then best = at end
+  end
+end
+return best
+""",
+    # ticket, value -> 1 when it waited (and is woken with `value` unless empty), else 0
+    "withdraw": """
+if take(ARGV[A]) == nil then return 0 end
+if ARGV[A + 1] ~= '' then grant(ARGV[A], ARGV[A + 1]) end
+return 1
+""",
+    # name, ticket, failure ('' when it did its job), cooldown ms -> {1 if the lease was still its own}, probes
+    "give_back": """
+local name, ticket, failure = ARGV[A], ARGV[A + 1], ARGV[A + 2]
+local h = redis.call('HMGET', ikey(name), 'state', 'holder', 'leased_at')
+local kept = h[1] == 'busy' and h[2] == ticket
+if kept then
+  redis.call('HINCRBY', ikey(name), 'busy_ms', NOW - (tonumber(h[3]) or NOW))
+  redis.call('HINCRBY', P .. 'stats', 'leases', 1)
+  if failure == '' then
+    redis.call('HINCRBY', ikey(name), 'jobs', 1)
+    redis.call('HSET', ikey(name), 'state', 'idle', 'holder', '', 'lru', NOW)
+  else
+    redis.call('HINCRBY', ikey(name), 'failures', 1)
+    cool(name, failure, tonumber(ARGV[A + 3]))
+  end
+end
+return with_probes({kept and 1 or 0}, dispatch())
+""",
+    # name, failure ('' when it answered), cooldown ms -> probes
+    "probed": """
+local name, failure = ARGV[A], ARGV[A + 1]
+if redis.call('HGET', ikey(name), 'state') == 'probing' then
+  if failure == '' then
+    redis.call('HSET', ikey(name), 'state', 'idle', 'lru', NOW)
+  else
+    cool(name, failure, tonumber(ARGV[A + 2]))
+  end
+end
+return dispatch()
+""",
+    # (name, ticket) pairs of the leases this process holds -> probes
+    "renew": """
+for i = A, #ARGV, 2 do
+  local h = redis.call('HMGET', ikey(ARGV[i]), 'state', 'holder')
+  if h[1] == 'busy' and h[2] == ARGV[i + 1] then redis.call('HSET', ikey(ARGV[i]), 'until', NOW + TTL) end
+end
+return dispatch()
+""",
+    # -> {next wake}, probes
+    "dispatch": """
+local probes = dispatch()
+return with_probes({next_wake()}, probes)
+""",
+}
+
+REAP_WAIT = 30.0  # seconds a reaped instance may take to end the image of the process that died
+
+
+class _RedisBoard(_Board):
+    """The board of a pool shared by every process of a deployment: the states and the line in Redis.
+
+    Each step is one Lua script (`_LUA`), so processes never see half of one. A waiter's
+    ticket stands in line in Redis; whoever frees an instance runs the dispatch, which leases
+    it to the first ticket whose process is alive and pushes the grant onto that ticket's
+    list, on which its waiter blocks (BLPOP) until then, its deadline, or the end of a
+    cooldown (to dispatch the probe). A lease lasts the shared ttl and the process holding it
+    renews it on every beat of its liveness (core.shared); a lease not renewed, its process
+    killed, is reaped by the next dispatch (every process's beats run one): the instance is
+    interrupted, since it may still draw the dead process's image, and probed before anyone
+    gets it. One process probes an instance for the whole deployment.
+    """
+
+    def __init__(self, instances: list[_Instance], shared: InRedis, *, order: QueueOrder, cooldown: float,
+                 probe_timeout: float, max_queued: int) -> None:
+        self.order = order
+        self._instances = instances
+        self._by_name = {instance.endpoint.name: instance for instance in instances}
+        self._shared, self._client = shared, shared.client
+        self._prefix = shared.key("sd", "")
+        self._cooldown_ms, self._probe_timeout, self._max_queued = int(cooldown * 1000), probe_timeout, max_queued
+        probe_ttl = int((REAP_WAIT + 3 * probe_timeout) * 1000)  # a probe that never reports is begun again
+        names = list(self._by_name)
+        self._head = [self._prefix, shared.process_key(""), shared.ttl_ms, probe_ttl, len(names), *names]
+        self._scripts = {name: self._client.register_script(_LUA_STEPS + body) for name, body in _LUA.items()}
+        self._lock = threading.Lock()
+        self._held: dict[str, str] = {}  # instance name -> the ticket its lease was granted to
+        self._waiting: dict[str, _Job] = {}  # ticket -> the job of this process it stands for
+        self._errors: dict[str, SDError] = {}  # ticket -> what `withdraw` woke it with
+        self._probes: set[threading.Thread] = set()
+        self._closed = False
+        shared.on_beat(self._beat)
+
+    def _run(self, script: str, *args: Any) -> Any:
+        return self._scripts[script](args=[*self._head, *args])
+
+    def lease(self, job: _Job, timeout: float, *, retry: bool) -> _Instance:
+        deadline, control = time.monotonic() + timeout, job.control
+        if self._closed:
+            raise PoolError("the Stable Diffusion pool is closed")
+        if control.cancelled:
+            raise SDCancelled("the generation was cancelled before this image got an instance")
+        ticket = uuid.uuid4().hex
+        with self._lock:
+            self._waiting[ticket] = job
+        job.ticket = ticket
+        try:
+            reply = self._run("lease", ticket, control._key if self.order == FAIR else "", control._key,
+                              f"{control._begun if self.order == FAIR else 0:020d}", self._shared.process,
+                              "1" if retry else "0", self._max_queued)
+            outcome = reply[0]
+            if outcome == "full":
+                self._start_probes(reply[2:])
+                raise _too_many_queued(self._max_queued, reply[1] if reply[1] > 0 else None, self.views(),
+                                       self._leases())
+            wake = -1
+            if outcome == "queued":
+                wake = reply[2]
+                self._start_probes(reply[3:])
+                control._emit("queued", {"position": reply[1]})
+            else:
+                self._start_probes(reply[1:])
+            if control.cancelled:  # a cancel that looked for the ticket before it stood in line
+                self.withdraw(job, SDCancelled("the generation was cancelled before this image got an instance"))
+            return self._wait(job, ticket, deadline, timeout, wake)
+        finally:
+            job.ticket = None
+            with self._lock:
+                self._waiting.pop(ticket, None)
+                self._errors.pop(ticket, None)
+
+    def _wait(self, job: _Job, ticket: str, deadline: float, timeout: float, wake: int) -> _Instance:
+        """Block on the ticket's grant until it comes, the deadline, or a cooldown's end (to dispatch)."""
+        grant_key = self._prefix + "grant:" + ticket
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if self._run("withdraw", ticket, "") == 1:
+                    raise PoolTimeout(self._timeout_message(timeout, len(self._instances)))
+                value = self._client.lpop(grant_key)  # served as it timed out: the grant is there
+                if value is not None:
+                    return self._granted(ticket, value)
+                raise PoolTimeout(self._timeout_message(timeout, len(self._instances)))
+            block = left if wake < 0 else min(left, wake / 1000)
+            got = self._client.blpop([grant_key], timeout=max(0.01, block))
+            if got is not None:
+                return self._granted(ticket, got[1])
+            if time.monotonic() < deadline:
+                reply = self._run("dispatch")
+                wake = reply[0]
+                self._start_probes(reply[1:])
+
+    def _granted(self, ticket: str, value: str) -> _Instance:
+        """Return the instance a grant names, or raise what it says instead."""
+        if value.startswith("ok:"):
+            name = value[3:]
+            with self._lock:
+                self._held[name] = ticket
+            return self._by_name[name]
+        if value == "down":
+            raise AllInstancesDown(_down_message(self.views()) or "all Stable Diffusion instances are down")
+        with self._lock:
+            error = self._errors.pop(ticket, None)
+        raise error if error is not None else PoolError(f"the line answered {value!r}")
+
+    def give_back(self, instance: _Instance, failure: str | None) -> None:
+        name = instance.endpoint.name
+        with self._lock:
+            ticket = self._held.pop(name, None)
+        if ticket is None:  # a second release would hand one instance to two jobs
+            raise ValueError(f"SD instance {name} is not leased")
+        reply = self._run("give_back", name, ticket, failure or "", self._cooldown_ms)
+        if failure is not None:
+            log.warning("SD instance %s set aside for %gs: %s", name, self._cooldown_ms / 1000, failure)
+        if reply[0] != 1:
+            log.warning("SD instance %s: the lease had expired before its job ended (this process did not renew "
+                        "it for %gs); it was reaped", name, self._shared.ttl)
+        self._start_probes(reply[1:])
+
+    def withdraw(self, job: _Job, error: SDError) -> bool:
+        ticket = job.ticket
+        if ticket is None:
+            return False
+        with self._lock:
+            self._errors[ticket] = error
+        if self._run("withdraw", ticket, "error") == 1:
+            return True
+        with self._lock:
+            self._errors.pop(ticket, None)
+        return False
+
+    def position(self, control: ImageControl) -> int | None:
+        with self._lock:
+            tickets = [ticket for ticket, job in self._waiting.items() if job.control is control]
+        if not tickets:
+            return None
+        place = self._run("position", *tickets)
+        return None if place < 0 else place
+
+    def waiting(self) -> int:
+        return sum(int(count) for count in self._client.hvals(self._prefix + "waiting"))
+
+    def _leases(self) -> int:
+        return int(self._client.hget(self._prefix + "stats", "leases") or 0)
+
+    def views(self) -> list[dict[str, Any]]:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.time()
+        for name in self._by_name:
+            pipe.hgetall(self._prefix + "instance:" + name)
+        clock, *states = pipe.execute()
+        now = clock[0] * 1000 + clock[1] // 1000
+        views = []
+        for name, h in zip(self._by_name, states):
+            state = h.get("state") or IDLE
+            views.append(_instance_view(
+                name, state if state in (IDLE, BUSY, COOLDOWN, PROBING) else IDLE,  # type: ignore[arg-type]
+                jobs=int(h.get("jobs") or 0), failures=int(h.get("failures") or 0),
+                busy_seconds=(int(h.get("busy_ms") or 0) + (now - int(h.get("leased_at") or now)
+                                                             if state == BUSY else 0)) / 1000,
+                cooldowns=int(h.get("cooldowns") or 0),
+                cooldown_remaining=max(0, int(h.get("until") or 0) - now) / 1000,
+                last_error=h.get("last_error") or ""))
+        return views
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"instances": self.views(), "waiting": self.waiting(), "order": self.order, "leases": self._leases(),
+                "closed": self._closed, "shared": "redis"}
+
+    def probe_due(self) -> None:
+        self._start_probes(self._run("dispatch")[1:])
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            waiting = list(self._waiting.values())
+        for job in waiting:
+            self.withdraw(job, PoolError("the Stable Diffusion pool is closed"))
+        with self._lock:
+            probes = list(self._probes)
+        for thread in probes:
+            thread.join(self._probe_timeout * 3 + 1.0)
+
+    def _beat(self) -> None:
+        """Renew the leases this process holds, and dispatch (reaping leases whose process stopped beating)."""
+        with self._lock:
+            held = [item for name, ticket in self._held.items() for item in (name, ticket)]
+        self._start_probes(self._run("renew", *held))
+
+    def _start_probes(self, pairs: Sequence[str]) -> None:
+        """Start the probes a dispatch handed this process, each on its own short thread."""
+        if self._closed:
+            return  # they are begun again by a dispatch elsewhere once their probe time is over
+        for name, why in zip(pairs[::2], pairs[1::2]):
+            thread = threading.Thread(target=self._probe, args=(self._by_name[name], why), daemon=True,
+                                      name=f"sd-probe-{name}")
+            with self._lock:
+                self._probes.add(thread)
+            thread.start()
+
+    def _probe(self, instance: _Instance, why: str) -> None:
+        """Probe an instance the dispatch set probing; after a reaped lease, first end the dead process's image."""
+        endpoint = instance.endpoint
+        if why == "expired":
+            log.warning("SD instance %s: the process holding its lease stopped; interrupting what it drew",
+                        endpoint.name)
+            _end_orphan(endpoint, self._probe_timeout)
+        failure = _probe_failure(endpoint, self._probe_timeout)
+        try:
+            probes = self._run("probed", endpoint.name, failure or "", self._cooldown_ms)
+        except Exception:  # the probe is begun again elsewhere once its time is over
+            log.warning("SD instance %s: could not report its probe", endpoint.name, exc_info=True)
+            probes = []
+        if failure is None:
+            log.info("SD instance %s answers; in the pool", endpoint.name)
+        else:
+            log.warning("SD instance %s set aside for %gs: %s", endpoint.name, self._cooldown_ms / 1000, failure)
+        with self._lock:
+            self._probes.discard(threading.current_thread())
+        self._start_probes(probes)
+
+
+def _end_orphan(endpoint: SDEndpoint, timeout: float) -> None:
+    """Interrupt the image an instance draws for nobody, and wait (up to REAP_WAIT) until it has stopped.
+
+    A WebUI draws an image to its end even when the client that asked is gone; the next job
+    sent to it would queue behind that image, two jobs on one instance.
+    """
+    try:
+        interrupt(endpoint, timeout=timeout)
+    except SDError as e:
+        log.warning("SD instance %s: could not interrupt the orphaned image: %s", endpoint.name, e)
+        return
+    deadline = time.monotonic() + REAP_WAIT
+    while time.monotonic() < deadline:
+        try:
+            if not progress(endpoint, timeout=timeout).running:
+                return
+        except SDError:
+            return  # the probe that follows says whether it answers
+        time.sleep(0.2)  # the WebUI offers no way to wait for its job to end but asking again

@@ -13,6 +13,7 @@ from flask import Flask, current_app
 
 from agent.gpt import GPTClient
 from agent.pool import SDInstancePool
+from core import shared
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ SD_POOL = "sd_pool"
 def init_app(app: Flask) -> None:
     """Build the GPT client and the SD pool of `app` and close them at exit."""
     gpt = GPTClient.from_config(app.config)
-    pool = SDInstancePool.from_config(app.config)
+    pool = SDInstancePool.from_config(app.config, app.extensions[shared.EXTENSION])
     app.extensions[GPT] = gpt
     app.extensions[SD_POOL] = pool
     snapshot = pool.snapshot()

@@ -134,7 +134,7 @@ def make_shared(request: pytest.FixtureRequest) -> Iterator[Callable[..., Shared
     closing = ExitStack()
     prefix = f"test-{uuid.uuid4().hex[:12]}:"
 
-    def make(kind: str, **settings: Any) -> Shared:
+    def make(kind: str, *, prefix: str = prefix, **settings: Any) -> Shared:
         if kind == "process":
             return InProcess()
         shared = InRedis(request.getfixturevalue("redis_url"), prefix=prefix, **settings)
@@ -207,14 +207,20 @@ def make_gpt(chat_sim: ChatSimulator) -> Iterator[Callable[..., GPTClient]]:
 
 
 @pytest.fixture
-def sd_pools() -> Iterator[Callable[..., SDInstancePool]]:
-    """Return a factory of pools with test-sized timeouts; each is closed after the test."""
+def sd_pools(make_shared, shared_kind: str) -> Iterator[Callable[..., SDInstancePool]]:
+    """Return a factory of pools with test-sized timeouts, on each board in turn; each is closed after the test.
+
+    Every pool is a deployment of its own unless `shared` is given (several pools on one
+    Redis state are several processes of one deployment).
+    """
     closing = ExitStack()
 
-    def make(endpoints: list[str], **kwargs: Any) -> SDInstancePool:
+    def make(endpoints: list[str], *, shared: Shared | None = None, **kwargs: Any) -> SDInstancePool:
         settings = {"connect_timeout": 1.0, "read_timeout": 5.0, "acquire_timeout": 5.0,
                     "cooldown": 30.0, "max_attempts": 3, "probe_timeout": 1.0, **kwargs}
-        pool = SDInstancePool(endpoints, **settings)
+        if shared is None:
+            shared = make_shared(shared_kind, prefix=f"test-{uuid.uuid4().hex[:12]}:")
+        pool = SDInstancePool(endpoints, shared=shared, **settings)
         closing.callback(pool.close)
         return pool
 
