@@ -1,0 +1,172 @@
+"""Several processes on one Redis board: one job per instance, one line, leases that outlive no process.
+
+Each pool here is one process of a deployment (pools built on one `InRedis` state, or a real
+child process); the rest of the pool's suite runs on both boards through `sd_pools`.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import redis
+
+from agent.errors import SDError
+from agent.pool import ImageControl
+from tests.helpers import Worker, small_payload, wait_until
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def states(client, prefix, sims):
+    """Return each simulator's instance state as the Redis board holds it."""
+    return [client.hget(f"{prefix}sd:instance:{sim.url.removeprefix('http://')}", "state") for sim in sims]
+
+
+@pytest.fixture
+def deployment(make_shared, sd_pools, shared_kind):
+    """Return a factory of `n` pools that are `n` processes of one deployment on the Redis board."""
+    if shared_kind != "redis":
+        pytest.skip("several processes share a pool only on the Redis board")
+    prefix = f"dep-{os.urandom(6).hex()}:"
+
+    def make(endpoints, n, ttl=10.0, **settings):
+        return [sd_pools(endpoints, shared=make_shared("redis", prefix=prefix, ttl=ttl), **settings)
+                for _ in range(n)], prefix
+
+    return make
+
+
+def test_processes_share_one_job_per_instance_and_every_instance_works(deployment, sd_sims):
+    sims = [sd_sims(latency=0.2) for _ in range(3)]
+    pools, _ = deployment([sim.endpoint for sim in sims], 4, acquire_timeout=30.0)
+    workers = [Worker(lambda i=i: pools[i % 4].txt2img(small_payload(f"idea {i}"), ImageControl(f"p{i % 5}")))
+               for i in range(30)]
+    for worker in workers:
+        worker.start()
+    results = [worker.outcome(timeout=30) for worker in workers]
+    assert len(results) == 30
+    assert [sim.max_in_flight for sim in sims] == [1, 1, 1]
+    assert sorted(len(sim.jobs) for sim in sims) == [10, 10, 10]  # each busy all along: least recently used first
+    snapshot = pools[0].snapshot()
+    assert snapshot["leases"] == 30 and snapshot["waiting"] == 0
+    assert [i["jobs"] for i in snapshot["instances"]] == [10, 10, 10]  # the deployment's counters, seen by any
+
+
+def test_the_line_is_fair_across_processes(deployment, sd_sims):
+    sim = sd_sims()
+    (first, second), _ = deployment([sim.endpoint], 2, acquire_timeout=30.0)
+    sim.hang()
+    blocker = Worker(lambda: first.txt2img(small_payload("blocker"), ImageControl("blocker")))
+    blocker.start()
+    wait_until(lambda: sim.max_in_flight == 1, what="the blocker to start")
+    flood = ImageControl("flood")
+    workers = []
+    for i in range(4):  # one participant's images, asked of the first process
+        workers.append(Worker(lambda i=i: first.txt2img(small_payload(f"flood {i}"), flood)))
+        workers[-1].start()
+        wait_until(lambda: first.snapshot()["waiting"] == i + 1, what=f"flood {i} in line")
+    late = ImageControl("late")
+    workers.append(Worker(lambda: second.txt2img(small_payload("late 0"), late)))
+    workers[-1].start()
+    wait_until(lambda: second.snapshot()["waiting"] == 5, what="the late image in line")
+    assert second.queue_position(late) == 2  # after one of the flood's, not after all four
+    assert first.queue_position(flood) == 1
+    sim.release()
+    for worker in [blocker, *workers]:
+        worker.outcome(timeout=30)
+    order = [job.prompt for job in sim.jobs]
+    assert order[:3] == ["blocker", "flood 0", "late 0"], order
+
+
+def test_a_killed_process_lease_comes_back_and_its_image_is_interrupted_first(deployment, sd_sims, redis_url):
+    sim = sd_sims(latency=30.0)  # the dead process's image would hold the instance for 30 s
+    (pool,), prefix = deployment([sim.endpoint], 1, ttl=2.0, acquire_timeout=30.0)
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        from agent.pool import SDInstancePool, ImageControl
+        from core.shared import InRedis
+        pool = SDInstancePool([{sim.endpoint!r}], connect_timeout=1, read_timeout=60, acquire_timeout=10,
+                              cooldown=30, max_attempts=1, probe_timeout=1,
+                              shared=InRedis({redis_url!r}, prefix={prefix!r}, ttl=2.0))
+        pool.txt2img({{"prompt": "orphan", "steps": 2, "width": 64, "height": 64}}, ImageControl("gone"))
+        """)], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+    try:
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        wait_until(lambda: sim.max_in_flight == 1, what="the child's image to start")
+        assert states(client, prefix, [sim]) == ["busy"]
+        child.send_signal(signal.SIGKILL)
+        child.wait(5)
+        killed = time.monotonic()
+        result = Worker(lambda: pool.txt2img(small_payload("after"), ImageControl("alive")))
+        result.start()
+        sim.latency = 0.0
+        outcome = result.outcome(timeout=20)
+        back = time.monotonic() - killed
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert outcome.instance == sim.url.removeprefix("http://")
+    assert back < 2.0 + 2.0 / 3 + 3.0, back  # the ttl, a beat to reap it, and the probe
+    assert len(sim.interrupts) == 1  # the orphan was stopped before anyone got the instance
+    assert sim.max_in_flight == 1  # never the orphan and the next job at once
+    assert [job.prompt for job in sim.jobs] == ["orphan", "after"]
+    assert sim.jobs[0].interrupted
+
+
+def test_a_waiter_of_a_killed_process_is_skipped(deployment, sd_sims, redis_url):
+    sim = sd_sims()
+    (pool,), prefix = deployment([sim.endpoint], 1, ttl=2.0, acquire_timeout=30.0)
+    sim.hang()
+    blocker = Worker(lambda: pool.txt2img(small_payload("blocker"), ImageControl("blocker")))
+    blocker.start()
+    wait_until(lambda: sim.max_in_flight == 1, what="the blocker to start")
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        from agent.pool import SDInstancePool, ImageControl
+        from core.shared import InRedis
+        pool = SDInstancePool([{sim.endpoint!r}], connect_timeout=1, read_timeout=60, acquire_timeout=60,
+                              cooldown=30, max_attempts=1, probe_timeout=1,
+                              shared=InRedis({redis_url!r}, prefix={prefix!r}, ttl=2.0))
+        pool.txt2img({{"prompt": "never", "steps": 2, "width": 64, "height": 64}}, ImageControl("gone"))
+        """)], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+    try:
+        wait_until(lambda: pool.snapshot()["waiting"] == 1, what="the child's image in line")
+        child.send_signal(signal.SIGKILL)
+        child.wait(5)
+        after = Worker(lambda: pool.txt2img(small_payload("after"), ImageControl("alive")))
+        after.start()
+        wait_until(lambda: pool.snapshot()["waiting"] == 2, what="the next image in line")
+        time.sleep(2.5)  # past the child's liveness: it is dead to the board now
+        sim.release()
+        blocker.outcome(timeout=10)
+        after.outcome(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert [job.prompt for job in sim.jobs] == ["blocker", "after"]
+    assert not sim.interrupts  # the instance went straight to the live waiter: no lease of the dead one to reap
+    assert pool.snapshot()["waiting"] == 0
+
+
+def test_one_probe_per_instance_for_the_whole_deployment(deployment, sd_sims):
+    sim = sd_sims()
+    pools, _ = deployment([sim.endpoint], 3, cooldown=1.0, max_attempts=1)
+    name = sim.url.removeprefix("http://")
+    sim.fail(1)
+    with pytest.raises(SDError):
+        pools[0].txt2img(small_payload("first"), ImageControl("a"))
+    assert [i["state"] for i in pools[1].snapshot()["instances"]] == ["cooldown"]  # every process sees it
+    pings = sim.pings
+    time.sleep(1.2)  # the cooldown is over: every process now looks
+    for pool in pools:
+        pool.probe_due()
+    wait_until(lambda: [i["state"] for i in pools[2].snapshot()["instances"]] == ["idle"], what="the instance back")
+    for pool in pools:
+        pool.probe_due()
+    assert sim.pings - pings == 1
+    assert pools[2].txt2img(small_payload("second"), ImageControl("b")).instance == name
