@@ -194,7 +194,9 @@ class _Job:
     control: ImageControl
     waiter: _Waiter | None = None  # on the local board, under its lock
     ticket: str | None = None  # on the Redis board
-    instance: _Instance | None = None  # under the pool's `_running` lock
+    # Set by the board when it grants the lease (a cancel that finds the job out of line then
+    # finds it here), cleared by the pool under its `_running` lock when the lease ends.
+    instance: _Instance | None = None
 
 
 @dataclass(eq=False)
@@ -210,7 +212,7 @@ class _Waiter:
     def serve(self, instance: _Instance | None = None, error: SDError | None = None) -> None:
         """Hand the waiter an instance or an error and wake it."""
         self.instance, self.error = instance, error
-        self.job.waiter = None
+        self.job.waiter, self.job.instance = None, instance
         self.event.set()
 
 
@@ -513,8 +515,6 @@ class SDInstancePool:
         timeout = self._acquire_timeout if timeout is None else timeout
         start = time.monotonic()
         instance = self._board.lease(job, max(0.0, timeout), retry=retry)
-        with self._running:
-            job.instance = instance
         self._account_wait(time.monotonic() - start)
         return instance
 
@@ -1135,24 +1135,25 @@ class _RedisBoard(_Board):
                     raise PoolTimeout(self._timeout_message(timeout, len(self._instances)))
                 value = self._client.lpop(grant_key)  # served as it timed out: the grant is there
                 if value is not None:
-                    return self._granted(ticket, value)
+                    return self._granted(job, ticket, value)
                 raise PoolTimeout(self._timeout_message(timeout, len(self._instances)))
             block = left if wake < 0 else min(left, wake / 1000)
             got = self._client.blpop([grant_key], timeout=max(0.01, block))
             if got is not None:
-                return self._granted(ticket, got[1])
+                return self._granted(job, ticket, got[1])
             if time.monotonic() < deadline:
                 reply = self._run("dispatch")
                 wake = reply[0]
                 self._start_probes(reply[1:])
 
-    def _granted(self, ticket: str, value: str) -> _Instance:
-        """Return the instance a grant names, or raise what it says instead."""
+    def _granted(self, job: _Job, ticket: str, value: str) -> _Instance:
+        """Return the instance a grant names, now the job's, or raise what it says instead."""
         if value.startswith("ok:"):
             name = value[3:]
             with self._lock:
                 self._held[name] = ticket
-            return self._by_name[name]
+            job.instance = self._by_name[name]
+            return job.instance
         if value == "down":
             raise AllInstancesDown(_down_message(self.views()) or "all Stable Diffusion instances are down")
         with self._lock:
