@@ -93,6 +93,8 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         # Loopback only: serving the network is a deliberate HOST=0.0.0.0.
         "HOST": env.get("HOST") or "127.0.0.1",
         "PORT": _int(env, "PORT", 5000),
+        # gunicorn's worker processes (gunicorn.conf.py); more than 1 needs REDIS_URL.
+        "WEB_CONCURRENCY": _int(env, "WEB_CONCURRENCY", 1),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 32 * MB),
         # /paint/save carries a participant's whole session, every sketch included.
         "SAVE_MAX_CONTENT_LENGTH": _int(env, "SAVE_MAX_CONTENT_LENGTH", 512 * MB),

@@ -1,12 +1,18 @@
 """The GPT client: chat and vision calls to Azure OpenAI (or OpenAI) through the `openai` SDK.
 
 Timeouts and retries are the SDK's own (GPT_TIMEOUT, GPT_MAX_RETRIES; it honours Retry-After).
-On top of it this client adds a concurrency limit per deployment (GPT_MAX_CONCURRENCY), so a
-burst of participants queues here instead of tripping the deployment's rate limit, typed
-errors (agent.errors, translated from the SDK's own here) instead of empty strings, and
+On top of it this client adds a concurrency limit per GPT deployment (GPT_MAX_CONCURRENCY), so
+a burst of participants queues here instead of tripping the deployment's rate limit; typed
+errors (agent.errors, translated from the SDK's own here) instead of empty strings; and
 counters for metrics. Error messages never contain an API key: a refused key's error text
 is left out (OpenAI echoes part of the key in it), and the configured key is masked in any
 other server message.
+
+**One limit for the whole server.** The limit is a semaphore of the server's shared state
+(core.shared), named `gpt:<deployment>`: with REDIS_URL set it holds for every server
+process and host together, so N processes still send at most GPT_MAX_CONCURRENCY calls at
+once to a deployment; without it, for this process alone. The counters (calls, waiting, in
+flight, failures) stay per process: each process reports its own.
 
 **Two protocols.** A call given a `schema` (a pydantic model) asks for structured outputs:
 the SDK's `chat.completions.parse` sends the model as a strict JSON schema and validates the
@@ -42,6 +48,7 @@ from agent.errors import (
     GPTAuthError, GPTBadRequest, GPTConnectionError, GPTContentFiltered, GPTEmptyAnswer, GPTError,
     GPTNotConfigured, GPTRateLimited, GPTRefused, GPTSchemaRefused, GPTServerError, GPTTimeout,
 )
+from core.shared import InProcess, Semaphore, Shared
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +142,10 @@ class ChatAnswer:
 
 
 class _Deployment:
-    """The slot semaphore and counters of one deployment."""
+    """The slot semaphore (shared) and counters (this process's) of one deployment."""
 
-    def __init__(self, limit: int) -> None:
-        self.slots = threading.BoundedSemaphore(limit)
+    def __init__(self, slots: Semaphore) -> None:
+        self.slots = slots
         self.calls = self.retries = self.in_flight = self.waiting = 0
         self.failures: dict[str, int] = {}
 
@@ -153,7 +160,7 @@ class GPTClient:
 
     def __init__(self, sdk: openai.OpenAI | None, *, provider: str, chat_deployment: str,
                  vision_deployment: str, max_concurrency: int, structured: str, max_tokens: int,
-                 secret: str | None = None, reason: str = NOT_CONFIGURED) -> None:
+                 secret: str | None = None, reason: str = NOT_CONFIGURED, shared: Shared | None = None) -> None:
         self._sdk = sdk
         self.provider = provider if sdk is not None else "none"
         self.configured = sdk is not None
@@ -164,17 +171,21 @@ class GPTClient:
         self.max_tokens = max_tokens  # GPT_MAX_TOKENS: the budget of a call that names none
         self._secret = secret  # only to mask it in error messages
         self._reason = reason
+        self._shared = shared if shared is not None else InProcess()  # where the slots live
         self._lock = threading.Lock()
         self._deployments: dict[str, _Deployment] = {}
         self._text_only: dict[str, str] = {}  # deployment -> why it answers by the text protocol
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> GPTClient:
-        """Build the client once from config.from_env's settings; without a key, an unconfigured one."""
+    def from_config(cls, cfg: Mapping[str, Any], shared: Shared | None = None) -> GPTClient:
+        """Build the client once from config.from_env's settings; without a key, an unconfigured one.
+
+        Its slots are semaphores of `shared`, the server's shared state (None: this process's own).
+        """
         common = {"timeout": cfg["GPT_TIMEOUT"], "max_retries": cfg["GPT_MAX_RETRIES"]}
         chat, vision = cfg["AZURE_OPENAI_DEPLOYMENT"], cfg["AZURE_OPENAI_VISION_DEPLOYMENT"]
         own = {"max_concurrency": cfg["GPT_MAX_CONCURRENCY"], "structured": cfg["GPT_STRUCTURED"],
-               "max_tokens": cfg["GPT_MAX_TOKENS"]}
+               "max_tokens": cfg["GPT_MAX_TOKENS"], "shared": shared}
         if cfg["AZURE_OPENAI_ENDPOINT"]:
             key = cfg["AZURE_OPENAI_API_KEY"]
             if not key:
@@ -236,23 +247,26 @@ class GPTClient:
     def _deployment(self, name: str) -> _Deployment:
         with self._lock:
             if name not in self._deployments:
-                self._deployments[name] = _Deployment(self.max_concurrency)
+                self._deployments[name] = _Deployment(self._shared.semaphore(f"gpt:{name}", self.max_concurrency))
             return self._deployments[name]
 
     @contextmanager
     def _slot(self, name: str) -> Iterator[_Deployment]:
         """Hold one of the deployment's slots; callers beyond the limit wait here."""
         dep = self._deployment(name)
-        if not dep.slots.acquire(blocking=False):
+        token = dep.slots.try_acquire()
+        if token is None:
             with self._lock:
                 dep.waiting += 1
                 first = dep.waiting == 1
-            if first:  # once per queue, not once per caller
+            if first:  # once per queue in this process, not once per caller
                 log.info("GPT deployment '%s': all %d slots busy, calls are queueing "
                          "(raise GPT_MAX_CONCURRENCY if its quota allows)", name, self.max_concurrency)
-            dep.slots.acquire()
-            with self._lock:
-                dep.waiting -= 1
+            try:
+                token = dep.slots.acquire()
+            finally:  # a shared state that failed (Redis unreachable) leaves no caller counted as waiting
+                with self._lock:
+                    dep.waiting -= 1
         with self._lock:
             dep.in_flight += 1
             dep.calls += 1
@@ -261,7 +275,7 @@ class GPTClient:
         finally:
             with self._lock:
                 dep.in_flight -= 1
-            dep.slots.release()
+            dep.slots.release(token)
 
     def _fail(self, dep: _Deployment, error: GPTError) -> GPTError:
         """Count `error` and log it (its message never holds the key); return it."""

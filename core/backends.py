@@ -23,7 +23,7 @@ SD_POOL = "sd_pool"
 
 def init_app(app: Flask) -> None:
     """Build the GPT client and the SD pool of `app` and close them at exit."""
-    gpt = GPTClient.from_config(app.config)
+    gpt = GPTClient.from_config(app.config, app.extensions[shared.EXTENSION])
     pool = SDInstancePool.from_config(app.config, app.extensions[shared.EXTENSION])
     app.extensions[GPT] = gpt
     app.extensions[SD_POOL] = pool

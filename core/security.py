@@ -30,7 +30,9 @@ someone else, so it does not count.
 The client address is the TCP peer, or behind TRUSTED_PROXIES reverse proxies the address
 they forward (core.factory applies ProxyFix). The /generate budget is off by default;
 `GENERATE_RATE_LIMIT` sets how many requests per minute one client address may start. A
-client over its budget gets 429 in the envelope with `Retry-After`.
+client over its budget gets 429 in the envelope with `Retry-After`. The budgets are token
+buckets of the server's shared state (core.shared), so with REDIS_URL set a client has one
+budget however many processes and hosts its requests reach.
 """
 from __future__ import annotations
 
@@ -38,7 +40,6 @@ import hmac
 import ipaddress
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -47,7 +48,9 @@ from flask import Flask, current_app, request
 from flask_cors import CORS
 from werkzeug.exceptions import MethodNotAllowed
 
+from core import shared
 from core.envelope import ApiError
+from core.shared import Bucket
 
 log = logging.getLogger(__name__)
 
@@ -243,35 +246,12 @@ class RateLimited(ApiError):
         self.headers["Retry-After"] = str(math.ceil(retry_after))
 
 
-class TokenBucket:
-    """Per-key buckets of `per_minute` tokens, refilled continuously."""
-
-    def __init__(self, per_minute: int, clock=time.monotonic) -> None:
-        self.capacity = float(per_minute)
-        self.rate = per_minute / 60.0
-        self.clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, key: str) -> float:
-        """Spend one token of `key`; return 0 if granted, else the seconds until one is free."""
-        now = self.clock()
-        with self._lock:
-            tokens, last = self._buckets.get(key, (self.capacity, now))
-            tokens = min(self.capacity, tokens + (now - last) * self.rate)
-            if tokens >= 1:
-                self._buckets[key] = (tokens - 1, now)
-                return 0.0
-            self._buckets[key] = (tokens, now)
-            return (1 - tokens) / self.rate
-
-
 def client_key() -> str:
     """Return who is asking, for a budget: the client's address."""
     return str(client_address() or "unknown")
 
 
-def enforce(bucket: TokenBucket | None) -> None:
+def enforce(bucket: Bucket | None) -> None:
     """Raise RateLimited when the current client has no budget left in `bucket`."""
     if bucket is None:
         return
@@ -281,9 +261,10 @@ def enforce(bucket: TokenBucket | None) -> None:
 
 
 def _init_rate_limit(app: Flask) -> None:
-    """Build the /generate bucket of `app` once when GENERATE_RATE_LIMIT > 0 (else no limit)."""
+    """Build the /generate buckets of `app`, in its shared state, when GENERATE_RATE_LIMIT > 0 (else no limit)."""
     per_minute = int(app.config.get("GENERATE_RATE_LIMIT") or 0)
-    app.extensions[EXTENSION] = TokenBucket(per_minute) if per_minute > 0 else None
+    state = app.extensions[shared.EXTENSION]
+    app.extensions[EXTENSION] = state.bucket("generate", per_minute) if per_minute > 0 else None
     if per_minute > 0:
         log.info("rate limit: %d POST /generate per minute per client address", per_minute)
 

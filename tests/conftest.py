@@ -187,10 +187,10 @@ def sims(chat_sim: ChatSimulator, sd_sims) -> Sims:
 
 @pytest.fixture
 def make_gpt(chat_sim: ChatSimulator) -> Iterator[Callable[..., GPTClient]]:
-    """Return a factory of GPT clients on `chat_sim` ("azure" or "openai"), closed after the test."""
+    """Return a factory of GPT clients on `chat_sim` ("azure" or "openai", slots in `shared`), closed after the test."""
     closing = ExitStack()
 
-    def make(provider: str = "azure", **settings: Any) -> GPTClient:
+    def make(provider: str = "azure", shared: Shared | None = None, **settings: Any) -> GPTClient:
         if provider == "azure":
             env = {"AZURE_OPENAI_ENDPOINT": chat_sim.url, "AZURE_OPENAI_API_KEY": SIM_KEY,
                    "AZURE_OPENAI_API_VERSION": API_VERSION}
@@ -198,7 +198,7 @@ def make_gpt(chat_sim: ChatSimulator) -> Iterator[Callable[..., GPTClient]]:
             env = {"OPENAI_API_KEY": SIM_KEY, "OPENAI_BASE_URL": f"{chat_sim.url}/v1"}
         env.update({"GPT_TIMEOUT": "5", "GPT_MAX_RETRIES": "0"})
         env.update({name: str(value) for name, value in settings.items()})
-        client = GPTClient.from_config(from_env(env))
+        client = GPTClient.from_config(from_env(env), shared)
         closing.callback(client.close)
         return client
 

@@ -224,6 +224,7 @@ def server_env(**settings: str) -> dict[str, str]:
     # environment nor a .env file can change what the test runs.
     env = {k: v for k, v in os.environ.items() if not k.startswith("GUNICORN_")}
     env.update({name: "" for name in from_env({})})
+    env["WEB_CONCURRENCY"] = "1"  # gunicorn reads it itself, with int(), before its config file: "" stops it
     env.update(settings)
     return env
 

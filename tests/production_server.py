@@ -21,6 +21,10 @@ class Gunicorn(ServerProcess):
         """Return the process id of its one worker."""
         return proc_stats.only_child(self.process.pid, "gunicorn")
 
+    def workers(self) -> list[int]:
+        """Return the process ids of its workers (the master's gunicorn children)."""
+        return [pid for pid in proc_stats.children(self.process.pid) if "gunicorn" in proc_stats.command_line(pid)]
+
 
 @contextmanager
 def serving(args: Sequence[str] = (), **settings: str) -> Iterator[Gunicorn]:

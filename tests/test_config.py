@@ -22,6 +22,7 @@ def test_defaults():
     # One largest save (512 MB, twice that while parsed) fits the body budget; slow clients get 10 s.
     assert settings["BODY_MEMORY_BUDGET"] == 1536 * 1024 * 1024 >= 2 * settings["SAVE_MAX_CONTENT_LENGTH"]
     assert (settings["REQUEST_READ_TIMEOUT"], settings["REQUEST_MIN_RATE"]) == (10.0, 32 * 1024)
+    assert settings["WEB_CONCURRENCY"] == 1 and settings["REDIS_URL"] is None  # one process keeps it all
 
 
 def test_values_from_environment():

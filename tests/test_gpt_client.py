@@ -17,7 +17,7 @@ from agent.errors import (
 from agent.gpt import STRUCTURED, TEXT, ChatAnswer, GPTClient
 from config import from_env
 from simulators.chat import Scripted
-from tests.helpers import API_VERSION, PNG_1PX, SKETCH, wait_until
+from tests.helpers import API_VERSION, PNG_1PX, SKETCH, Worker, wait_until
 
 
 def test_azure_chat_goes_through_the_sdk(chat_sim, make_gpt):
@@ -150,8 +150,8 @@ def test_empty_answer(chat_sim, make_gpt):
     assert gpt.snapshot()["deployments"]["gpt-4o"]["failures"] == {"empty_answer": 1}
 
 
-def test_calls_beyond_the_limit_wait_for_a_slot(chat_sim, make_gpt):
-    gpt = make_gpt(GPT_MAX_CONCURRENCY=2)
+def test_calls_beyond_the_limit_wait_for_a_slot(chat_sim, make_gpt, shared):
+    gpt = make_gpt(GPT_MAX_CONCURRENCY=2, shared=shared)
     chat_sim.hang_next(6)
     answers: list[ChatAnswer] = []
     callers = [threading.Thread(target=lambda: answers.append(gpt.chat("共 1 项"))) for _ in range(6)]
@@ -170,8 +170,8 @@ def test_calls_beyond_the_limit_wait_for_a_slot(chat_sim, make_gpt):
     assert stats() == {"calls": 6, "retries": 0, "in_flight": 0, "waiting": 0, "failures": {}}
 
 
-def test_each_deployment_has_its_own_limit(chat_sim, make_gpt):
-    gpt = make_gpt(GPT_MAX_CONCURRENCY=1, AZURE_OPENAI_VISION_DEPLOYMENT="gpt-vision")
+def test_each_deployment_has_its_own_limit(chat_sim, make_gpt, shared):
+    gpt = make_gpt(GPT_MAX_CONCURRENCY=1, AZURE_OPENAI_VISION_DEPLOYMENT="gpt-vision", shared=shared)
     chat_sim.hang_next(3)
     callers = [threading.Thread(target=gpt.chat, args=("x",)) for _ in range(2)]
     callers.append(threading.Thread(target=gpt.vision, args=("x", [SKETCH])))
@@ -182,6 +182,22 @@ def test_each_deployment_has_its_own_limit(chat_sim, make_gpt):
     for caller in callers:
         caller.join(timeout=10)
     assert sorted(r.deployment for r in chat_sim.requests) == ["gpt-4o", "gpt-4o", "gpt-vision"]
+
+
+def test_two_processes_on_one_redis_share_the_limit(chat_sim, make_gpt, make_shared):
+    # Two clients on two shared states of one deployment: what two server processes have.
+    gpts = [make_gpt(GPT_MAX_CONCURRENCY=2, shared=make_shared("redis")) for _ in range(2)]
+    chat_sim.hang_next(6)
+    callers = [Worker(lambda gpt=gpts[n % 2]: gpt.chat("共 1 项")) for n in range(6)]
+    for caller in callers:
+        caller.start()
+    waiting = lambda: sum(gpt.snapshot()["deployments"]["gpt-4o"]["waiting"] for gpt in gpts)  # noqa: E731
+    wait_until(lambda: chat_sim.held == 2 and waiting() == 4)
+    for left in (4, 2, 0):  # two go at a time, and two waiting, in either process, take their slots
+        chat_sim.release(2)
+        wait_until(lambda: chat_sim.held == min(left, 2) and waiting() == max(left - 2, 0))
+    assert all(isinstance(caller.outcome(10), ChatAnswer) for caller in callers)
+    assert chat_sim.calls == 6 and chat_sim.peak_in_flight == 2
 
 
 # -- structured outputs, finish reasons and declines -------------------------------------------

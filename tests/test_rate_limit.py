@@ -1,8 +1,11 @@
 """GENERATE_RATE_LIMIT on POST /generate: per client address, checked before any work.
 
-Clients are told apart by their address, set per request with `environ_base`.
+Clients are told apart by their address, set per request with `environ_base`. The buckets
+themselves, in both implementations of the shared state, are tested in tests/test_shared.py.
 """
 from __future__ import annotations
+
+import uuid
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -63,3 +66,13 @@ def test_behind_a_trusted_proxy_the_forwarded_address_is_the_client(make_gen_app
     assert as_participant("192.0.2.1") == 200
     assert as_participant("192.0.2.1") == 429
     assert as_participant("192.0.2.2") == 200  # another participant behind the same proxy
+
+
+def test_two_processes_on_one_redis_give_a_client_one_budget(make_app, redis_url):
+    # Two apps on one Redis and prefix: two server processes of one deployment.
+    settings = {"REDIS_URL": redis_url, "REDIS_PREFIX": f"test-{uuid.uuid4().hex[:12]}:", "GENERATE_RATE_LIMIT": 2}
+    first, second = (make_app(**settings).test_client() for _ in range(2))
+    spend = {"appid": 0}  # refused at its body (400), after the budget is spent
+    assert [generate(first, ALICE, spend).status_code, generate(second, ALICE, spend).status_code] == [400, 400]
+    assert generate(first, ALICE).status_code == generate(second, ALICE).status_code == 429
+    assert generate(second, BOB, spend).status_code == 400

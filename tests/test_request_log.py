@@ -7,7 +7,6 @@ import logging
 import pytest
 
 from core.logs import FIELDS, JSONFormatter
-from core.security import TokenBucket
 
 
 def _lines(caplog):
@@ -51,12 +50,3 @@ def test_unmatched_routes_are_logged_without_their_path(client, caplog):
     (line,) = _lines(caplog)
     assert line["route"] == "<unmatched>" and line["status"] == 404
 
-
-def test_token_bucket_grants_the_budget_then_says_how_long_to_wait():
-    now = [0.0]
-    bucket = TokenBucket(per_minute=3, clock=lambda: now[0])
-    assert [bucket.take("a") for _ in range(3)] == [0, 0, 0]
-    assert bucket.take("a") == pytest.approx(20.0)
-    assert bucket.take("b") == 0  # budgets are per client
-    now[0] += 20.0
-    assert bucket.take("a") == 0
