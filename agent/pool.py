@@ -64,7 +64,7 @@ from agent.errors import (
 )
 from agent.sd import Generation, SDEndpoint, interrupt, ping, progress, text2Image
 from core.image_store import Image
-from core.shared import InRedis, Shared
+from core.shared import InRedis, Shared, SharedUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -470,6 +470,11 @@ class SDInstancePool:
             return self._run(job, payload)
         finally:
             job.control._detach(job)
+
+    @property
+    def size(self) -> int:
+        """How many instances are configured."""
+        return len(self._instances)
 
     def queue_position(self, control: ImageControl) -> int | None:
         """Return the 1-based place in line of the control's first waiting image, None when none waits."""
@@ -1088,7 +1093,8 @@ class _RedisBoard(_Board):
         shared.on_beat(self._beat)
 
     def _run(self, script: str, *args: Any) -> Any:
-        return self._scripts[script](args=[*self._head, *args])
+        with self._shared.reaching():
+            return self._scripts[script](args=[*self._head, *args])
 
     def lease(self, job: _Job, timeout: float, *, retry: bool) -> _Instance:
         deadline, control = time.monotonic() + timeout, job.control
@@ -1133,12 +1139,14 @@ class _RedisBoard(_Board):
             if left <= 0:
                 if self._run("withdraw", ticket, "") == 1:
                     raise PoolTimeout(self._timeout_message(timeout, len(self._instances)))
-                value = self._client.lpop(grant_key)  # served as it timed out: the grant is there
+                with self._shared.reaching():
+                    value = self._client.lpop(grant_key)  # served as it timed out: the grant is there
                 if value is not None:
                     return self._granted(job, ticket, value)
                 raise PoolTimeout(self._timeout_message(timeout, len(self._instances)))
             block = left if wake < 0 else min(left, wake / 1000)
-            got = self._client.blpop([grant_key], timeout=max(0.01, block))
+            with self._shared.reaching():
+                got = self._client.blpop([grant_key], timeout=max(0.01, block))
             if got is not None:
                 return self._granted(job, ticket, got[1])
             if time.monotonic() < deadline:
@@ -1166,7 +1174,11 @@ class _RedisBoard(_Board):
             ticket = self._held.pop(name, None)
         if ticket is None:  # a second release would hand one instance to two jobs
             raise ValueError(f"SD instance {name} is not leased")
-        reply = self._run("give_back", name, ticket, failure or "", self._cooldown_ms)
+        try:
+            reply = self._run("give_back", name, ticket, failure or "", self._cooldown_ms)
+        except SharedUnavailable as error:  # the job is done: the lease, no longer renewed, expires and is reaped
+            log.warning("SD instance %s: could not give its lease back: %s", name, error)
+            return
         if failure is not None:
             log.warning("SD instance %s set aside for %gs: %s", name, self._cooldown_ms / 1000, failure)
         if reply[0] != 1:
@@ -1195,17 +1207,20 @@ class _RedisBoard(_Board):
         return None if place < 0 else place
 
     def waiting(self) -> int:
-        return sum(int(count) for count in self._client.hvals(self._prefix + "waiting"))
+        with self._shared.reaching():
+            return sum(int(count) for count in self._client.hvals(self._prefix + "waiting"))
 
     def _leases(self) -> int:
-        return int(self._client.hget(self._prefix + "stats", "leases") or 0)
+        with self._shared.reaching():
+            return int(self._client.hget(self._prefix + "stats", "leases") or 0)
 
     def views(self) -> list[dict[str, Any]]:
         pipe = self._client.pipeline(transaction=False)
         pipe.time()
         for name in self._by_name:
             pipe.hgetall(self._prefix + "instance:" + name)
-        clock, *states = pipe.execute()
+        with self._shared.reaching():
+            clock, *states = pipe.execute()
         now = clock[0] * 1000 + clock[1] // 1000
         views = []
         for name, h in zip(self._by_name, states):
@@ -1232,7 +1247,11 @@ class _RedisBoard(_Board):
         with self._lock:
             waiting = list(self._waiting.values())
         for job in waiting:
-            self.withdraw(job, PoolError("the Stable Diffusion pool is closed"))
+            try:
+                self.withdraw(job, PoolError("the Stable Diffusion pool is closed"))
+            except SharedUnavailable as error:  # its waiter fails on its own when its wait does
+                log.warning("closing the SD pool: %s", error)
+                break
         with self._lock:
             probes = list(self._probes)
         for thread in probes:

@@ -27,9 +27,8 @@ def init_app(app: Flask) -> None:
     pool = SDInstancePool.from_config(app.config, app.extensions[shared.EXTENSION])
     app.extensions[GPT] = gpt
     app.extensions[SD_POOL] = pool
-    snapshot = pool.snapshot()
     log.info("backends: GPT provider %s, %d Stable Diffusion instance(s) serving images in %s order",
-             gpt.provider, len(snapshot["instances"]), snapshot["order"])
+             gpt.provider, pool.size, app.config["SD_QUEUE_ORDER"])
     atexit.register(close_app_backends, app)
 
 

@@ -46,6 +46,8 @@ from agent.pool import BUSY, InstanceState, SDInstancePool
 from core import logs
 from core.backends import GPT, SD_POOL
 from core.request_body import EXTENSION as BODY_MEMORY
+from core.shared import EXTENSION as SHARED
+from core.shared import SharedUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +232,11 @@ class PoolCollector(Collector):
         self.pool = pool
 
     def collect(self) -> Iterator[Metric]:
-        """Yield the pool's series as they are right now."""
-        snap = self.pool.snapshot()
+        """Yield the pool's series as they are right now (none while Redis, which holds them, is unreachable)."""
+        try:
+            snap = self.pool.snapshot()
+        except SharedUnavailable:
+            return
         instances: list[dict[str, Any]] = snap["instances"]
         yield _gauge("refinity_sd_instances", "Stable Diffusion instances configured", len(instances))
         yield _gauge("refinity_sd_instances_healthy", "Instances not cooling down after a failure",
@@ -368,10 +373,18 @@ class GPTStatus(BaseModel):
     failures_total: dict[str, int] = Field(description="Failures by kind since the server started.")
 
 
+class SharedStatus(BaseModel):
+    """Where the deployment's processes share the SD pool, limits and job events, and whether it answers."""
+
+    kind: Literal["process", "redis"] = Field(description="process: this process alone; redis: REDIS_URL.")
+    reachable: bool
+
+
 class Readiness(BaseModel):
     """GET /readyz: the state of each backend a generation needs."""
 
     database: DatabaseStatus
+    shared: SharedStatus
     sd: SDStatus
     gpt: GPTStatus
 
@@ -388,9 +401,11 @@ def database_status(app: Flask) -> DatabaseStatus:
                           disk_free_mb=free // 2**20, disk_full=free < app.config["MIN_FREE_DISK_MB"] * 2**20)
 
 
-def sd_status(app: Flask) -> SDStatus:
+def sd_status(app: Flask, shared: SharedStatus) -> SDStatus:
     """Summarise the SD pool: counts, and each instance's name, state and last error."""
     pool = app.extensions[SD_POOL]
+    if not shared.reachable:  # the instances' states are there: unknown, none can be counted healthy
+        return SDStatus(total=pool.size, healthy=0, busy=0, waiting=0, closed=False, instances=[])
     pool.probe_due()  # recover instances whose cooldown ended, even while no job asks for one
     snap = pool.snapshot()
     instances = [InstanceStatus(name=i["name"], state=i["state"], healthy=i["healthy"],
@@ -431,7 +446,9 @@ def _problems(ready: Readiness) -> tuple[list[str], list[str]]:
     if ready.database.disk_full:
         failing.append(f"the database's disk is full ({ready.database.disk_free_mb} MB free)")
     down = ", ".join(i.name for i in sd.instances if not i.healthy)
-    if sd.closed:
+    if not ready.shared.reachable:
+        failing.append("Redis (REDIS_URL) unreachable: the SD pool and the limits are shared there")
+    elif sd.closed:
         failing.append("SD pool closed (shutting down)")
     elif sd.total == 0:
         failing.append("no SD instances configured (set SD_ENDPOINTS)")
@@ -449,7 +466,9 @@ def _problems(ready: Readiness) -> tuple[list[str], list[str]]:
 
 def readiness(app: Flask) -> tuple[bool, Readiness, str]:
     """Return whether `app` is ready, the details of every backend, and a one-line message."""
-    data = Readiness(database=database_status(app), sd=sd_status(app), gpt=gpt_status(app))
+    shared = app.extensions[SHARED]
+    status = SharedStatus(kind=shared.kind, reachable=shared.reachable())
+    data = Readiness(database=database_status(app), shared=status, sd=sd_status(app, status), gpt=gpt_status(app))
     failing, degraded = _problems(data)
     if failing:
         message = "not ready: " + "; ".join(failing + degraded)

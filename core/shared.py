@@ -36,12 +36,20 @@ from typing import Any
 
 import redis
 
+from agent.errors import BackendError
+
 log = logging.getLogger(__name__)
 
 EXTENSION = "shared"
 
 
 # -- the interface -------------------------------------------------------------------------
+class SharedUnavailable(BackendError):
+    """Redis, through which the deployment's processes share their state, could not be reached (503)."""
+
+    backend = "redis"
+
+
 class Semaphore:
     """At most `limit` holders at once; `acquire` waits (up to `timeout`) for a slot and returns its token."""
 
@@ -106,6 +114,10 @@ class Shared:
         """Return where the shared state lives, without credentials."""
         raise NotImplementedError
 
+    def reachable(self) -> bool:
+        """Return whether the shared state answers now (quickly: /readyz asks)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         """Stop what runs in the background (what it holds expires on its own)."""
 
@@ -159,6 +171,9 @@ class InProcess(Shared):
 
     def describe(self) -> str:
         return "this process (set REDIS_URL to share it between processes)"
+
+    def reachable(self) -> bool:
+        return True
 
 
 # -- in Redis ------------------------------------------------------------------------------
@@ -232,22 +247,31 @@ class _RedisSemaphore(Semaphore):
         while True:
             with self._lock:  # held before it is taken, so a beat never misses it
                 self._held.add(token)
-            wait_ms = self._take(keys=[self._holders], args=[self.limit, token, ttl])
+            wait_ms = None
+            try:
+                with self.shared.reaching():
+                    wait_ms = self._take(keys=[self._holders], args=[self.limit, token, ttl])
+            finally:
+                if wait_ms != -1:  # not taken, or Redis failed: nothing to renew
+                    with self._lock:
+                        self._held.discard(token)
             if wait_ms == -1:
                 return token
-            with self._lock:
-                self._held.discard(token)
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return None
             # Woken by a release, or when the first holder's slot would expire anyway.
             block = wait_ms / 1000 if left is None else min(left, wait_ms / 1000)
-            self.shared.client.blpop([self._wake], timeout=max(0.01, block))
+            with self.shared.reaching():
+                self.shared.client.blpop([self._wake], timeout=max(0.01, block))
 
     def release(self, token: str) -> None:
         with self._lock:
             self._held.discard(token)
-        self._give(keys=[self._holders, self._wake], args=[token, self.limit])
+        try:
+            self._give(keys=[self._holders, self._wake], args=[token, self.limit])
+        except redis.RedisError as error:  # the work is done: its slot expires on its own within the ttl
+            log.warning("could not give a slot of %s back to Redis (it expires on its own): %s", self._holders, error)
 
     def _beat(self) -> None:
         with self._lock:
@@ -263,7 +287,9 @@ class _RedisBucket(Bucket):
         self._take = shared.client.register_script(_TAKE_TOKEN)
 
     def take(self, key: str) -> float:
-        return float(self._take(keys=[self.shared.key("bucket", self.name, key)], args=[self.capacity, self.rate]))
+        with self.shared.reaching():
+            return float(self._take(keys=[self.shared.key("bucket", self.name, key)],
+                                    args=[self.capacity, self.rate]))
 
 
 class InRedis(Shared):
@@ -276,12 +302,16 @@ class InRedis(Shared):
         # Blocking waits hold a connection each: the pool grows with them (redis-py's default is unbounded).
         self.client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30,
                                            socket_connect_timeout=5)
+        self._probe = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)  # for /readyz
         self.process = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._beats: list[Callable[[], None]] = []
         self._semaphores: dict[str, _RedisSemaphore] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._beat_once()
+        try:
+            self._beat_once()
+        except redis.RedisError as error:  # /readyz says so, and every beat tries again
+            log.warning("Redis is unreachable as this process starts (%s): %s", self.describe(), error)
         self._thread = threading.Thread(target=self._beating, name="shared-liveness", daemon=True)
         self._thread.start()
 
@@ -298,6 +328,15 @@ class InRedis(Shared):
         """Return the key that says `process` is alive while it exists."""
         return self.key("process", process)
 
+    @contextmanager
+    def reaching(self) -> Iterator[None]:
+        """Raise a failure to reach Redis in the block as SharedUnavailable: a backend's failure, a clear 503."""
+        try:
+            yield
+        except redis.RedisError as error:
+            raise SharedUnavailable(f"Redis, which this deployment's processes share their state through, "
+                                    f"failed: {type(error).__name__}: {error}") from error
+
     def on_beat(self, renew: Callable[[], None]) -> None:
         """Call `renew` on every beat of this process (it renews what it holds)."""
         with self._lock:
@@ -311,6 +350,12 @@ class InRedis(Shared):
 
     def bucket(self, name: str, per_minute: int) -> Bucket:
         return _RedisBucket(self, name, per_minute)
+
+    def reachable(self) -> bool:
+        try:
+            return bool(self._probe.ping())
+        except redis.RedisError:
+            return False
 
     def describe(self) -> str:
         kwargs = self.client.connection_pool.connection_kwargs
@@ -328,7 +373,7 @@ class InRedis(Shared):
         while not self._closed.wait(self.ttl / 3):
             try:
                 self._beat_once()
-            except redis.RedisError as error:  # what it holds expires if this goes on for ttl
+            except (redis.RedisError, SharedUnavailable) as error:  # what it holds expires if this goes on for ttl
                 log.warning("could not mark this process alive in Redis: %s", error)
             except Exception:
                 log.exception("a renewal on this process's beat failed")
@@ -341,6 +386,7 @@ class InRedis(Shared):
         except redis.RedisError:
             pass
         self.client.close()
+        self._probe.close()
 
 
 def from_config(cfg: Mapping[str, Any]) -> Shared:

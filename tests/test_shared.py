@@ -1,4 +1,4 @@
-"""The shared state of a deployment (core.shared): its semaphores and token buckets.
+"""The shared state of a deployment (core.shared): its semaphores and token buckets, and Redis gone.
 
 Every test that takes the `shared` fixture runs against both implementations, in this
 process and in a real Redis. The Redis ones alone check what only several processes show:
@@ -14,8 +14,11 @@ import time
 
 import pytest
 
+from core.embedded_store import free_port
+from core.envelope import CODE_BACKEND
 from core.shared import _LocalBucket
-from tests.helpers import ROOT, Worker
+from tests import redis_server
+from tests.helpers import PROMPTS, ROOT, Worker, body
 
 TTL = 2.0  # seconds what a process holds outlives it, in the tests of a killed process
 
@@ -172,3 +175,30 @@ def test_two_processes_on_one_redis_share_one_budget(make_shared):
     assert [first.take("alice"), second.take("alice")] == [0, 0]
     assert first.take("alice") > 0 and second.take("alice") > 0
     assert second.take("bob") == 0
+
+
+# -- Redis gone -----------------------------------------------------------------------------
+def test_while_redis_is_down_generations_fail_clearly_and_readyz_says_why(make_gen_app, tmp_path, redis_url):
+    server = redis_server.RedisServer(tmp_path).start()  # one of its own, to stop
+    try:
+        client = make_gen_app(REDIS_URL=server.url, GENERATE_RATE_LIMIT=60).test_client()
+        assert client.get("/readyz").status_code == 200
+        assert client.post("/generate", json=body(0, PROMPTS[0])).status_code == 200
+    finally:
+        server.stop()
+    response = client.post("/generate", json=body(0, PROMPTS[0]))
+    answer = response.get_json()
+    assert response.status_code == 503 and answer["success"] is False and answer["code"] == CODE_BACKEND
+    assert "Redis" in answer["message"]
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.get_json()["data"]["shared"] == {"kind": "redis", "reachable": False}
+    assert "Redis (REDIS_URL) unreachable" in ready.get_json()["message"]
+    assert client.get("/metrics").status_code == 200  # without the pool's series, which are in Redis
+
+
+def test_a_server_started_while_redis_is_down_comes_up_not_ready(make_gen_app):
+    client = make_gen_app(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0").test_client()
+    assert client.get("/healthz").status_code == 200
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.get_json()["data"]["shared"]["reachable"] is False

@@ -262,6 +262,7 @@ def _text(description: str, example: str, media: str = TEXT) -> dict:
 
 READY_EXAMPLE = {"database": {"reachable": True, "supervised": True, "restarts": 0, "disk_free_mb": 20480,
                               "disk_full": False},
+                 "shared": {"kind": "redis", "reachable": True},
                  "sd": {"total": 1, "healthy": 1, "busy": 0, "waiting": 0, "closed": False, "instances": [
                      {"name": "http://sd-1:7860", "state": "idle", "healthy": True,
                       "cooldown_remaining": 0, "last_error": ""}]},
@@ -290,8 +291,9 @@ SYSTEM_PATHS = {
     }},
     "/readyz": {"get": {
         "tags": ["system"], "operationId": "readyz", "security": OPEN,
-        "summary": "Say whether a generation can work now: database, GPT and a healthy SD instance",
-        "description": "Cheap: one database ping and the backends' own counters; no model is called. "
+        "summary": "Say whether a generation can work now: database, Redis when set, GPT and a healthy SD instance",
+        "description": "Cheap: one database ping, one Redis ping when REDIS_URL is set, and the backends' own "
+                       "counters; no model is called. "
                        "For a researcher (from the server's machine, or with the token when one is set) "
                        "`data` holds the details and `message` says what is missing or degraded; anyone "
                        "else gets the same status and code, `data` null and a bare ready or not ready.",
