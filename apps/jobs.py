@@ -17,17 +17,22 @@ answers its state, progress and place in the image queue; DELETE /jobs/<id> canc
 step starts after, each image being drawn for it is interrupted on the instance drawing it
 and no other, and it ends `cancelled` (409 once it has ended).
 
-A job stays in memory while it runs and JOB_KEEP seconds after; after that, and in a
-process that did not run it, its record answers. While a process runs jobs it marks their
-records alive every JOB_HEARTBEAT seconds (`aliveAt`), so the record of a job whose process
-died is known for what it is, and answered and stored as failed.
+A job stays in memory while it runs and JOB_KEEP seconds after, in the process running it;
+after that its record answers. While a process runs jobs it marks their records alive every
+JOB_HEARTBEAT seconds (`aliveAt`), so the record of a job whose process died is known for
+what it is, and answered and stored as failed.
+
+Another process of the deployment answers a job it does not hold through a `Broadcast`,
+chosen by where the deployment's state is shared (core.shared). A process alone (no
+REDIS_URL) has nobody to ask: such a job is answered from its record alone, its stream
+polled, its cancel refused with 409.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -44,7 +49,7 @@ from agent.pool import ImageControl
 from apps import records
 from apps.records import (CANCELLED, COLLECTION, ENDED, FAILED, QUEUED, RUNNING, SUCCEEDED, GenerationCall,
                           ImageStep, LLMStep, Recorder, RecordError, Status)
-from core import json_codec
+from core import json_codec, shared
 from core import validation as v
 from core.db import Document, Id, get_db
 from core.backends import get_pool
@@ -55,6 +60,9 @@ from core.security import researcher
 log = logging.getLogger(__name__)
 
 EXTENSION = "jobs"
+LAST = ("result", "error")  # the kinds of a job's last event: one of them ends every job
+KEEP_ALIVE = ": keep-alive\n\n"  # the comment a quiet event stream sends
+LATE = 1.0  # seconds a reader in another process waits for the last events of a job whose record has ended
 INTERRUPTED = "Interrupted"  # the kind of a job's error when the process running it died
 
 
@@ -137,6 +145,11 @@ class Event:
     kind: str
     data: dict[str, Any]
 
+    @property
+    def last(self) -> bool:
+        """Whether it is the job's last event."""
+        return self.kind in LAST
+
     def sse(self, preview: bool) -> str:
         """Return the event as Server-Sent Events text (a progress event without its preview unless asked)."""
         data = self.data
@@ -148,8 +161,10 @@ class Event:
 class Job:
     """One generation run by this process: its record, its events, and its hold over its images in the pool."""
 
-    def __init__(self, call: GenerationCall, db: Database, journal: records.RecordJournal | None, owner: str) -> None:
+    def __init__(self, call: GenerationCall, db: Database, journal: records.RecordJournal | None, owner: str,
+                 broadcast: Broadcast) -> None:
         self.call = call
+        self._broadcast = broadcast
         self.recorder = Recorder(db, call, journal, on_step=self._on_step)
         self.control = ImageControl(owner, on_event=self._on_image)
         self.status: Status = QUEUED
@@ -179,8 +194,14 @@ class Job:
     def emit(self, kind: str, data: dict[str, Any]) -> None:
         """Add an event, numbered after the others, and wake whoever waits for one."""
         with self._changed:
-            self._events.append(Event(len(self._events) + 1, kind, data))
+            self._add(kind, data)
             self._changed.notify_all()
+
+    def _add(self, kind: str, data: dict[str, Any]) -> None:
+        """Number the event and tell it, in order, with how far the job is then (under the lock)."""
+        event = Event(len(self._events) + 1, kind, data)
+        self._events.append(event)
+        self._broadcast.publish(self.id, event, self.progress())
 
     def events_after(self, last: int, timeout: float) -> tuple[list[Event], bool]:
         """Return the events after number `last` (waiting up to `timeout` for one), and whether no more will come."""
@@ -247,9 +268,9 @@ class Job:
         self.finished_at, self.ended_at = datetime.now(timezone.utc), time.monotonic()
         with self._changed:
             self.status = status
-            self._events.append(Event(len(self._events) + 1, "status", {"status": status}))
+            self._add("status", {"status": status})
             last = ("result", {"data": result}) if failure is None else ("error", self.error.model_dump(by_alias=True))
-            self._events.append(Event(len(self._events) + 1, *last))
+            self._add(*last)
             self._changed.notify_all()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -258,9 +279,81 @@ class Job:
             return self._changed.wait_for(lambda: self.ended, timeout)
 
 
+# -- what the processes of a deployment tell each other of their jobs ----------------------
+class Broadcast:
+    """What the process running a job tells the deployment's other processes, and what they ask of it.
+
+    The runner `publish`es each event of its jobs, and renews what is kept of those still
+    running (`alive`). Another process `follows` a job's events when it can (`read`), answers
+    its `progress`, and asks the runner to `cancel` it or to draw previews (`ask_preview`);
+    the runner hears those asks and acts on the jobs it holds.
+    """
+
+    def publish(self, job_id: ObjectId, event: Event, progress: Progress) -> None:
+        """Tell the job's event, and how far the job is then; quick, and never raises (called under the job's lock)."""
+        raise NotImplementedError
+
+    def alive(self, job_ids: Iterable[ObjectId]) -> None:
+        """Keep what is told of these jobs, which this process still runs, for a while longer."""
+        raise NotImplementedError
+
+    def follows(self, job_id: ObjectId, status: Status) -> bool:
+        """Return whether this process can follow the events of a job it does not hold, whose record says `status`."""
+        raise NotImplementedError
+
+    def read(self, job_id: ObjectId, after: int, timeout: float) -> list[Event]:
+        """Return the job's told events after number `after`, waiting up to `timeout` seconds for one."""
+        raise NotImplementedError
+
+    def progress(self, job_id: ObjectId) -> Progress | None:
+        """Return how far a job another process runs got, as last told; None when it is not told."""
+        raise NotImplementedError
+
+    def cancel(self, job_id: ObjectId) -> bool:
+        """Ask whichever process runs the job to cancel it; return False when no other process can be asked."""
+        raise NotImplementedError
+
+    def ask_preview(self, job_id: ObjectId) -> None:
+        """Ask whichever process runs the job to draw its images with live previews from now on."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Tell what is still to tell, and stop listening."""
+
+
+class ProcessAlone(Broadcast):
+    """One server process, the only one: nobody to tell, and another's job is known by its record alone."""
+
+    def publish(self, job_id: ObjectId, event: Event, progress: Progress) -> None:
+        pass
+
+    def alive(self, job_ids: Iterable[ObjectId]) -> None:
+        pass
+
+    def follows(self, job_id: ObjectId, status: Status) -> bool:
+        return False
+
+    def read(self, job_id: ObjectId, after: int, timeout: float) -> list[Event]:
+        return []
+
+    def progress(self, job_id: ObjectId) -> Progress | None:
+        return None
+
+    def cancel(self, job_id: ObjectId) -> bool:
+        return False
+
+    def ask_preview(self, job_id: ObjectId) -> None:
+        pass
+
+
+def broadcast_of(state: shared.Shared, holder: Callable[[ObjectId], Job | None], heartbeat: float) -> Broadcast:
+    """Return how this process tells the deployment's others of its jobs, by where their shared state is."""
+    return ProcessAlone()  # its other implementation, through Redis, comes next
+
+
 # -- the jobs of this process ---------------------------------------------------------------
 class Jobs:
-    """The jobs of this process: run on its threads, kept while they run and `keep` seconds after."""
+    """The jobs of this process: run on its threads, kept while they run and `keep` seconds after, and told."""
 
     def __init__(self, app: Flask, workers: int, keep: float, heartbeat: float) -> None:
         self.app, self.keep, self.heartbeat = app, keep, heartbeat
@@ -268,13 +361,14 @@ class Jobs:
         self._jobs: dict[ObjectId, Job] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self.broadcast = broadcast_of(app.extensions[shared.EXTENSION], self.get, heartbeat)
         self._beat = threading.Thread(target=self._heartbeats, name="job-heartbeat", daemon=True)
         self._beat.start()
 
     def submit(self, call: GenerationCall, db: Database, journal: records.RecordJournal | None, owner: str,
                gpt: Any, pool: Any) -> Job:
         """Record `call` as a queued job and start it on a job thread; return it."""
-        job = Job(call, db, journal, owner)
+        job = Job(call, db, journal, owner, self.broadcast)
         job.recorder.queued()
         job.emit("status", {"status": QUEUED})
         with self._lock:
@@ -299,10 +393,11 @@ class Jobs:
             del self._jobs[job_id]
 
     def _heartbeats(self) -> None:
-        """Mark the records of the jobs this process runs alive, every `heartbeat` seconds."""
+        """Mark the records, and what is told, of the jobs this process runs alive, every `heartbeat` seconds."""
         while not self._closed.wait(self.heartbeat):
             with self._lock:
                 live = [job.id for job in self._jobs.values() if not job.ended]
+            self.broadcast.alive(live)
             if not live:
                 continue
             try:
@@ -313,7 +408,7 @@ class Jobs:
                 log.debug("could not mark %d running jobs alive: %s", len(live), type(error).__name__)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop taking jobs and give the ones submitted `timeout` seconds to end (each ends, and is recorded)."""
+        """Stop taking jobs and give the ones submitted `timeout` seconds to end (each ends, is recorded and told)."""
         self._closed.set()
         self._executor.shutdown(wait=False)  # the queued ones still run: each has a record and maybe a waiter
         deadline = time.monotonic() + timeout
@@ -321,6 +416,7 @@ class Jobs:
             running = [job for job in self._jobs.values() if not job.ended]
         for job in running:
             job.wait(max(0.0, deadline - time.monotonic()))
+        self.broadcast.close()
 
 
 def get_jobs() -> Jobs:
@@ -374,16 +470,16 @@ def _record_error(doc: dict[str, Any]) -> JobError | None:
                     step=error.get("step"))
 
 
-def _record_view(db: Database, doc: dict[str, Any]) -> JobView:
-    """Return the state of a job this process no longer holds, from its record."""
+def _record_view(db: Database, doc: dict[str, Any], told: Progress | None = None) -> JobView:
+    """Return the state of a job this process does not hold, from its record (and its progress as `told`)."""
     steps = doc.get("steps") or []
     done = {entry["step"] for entry in steps if not entry.get("error")}
     images = {entry["step"] for entry in steps if entry.get("kind") == "image" and not entry.get("error")}
     total = len(done)
+    progress = Progress(steps_done=total, steps_total=total, images_done=len(images), images_total=len(images))
     return JobView(id=doc["_id"], status=doc["status"], created_at=doc["createdAt"], started_at=doc.get("startedAt"),
                    finished_at=doc.get("finishedAt"),
-                   progress=Progress(steps_done=total, steps_total=total, images_done=len(images),
-                                     images_total=len(images)),
+                   progress=told if told is not None and doc["status"] not in ENDED else progress,
                    queue_position=None,
                    result=records.answered(db, doc["result"]) if doc.get("status") == SUCCEEDED else None,
                    error=_record_error(doc))
@@ -411,22 +507,30 @@ def urls_of(job_id: ObjectId) -> JobUrls:
 def get_job(job_id: str):
     """Answer a job's state, progress and place in the image queue, and its result or error once it ended."""
     key = v.object_id(job_id, "a job")
-    job = get_jobs().get(key)
-    view = job.view(get_pool()) if job is not None else _record_view(get_db(), _recorded(get_db(), key))
-    return ok(view.model_dump(by_alias=True))
+    jobs = get_jobs()
+    job = jobs.get(key)
+    if job is not None:
+        return ok(job.view(get_pool()).model_dump(by_alias=True))
+    doc = _recorded(get_db(), key)
+    told = None if doc["status"] in ENDED else jobs.broadcast.progress(key)
+    return ok(_record_view(get_db(), doc, told).model_dump(by_alias=True))
 
 
 @bp.delete("/jobs/<job_id>")
 @researcher
 def cancel_job(job_id: str):
-    """Cancel a job that has not ended: 202 with its state (it ends `cancelled` soon), 409 once it ended."""
+    """Cancel a job wherever it runs: 202 with its state (it ends `cancelled` soon), 409 once it has ended."""
     key = v.object_id(job_id, "a job")
-    job = get_jobs().get(key)
+    jobs = get_jobs()
+    job = jobs.get(key)
     if job is None:
         doc = _recorded(get_db(), key)
         if doc["status"] in ENDED:
             raise Conflict(f"job {key} has ended ({doc['status']}); there is nothing to cancel")
-        raise Conflict(f"job {key} runs in another server process, which alone can cancel it")
+        if not jobs.broadcast.cancel(key):
+            raise Conflict(f"job {key} runs in another server process, which alone can cancel it")
+        log.info("generation %s: its cancel is passed on to the server process running it", key)
+        return ok(_record_view(get_db(), doc, jobs.broadcast.progress(key)).model_dump(by_alias=True), status=202)
     if not job.cancel():
         raise Conflict(f"job {key} has ended ({job.status}); there is nothing to cancel")
     log.info("generation %s cancelled", key)
@@ -443,11 +547,46 @@ def _stream(job: Job, after: int, preview: bool, keepalive: float) -> Iterator[s
         if ended and not events:
             return
         if not events:
-            yield ": keep-alive\n\n"
+            yield KEEP_ALIVE
+
+
+def _followed_stream(broadcast: Broadcast, db: Database, doc: dict[str, Any], after: int, preview: bool,
+                     keepalive: float) -> Iterator[str]:
+    """Yield the events another process tells of its job after number `after`, as they come; end after the last.
+
+    While none comes for `keepalive` seconds: a comment, and a look at the record, so that a
+    job whose last events will never be told (its process died, or Redis lost them) ends as
+    its record says, numbered after the last event sent.
+    """
+    late = doc["status"] in ENDED  # the record is stored just before the last events are told: they are near
+    while True:
+        events = broadcast.read(doc["_id"], after, LATE if late else keepalive)
+        for event in events:
+            yield event.sse(preview)
+            after = event.id
+            if event.last:
+                return
+        if events:
+            continue
+        if late:
+            break
+        yield KEEP_ALIVE
+        doc = _recorded(db, doc["_id"])
+        late = doc["status"] in ENDED
+    for number, (kind, data) in enumerate(_ending(db, doc), after + 1):
+        yield Event(number, kind, data).sse(False)
+
+
+def _ending(db: Database, doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Return the last two events an ended record tells: its status, then its result or error."""
+    error = _record_error(doc)
+    last = ("result", {"data": records.answered(db, doc["result"])}) if error is None else \
+        ("error", error.model_dump(by_alias=True))
+    return [("status", {"status": doc["status"]}), last]
 
 
 def _recorded_stream(db: Database, key: ObjectId, after: int, poll: float, keepalive: float) -> Iterator[str]:
-    """Yield the events a record tells (its status, then its result or error), for a job this process does not hold."""
+    """Yield the events a record tells (its status, then its result or error), for a job whose events are not told."""
     waited = 0.0
     while True:
         doc = _recorded(db, key)
@@ -459,14 +598,11 @@ def _recorded_stream(db: Database, key: ObjectId, after: int, poll: float, keepa
         time.sleep(poll)
         waited += poll
         if waited >= keepalive:
-            yield ": keep-alive\n\n"
+            yield KEEP_ALIVE
             waited = 0.0
-    error = _record_error(doc)
-    last = ("result", {"data": records.answered(db, doc["result"])}) if error is None else \
-        ("error", error.model_dump(by_alias=True))
-    for event in (Event(2, "status", {"status": doc["status"]}), Event(3, *last)):
-        if event.id > after:
-            yield event.sse(False)
+    for number, (kind, data) in enumerate(_ending(db, doc), 2):
+        if number > after:
+            yield Event(number, kind, data).sse(False)
 
 
 @bp.get("/jobs/<job_id>/events")
@@ -477,14 +613,21 @@ def job_events(job_id: str):
     query = v.parse_query(EventsQuery, request.args)
     after = _last_event_id()
     keepalive = current_app.config["JOB_KEEPALIVE"]
-    job = get_jobs().get(key)
+    preview = query.preview == "1"
+    jobs = get_jobs()
+    job = jobs.get(key)
     if job is not None:
-        if query.preview == "1":
+        if preview:
             job.control.preview = True
-        events = _stream(job, after, query.preview == "1", keepalive)
+        events = _stream(job, after, preview, keepalive)
     else:
         db = get_db()
-        _recorded(db, key)  # 404 before the stream starts
-        events = _recorded_stream(db, key, after, min(1.0, keepalive), keepalive)
+        doc = _recorded(db, key)  # 404 before the stream starts
+        if preview and doc["status"] not in ENDED:
+            jobs.broadcast.ask_preview(key)
+        if jobs.broadcast.follows(key, doc["status"]):
+            events = _followed_stream(jobs.broadcast, db, doc, after, preview, keepalive)
+        else:
+            events = _recorded_stream(db, key, after, min(1.0, keepalive), keepalive)
     return Response(stream_with_context(events), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
