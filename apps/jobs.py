@@ -25,11 +25,14 @@ what it is, and answered and stored as failed.
 Another process of the deployment answers a job it does not hold through a `Broadcast`,
 chosen by where the deployment's state is shared (core.shared). A process alone (no
 REDIS_URL) has nobody to ask: such a job is answered from its record alone, its stream
-polled, its cancel refused with 409.
+polled, its cancel refused with 409. With Redis (`RedisBroadcast`) the process running a job
+also tells its events there, so any process streams them with their own ids and answers the
+job's progress, and passes cancels and requests for previews on to the process running it.
 """
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -38,7 +41,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+import orjson
+import redis
 from bson import ObjectId
+from bson.errors import InvalidId
 from flask import Blueprint, Flask, Response, current_app, request, stream_with_context, url_for
 from pydantic import Field
 from pymongo.database import Database
@@ -346,9 +352,225 @@ class ProcessAlone(Broadcast):
         pass
 
 
+@dataclass(frozen=True)
+class _Told:
+    """One event on its way to Redis."""
+
+    job_id: ObjectId
+    event: Event
+    progress: Progress
+
+
+_STOP = object()  # the publisher's last item: what came before it is told, then it stops
+
+
+class RedisBroadcast(Broadcast):
+    """The jobs of every process of the deployment told through one Redis.
+
+    - Each event of a job is appended to the stream `<prefix>job:<id>:events`, its entry id
+      `<n>-0` for event number n (so an entry's id is the SSE id), its fields `kind`, `data`
+      (JSON) and `progress` (the job's Progress then, JSON, so the last entry answers GET
+      /jobs/<id>). One thread writes them in order, in pipelined batches, so emitting costs
+      the job a queue put; when Redis fails the events are dropped (logged once), and the
+      runner's own readers still have them all. A stream keeps its last STREAM_LENGTH
+      entries or so; it expires STREAM_KEEP seconds after the job's last event, or, while
+      the job runs, `alive_for` seconds after its process last renewed it (each heartbeat),
+      so the stream of a job whose process died goes soon after its record is stale.
+    - Another process follows a stream with a blocking XREAD after the reader's last id, and
+      answers GET /jobs/<id> from the record with the progress of the last entry (its place
+      in the image queue is the runner's to know: null there).
+    - DELETE /jobs/<id> on any process publishes the id on `<prefix>jobs:cancel`, and a
+      reader asking for previews on `<prefix>jobs:preview`; every process listens to both on
+      one thread and acts on the jobs it holds. A message no process holds the job for is
+      lost: the job had ended, or its process died (its record says so soon), or it is a
+      preview asked while the listener reconnected to Redis (asked again, it comes). Once
+      asked, a job's progress events carry a preview (base64) each, in its stream too.
+    """
+
+    STREAM_LENGTH = 5000  # events of one job: a few hundred, with a progress event a second per image drawn
+    STREAM_KEEP = 3600.0  # seconds an ended job's events stay: a reader who lost its connection resumes
+    OUTBOX = 10_000  # events waiting for Redis, at most: beyond, while Redis does not answer, they are dropped
+    BATCH = 256  # entries written, or read, at once
+    LISTEN = 5.0  # seconds the listener waits for a message before it looks whether it should stop
+
+    def __init__(self, state: shared.InRedis, holder: Callable[[ObjectId], Job | None], heartbeat: float) -> None:
+        self.state, self.client, self.holder = state, state.client, holder
+        self.alive_for = max(60, round(6 * heartbeat))  # seconds: beats renew it long before it expires
+        self.cancels, self.previews = state.key("jobs", "cancel"), state.key("jobs", "preview")
+        self._outbox: queue.Queue[Any] = queue.Queue(self.OUTBOX)
+        self._ended: set[ObjectId] = set()  # told ended: renewals no longer shorten their expiry
+        self._failing = False  # Redis failed last time: told once, until it answers again
+        self._closed = threading.Event()
+        self._close_lock = threading.Lock()
+        self._listener = self.client.pubsub(ignore_subscribe_messages=True)
+        self._listener.subscribe(self.cancels, self.previews)  # before any job, so no ask for one is missed
+        self._threads = [threading.Thread(target=self._publishing, name="job-events-out", daemon=True),
+                         threading.Thread(target=self._listening, name="job-events-in", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def stream(self, job_id: ObjectId) -> str:
+        """Return the key of the stream of the job's events."""
+        return self.state.key("job", str(job_id), "events")
+
+    # -- told by the process running the job
+    def publish(self, job_id: ObjectId, event: Event, progress: Progress) -> None:
+        if self._closed.is_set():
+            return  # a job still running when its process closed: nobody hears it any more
+        try:
+            self._outbox.put_nowait(_Told(job_id, event, progress))
+        except queue.Full:
+            self._trouble("%d job events wait for Redis, which does not take them: new ones are dropped",
+                          self.OUTBOX)
+
+    def alive(self, job_ids: Iterable[ObjectId]) -> None:
+        if not self._closed.is_set():
+            try:  # in line with the events, so a renewal never outlives its job's last event
+                self._outbox.put_nowait(frozenset(job_ids))
+            except queue.Full:
+                pass  # the events are dropped too: there is nothing to renew
+
+    def _publishing(self) -> None:
+        while True:
+            batch = [self._outbox.get()]
+            while len(batch) < self.BATCH and batch[-1] is not _STOP:
+                try:
+                    batch.append(self._outbox.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._write([item for item in batch if item is not _STOP])
+            except Exception:  # a bug here must not stop the events of the jobs to come
+                log.exception("could not tell %d job events to Redis", len(batch))
+            if batch[-1] is _STOP:
+                return
+
+    def _write(self, batch: list[Any]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        expiries: dict[str, float] = {}
+        for item in batch:
+            if isinstance(item, frozenset):  # a renewal
+                expiries.update((self.stream(i), self.alive_for) for i in item if i not in self._ended)
+                self._ended &= item  # the others will not be renewed again
+                continue
+            key = self.stream(item.job_id)
+            pipe.xadd(key, {"kind": item.event.kind, "data": json_codec.dumps(item.event.data),
+                            "progress": json_codec.dumps(item.progress.model_dump(by_alias=True))},
+                      id=f"{item.event.id}-0", maxlen=self.STREAM_LENGTH, approximate=True)
+            expiries[key] = self.STREAM_KEEP if item.event.last else self.alive_for
+            if item.event.last:
+                self._ended.add(item.job_id)
+        for key, seconds in expiries.items():
+            pipe.expire(key, round(seconds))
+        if not expiries:
+            return
+        try:
+            pipe.execute()
+        except redis.RedisError as error:
+            self._trouble("could not tell job events to Redis (%s); readers on other processes miss them",
+                          error)
+            return
+        if self._failing:
+            self._failing = False
+            log.info("job events reach Redis again")
+
+    # -- read by the other processes
+    def follows(self, job_id: ObjectId, status: Status) -> bool:
+        if status not in ENDED:
+            return True  # told as it runs (its stream may not be written yet)
+        try:
+            return bool(self.client.exists(self.stream(job_id)))
+        except redis.RedisError as error:
+            self._trouble("could not look for a job's events in Redis (%s); its record answers", error)
+            return False
+
+    def read(self, job_id: ObjectId, after: int, timeout: float) -> list[Event]:
+        key = self.stream(job_id)
+        try:
+            answer = self.client.xread({key: f"{after}-0"}, count=self.BATCH, block=max(1, round(timeout * 1000)))
+        except redis.RedisError as error:
+            self._trouble("could not read a job's events from Redis (%s)", error)
+            time.sleep(timeout)  # as if none came: the reader looks at the record meanwhile
+            return []
+        entries = answer.get(key, [[]])[0] if isinstance(answer, dict) else (answer[0][1] if answer else [])
+        return [Event(int(entry_id.partition("-")[0]), fields["kind"], orjson.loads(fields["data"]))
+                for entry_id, fields in entries]
+
+    def progress(self, job_id: ObjectId) -> Progress | None:
+        try:
+            last = self.client.xrevrange(self.stream(job_id), count=1)
+        except redis.RedisError as error:
+            self._trouble("could not read a job's progress from Redis (%s)", error)
+            return None
+        return Progress.model_validate(orjson.loads(last[0][1]["progress"])) if last else None
+
+    def cancel(self, job_id: ObjectId) -> bool:
+        try:
+            self.client.publish(self.cancels, str(job_id))
+        except redis.RedisError as error:
+            raise ApiError("the cancel could not be passed on to the server process running the job "
+                           f"({type(error).__name__} from Redis); try again shortly", status=503) from error
+        return True
+
+    def ask_preview(self, job_id: ObjectId) -> None:
+        try:
+            self.client.publish(self.previews, str(job_id))
+        except redis.RedisError as error:
+            self._trouble("could not ask for a job's previews through Redis (%s)", error)
+
+    # -- heard by the process running the job
+    def _listening(self) -> None:
+        while not self._closed.is_set():
+            try:
+                message = self._listener.get_message(timeout=self.LISTEN)
+            except redis.RedisError as error:  # redis-py subscribes again when it reconnects
+                self._trouble("lost the subscription to cancels and previews in Redis (%s)", error)
+                self._closed.wait(1.0)
+                continue
+            if message is None:
+                continue
+            try:
+                self._heard(message["channel"], message["data"])
+            except Exception:  # one job's trouble must not deafen the process to the others
+                log.exception("could not act on %r for job %r", message["channel"], message["data"])
+        self._listener.close()
+
+    def _heard(self, channel: str, data: str) -> None:
+        try:
+            job = self.holder(ObjectId(data))
+        except (InvalidId, TypeError):
+            return  # not a job's id: the wake-up of a process that closes
+        if job is None:
+            return  # another process's, or ended and forgotten
+        if channel == self.previews:
+            job.control.preview = True
+        elif job.cancel():
+            log.info("generation %s cancelled, as another server process asked", job.id)
+
+    def _trouble(self, message: str, *args: Any) -> None:
+        """Log a Redis failure as a warning the first time, then quietly until it answers again."""
+        (log.debug if self._failing else log.warning)(message, *args)
+        self._failing = True
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+        try:
+            self._outbox.put(_STOP, timeout=2.0)
+            self.client.publish(self.cancels, "")  # wakes the listener now rather than at its next timeout
+        except (queue.Full, redis.RedisError):
+            pass
+        for thread in self._threads:
+            thread.join(5.0)
+
+
 def broadcast_of(state: shared.Shared, holder: Callable[[ObjectId], Job | None], heartbeat: float) -> Broadcast:
     """Return how this process tells the deployment's others of its jobs, by where their shared state is."""
-    return ProcessAlone()  # its other implementation, through Redis, comes next
+    if isinstance(state, shared.InRedis):
+        return RedisBroadcast(state, holder, heartbeat)
+    return ProcessAlone()
 
 
 # -- the jobs of this process ---------------------------------------------------------------
