@@ -2,9 +2,10 @@
 
 The app is served by a real threaded server (and once by gunicorn, as in production); the
 events are read with sseclient-py over a streaming `requests` response, as a browser's
-EventSource would read them. The last tests serve two apps of one deployment (one Redis
-prefix, one database), as two processes behind one load balancer: a job runs on one, and
-is followed, read and cancelled on the other.
+EventSource would read them. The core tests run on one process alone and on one sharing
+through Redis (`alone_or_shared`); the last ones serve two apps of one deployment (one
+Redis prefix, one database), as two processes behind one load balancer: a job runs on
+one, and is followed, read and cancelled on the other.
 """
 from __future__ import annotations
 
@@ -49,6 +50,14 @@ def served(make_gen_app):
         server.server_close()
 
 
+@pytest.fixture
+def alone_or_shared(request, shared_kind) -> dict:
+    """The settings of a server alone, or of one sharing its jobs through Redis: the core tests run on both."""
+    if shared_kind == "process":
+        return {}
+    return {"REDIS_URL": request.getfixturevalue("redis_url"), "REDIS_PREFIX": f"test-{uuid.uuid4().hex[:12]}:"}
+
+
 def submit(base: str, type_: int = 0, prompts=None, **kwargs) -> dict:
     response = requests.post(f"{base}/jobs", json=body(type_, RAPID_TWO if prompts is None else prompts, None),
                              timeout=10, **kwargs)
@@ -78,8 +87,8 @@ def drawing(sd) -> bool:
     return requests.get(f"{sd.url}/sdapi/v1/progress", timeout=5).json()["state"]["job_count"] > 0
 
 
-def test_a_job_is_queued_runs_and_answers_what_generate_answers(served, database_of):
-    app, base = served()
+def test_a_job_is_queued_runs_and_answers_what_generate_answers(served, database_of, alone_or_shared):
+    app, base = served(**alone_or_shared)
     submitted = submit(base)
     assert submitted["status"] == "queued"
     assert submitted["urls"] == {"self": f"/jobs/{submitted['id']}", "events": f"/jobs/{submitted['id']}/events",
@@ -95,10 +104,10 @@ def test_a_job_is_queued_runs_and_answers_what_generate_answers(served, database
     assert record["startedAt"] is not None and record["finishedAt"] is not None
 
 
-def test_events_come_in_order_with_ids_and_resume_after_last_event_id(served, sims):
+def test_events_come_in_order_with_ids_and_resume_after_last_event_id(served, sims, alone_or_shared):
     for sd in sims.sds:
         sd.per_step = 0.05  # the study's 30 steps, 1.5 s: long enough for the pool's progress poll (every second)
-    app, base = served()
+    app, base = served(**alone_or_shared)
     submitted = submit(base)
     seen = events(base, submitted["id"], preview="1")
     assert [int(e.id) for e in seen] == list(range(1, len(seen) + 1))
@@ -123,10 +132,10 @@ def test_events_come_in_order_with_ids_and_resume_after_last_event_id(served, si
     assert all("preview" not in json.loads(e.data) for e in again if e.event == "progress")  # not asked for
 
 
-def test_cancel_interrupts_exactly_the_instance_drawing_the_job_and_nothing_else(served, sims):
+def test_cancel_interrupts_exactly_the_instance_drawing_the_job_and_nothing_else(served, sims, alone_or_shared):
     for sd in sims.sds:
         sd.per_step = 0.1  # 3 s an image (the study's 30 steps): cancelled long before it ends
-    app, base = served()
+    app, base = served(**alone_or_shared)
     mine = submit(base, prompts={"task": "a", "num": 1})
     other = submit(base, prompts={"task": "b", "num": 1}, headers={"User-Agent": "another participant"})
     wait_until(lambda: sum(drawing(sd) for sd in sims.sds) == 2, timeout=15, what="both jobs drawing")
