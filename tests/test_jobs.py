@@ -2,7 +2,10 @@
 
 The app is served by a real threaded server (and once by gunicorn, as in production); the
 events are read with sseclient-py over a streaming `requests` response, as a browser's
-EventSource would read them.
+EventSource would read them. The core tests run on one process alone and on one sharing
+through Redis (`alone_or_shared`); the last ones serve two apps of one deployment (one
+Redis prefix, one database), as two processes behind one load balancer: a job runs on
+one, and is followed, read and cancelled on the other.
 """
 from __future__ import annotations
 
@@ -11,10 +14,13 @@ import json
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import redis
 import requests
 import sseclient
+from bson import ObjectId
 from werkzeug.serving import make_server
 
 from tests.helpers import PROMPTS, RAPID_TWO, SIM_KEY, all_records, body, check_rapid, wait_until
@@ -42,6 +48,14 @@ def served(make_gen_app):
         server.shutdown()
         thread.join(10)
         server.server_close()
+
+
+@pytest.fixture
+def alone_or_shared(request, shared_kind) -> dict:
+    """The settings of a server alone, or of one sharing its jobs through Redis: the core tests run on both."""
+    if shared_kind == "process":
+        return {}
+    return {"REDIS_URL": request.getfixturevalue("redis_url"), "REDIS_PREFIX": f"test-{uuid.uuid4().hex[:12]}:"}
 
 
 def submit(base: str, type_: int = 0, prompts=None, **kwargs) -> dict:
@@ -73,8 +87,8 @@ def drawing(sd) -> bool:
     return requests.get(f"{sd.url}/sdapi/v1/progress", timeout=5).json()["state"]["job_count"] > 0
 
 
-def test_a_job_is_queued_runs_and_answers_what_generate_answers(served, database_of):
-    app, base = served()
+def test_a_job_is_queued_runs_and_answers_what_generate_answers(served, database_of, alone_or_shared):
+    app, base = served(**alone_or_shared)
     submitted = submit(base)
     assert submitted["status"] == "queued"
     assert submitted["urls"] == {"self": f"/jobs/{submitted['id']}", "events": f"/jobs/{submitted['id']}/events",
@@ -90,10 +104,10 @@ def test_a_job_is_queued_runs_and_answers_what_generate_answers(served, database
     assert record["startedAt"] is not None and record["finishedAt"] is not None
 
 
-def test_events_come_in_order_with_ids_and_resume_after_last_event_id(served, sims):
+def test_events_come_in_order_with_ids_and_resume_after_last_event_id(served, sims, alone_or_shared):
     for sd in sims.sds:
         sd.per_step = 0.05  # the study's 30 steps, 1.5 s: long enough for the pool's progress poll (every second)
-    app, base = served()
+    app, base = served(**alone_or_shared)
     submitted = submit(base)
     seen = events(base, submitted["id"], preview="1")
     assert [int(e.id) for e in seen] == list(range(1, len(seen) + 1))
@@ -118,10 +132,10 @@ def test_events_come_in_order_with_ids_and_resume_after_last_event_id(served, si
     assert all("preview" not in json.loads(e.data) for e in again if e.event == "progress")  # not asked for
 
 
-def test_cancel_interrupts_exactly_the_instance_drawing_the_job_and_nothing_else(served, sims):
+def test_cancel_interrupts_exactly_the_instance_drawing_the_job_and_nothing_else(served, sims, alone_or_shared):
     for sd in sims.sds:
         sd.per_step = 0.1  # 3 s an image (the study's 30 steps): cancelled long before it ends
-    app, base = served()
+    app, base = served(**alone_or_shared)
     mine = submit(base, prompts={"task": "a", "num": 1})
     other = submit(base, prompts={"task": "b", "num": 1}, headers={"User-Agent": "another participant"})
     wait_until(lambda: sum(drawing(sd) for sd in sims.sds) == 2, timeout=15, what="both jobs drawing")
@@ -253,3 +267,98 @@ def test_jobs_refuses_what_generate_refuses_and_submits_nothing(client, db, sent
     assert [a.status_code for a in answers] == [400, 400]
     assert answers[0].get_json() == answers[1].get_json() and answers[1].get_json()["message"].startswith(field)
     assert db.generations.count_documents({}) == 0
+
+
+# -- two servers of one deployment --------------------------------------------------------
+@pytest.fixture
+def deployment(served, redis_url):
+    """Return `deploy(**settings)`: two served apps of one deployment, [(app, base URL), (app, base URL)]."""
+
+    def deploy(**settings):
+        common = {"REDIS_URL": redis_url, "REDIS_PREFIX": f"test-{uuid.uuid4().hex[:12]}:",
+                  "MONGO_DB": f"jobs_{uuid.uuid4().hex[:12]}", **settings}
+        return [served(**common), served(**common)]
+
+    return deploy
+
+
+def told(seen: list[sseclient.Event]) -> list[tuple[str, str, dict]]:
+    """Return the id, kind and data of each event, a progress event's data without its preview."""
+    return [(e.id, e.event, {k: v for k, v in json.loads(e.data).items() if k != "preview" or e.event != "progress"})
+            for e in seen]
+
+
+def test_another_server_streams_every_event_with_its_ids_and_resumes_after_last_event_id(deployment, sims,
+                                                                                         redis_url):
+    for sd in sims.sds:
+        sd.per_step = 0.05  # 1.5 s an image: progress events, with previews, on the way
+    (app_a, a), (app_b, b) = deployment()
+    submitted = submit(a)
+    with ThreadPoolExecutor(2) as readers:  # both follow it live, from its first event; only B asks for previews
+        on_b = readers.submit(events, b, submitted["id"], preview="1")
+        on_a = readers.submit(events, a, submitted["id"])
+        seen_a, seen_b = on_a.result(), on_b.result()
+    assert told(seen_b) == told(seen_a)
+    assert [int(e.id) for e in seen_b] == list(range(1, len(seen_b) + 1)) and seen_b[-1].event == "result"
+    assert seen_b[-1].data == seen_a[-1].data
+    progress = [json.loads(e.data) for e in seen_b if e.event == "progress"]
+    assert any(p["preview"] and base64.b64decode(p["preview"]).startswith(PNG) for p in progress)
+    assert all("preview" not in json.loads(e.data) for e in seen_a if e.event == "progress")
+    # Resumed on either server after any event: exactly the ones after it, previews only when asked.
+    middle = len(seen_a) // 2
+    again_b = events(b, submitted["id"], last=middle)
+    assert told(again_b) == told(events(a, submitted["id"], last=middle))
+    assert [e.id for e in again_b] == [e.id for e in seen_a[middle:]]
+    assert all("preview" not in json.loads(e.data) for e in again_b if e.event == "progress")
+    on_a, on_b = job(a, submitted["id"]), job(b, submitted["id"])  # A from memory, B from the record
+    assert on_b["status"] == "succeeded" and on_b["result"] == on_a["result"] and on_b["progress"] == on_a["progress"]
+    # Once its events expired, the record tells the end, as for a job of a process alone.
+    stream = f"{app_a.config['REDIS_PREFIX']}job:{submitted['id']}:events"
+    with redis.Redis.from_url(redis_url) as direct:
+        assert 3600 - 5 < direct.ttl(stream) <= 3600
+        direct.delete(stream)
+    replay = events(b, submitted["id"])
+    assert [(e.id, e.event) for e in replay] == [("2", "status"), ("3", "result")]
+    assert replay[-1].data == seen_a[-1].data
+
+
+def test_a_cancel_on_another_server_interrupts_exactly_the_instance_drawing_the_job(deployment, sims):
+    for sd in sims.sds:
+        sd.per_step = 0.1  # 3 s an image: cancelled long before it ends
+    (app_a, a), (app_b, b) = deployment()
+    mine = submit(a, prompts={"task": "a", "num": 1})
+    other = submit(a, prompts={"task": "b", "num": 1}, headers={"User-Agent": "another participant"})
+    wait_until(lambda: sum(drawing(sd) for sd in sims.sds) == 2, timeout=15, what="both jobs drawing")
+    # Its four GPT steps are done and its image is being drawn: B tells it from what A told.
+    wait_until(lambda: job(b, mine["id"])["progress"] == {"stepsDone": 4, "stepsTotal": 5, "imagesDone": 0,
+                                                          "imagesTotal": 1}, what="B to tell the progress")
+    response = requests.delete(f"{b}/jobs/{mine['id']}", timeout=10)
+    assert response.status_code == 202 and response.json()["data"]["status"] == "running"
+    ended = wait_until(lambda: (found := job(b, mine["id"]))["status"] == "cancelled" and found, what="cancelled")
+    assert ended["error"]["code"] == 1 and ended["result"] is None
+    interrupted = [sd for sd in sims.sds if sd.interrupts]
+    assert len(interrupted) == 1 and len(interrupted[0].interrupts) == 1
+    assert wait_until(lambda: job(b, other["id"])["status"] == "succeeded", timeout=20, what="the other job")
+    assert [e.event for e in events(b, mine["id"])][-2:] == ["status", "error"]
+    assert requests.delete(f"{b}/jobs/{mine['id']}", timeout=10).status_code == 409
+    assert requests.delete(f"{b}/jobs/0123456789abcdef01234567", timeout=10).status_code == 404
+
+
+def test_a_stream_on_another_server_ends_when_the_server_running_the_job_dies(deployment, sims):
+    for sd in sims.sds:
+        sd.per_step = 0.2  # 6 s an image: the job outlives its server
+    (app_a, a), (app_b, b) = deployment(JOB_HEARTBEAT=0.2, JOB_KEEPALIVE=0.2)
+    submitted = submit(a, prompts={"task": "a", "num": 1})
+    wait_until(lambda: any(drawing(sd) for sd in sims.sds), timeout=15, what="the job drawing")
+    jobs_a = app_a.extensions["jobs"]
+    jobs_a.close(timeout=0)  # as if A died: no heartbeat, nothing told, nothing heard; its job goes on
+    try:
+        started = time.monotonic()
+        seen = events(b, submitted["id"])
+        assert time.monotonic() - started < 5
+        assert [int(e.id) for e in seen] == list(range(1, len(seen) + 1))
+        assert [e.event for e in seen][-2:] == ["status", "error"] and '"failed"' in seen[-2].data
+        assert "stopped before it ended" in json.loads(seen[-1].data)["message"]
+        assert job(b, submitted["id"])["status"] == "failed"
+    finally:
+        jobs_a.get(ObjectId(submitted["id"])).cancel()  # so that A's app closes at once

@@ -520,7 +520,8 @@ GENERATE_PATHS = {
             "tags": ["jobs"], "operationId": "cancelJob", "summary": "Cancel a job that has not ended",
             "description": "No step starts after; each image being drawn for the job is interrupted on the WebUI "
                            "instance drawing it (POST /sdapi/v1/interrupt), never on another. The job ends "
-                           "`cancelled` shortly after the answer.",
+                           "`cancelled` shortly after the answer. With REDIS_URL set any server process of the "
+                           "deployment cancels it; without, only the one running it can (another answers 409).",
             "parameters": [JOB_ID],
             "responses": {"202": json_response("Cancelling: the job as it is now.", success(jobs.JobView)),
                           **errors(400, 401, 403, 404, 405, 409, 503)},
@@ -533,7 +534,8 @@ GENERATE_PATHS = {
                        "and with ?preview=1 the WebUI's live preview as base64}), then `result` ({data}, "
                        "/generate's data) or `error` ({code, message, step}) last; the stream ends after it. "
                        "A comment line `: keep-alive` comes every JOB_KEEPALIVE seconds while nothing "
-                       "happens. Send `Last-Event-ID` to resume after an event.",
+                       "happens. Send `Last-Event-ID` to resume after an event. With REDIS_URL set every "
+                       "server process of the deployment streams them, with the same ids.",
         "parameters": [JOB_ID, *query_parameters(jobs.EventsQuery),
                        {"name": "Last-Event-ID", "in": "header", "required": False,
                         "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
