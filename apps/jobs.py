@@ -403,7 +403,7 @@ class RedisBroadcast(Broadcast):
         self._closed = threading.Event()
         self._close_lock = threading.Lock()
         self._listener = self.client.pubsub(ignore_subscribe_messages=True)
-        self._listener.subscribe(self.cancels, self.previews)  # before any job, so no ask for one is missed
+        self._subscribed = self._subscribe()  # before any job, so no ask for one is missed (Redis up)
         self._threads = [threading.Thread(target=self._publishing, name="job-events-out", daemon=True),
                          threading.Thread(target=self._listening, name="job-events-in", daemon=True)]
         for thread in self._threads:
@@ -519,8 +519,22 @@ class RedisBroadcast(Broadcast):
             self._trouble("could not ask for a job's previews through Redis (%s)", error)
 
     # -- heard by the process running the job
+    def _subscribe(self) -> bool:
+        """Listen to the cancels and previews; return False (told once) when Redis does not answer."""
+        try:
+            self._listener.subscribe(self.cancels, self.previews)
+            return True
+        except redis.RedisError as error:
+            self._trouble("could not subscribe to cancels and previews in Redis (%s); trying again", error)
+            return False
+
     def _listening(self) -> None:
         while not self._closed.is_set():
+            if not self._subscribed:  # Redis was down as the process started
+                self._subscribed = self._subscribe()
+                if not self._subscribed:
+                    self._closed.wait(1.0)
+                    continue
             try:
                 message = self._listener.get_message(timeout=self.LISTEN)
             except redis.RedisError as error:  # redis-py subscribes again when it reconnects
