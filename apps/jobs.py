@@ -271,7 +271,8 @@ class Job:
              failure: BaseException | None = None) -> None:
         self.result, self.failure = result, failure
         self.error = None if failure is None else error_of(failure)
-        self.finished_at, self.ended_at = datetime.now(timezone.utc), time.monotonic()
+        # The record's time, so every process answers the same one.
+        self.finished_at, self.ended_at = self.recorder.finished_at or datetime.now(timezone.utc), time.monotonic()
         with self._changed:
             self.status = status
             self._add("status", {"status": status})

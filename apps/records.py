@@ -392,6 +392,11 @@ class Recorder:
         """When the pipeline started (the block was entered), or None while queued."""
         return self._running_at
 
+    @property
+    def finished_at(self) -> datetime | None:
+        """When the pipeline ended (the block was left), as the record says, or None before."""
+        return self._ended[0] if self._ended else None
+
     def __enter__(self) -> Recorder:
         self._running_at = datetime.now(timezone.utc)  # stored with the end (a $set would write it as text)
         if self.journal is not None and self.journal.backlog:
