@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -20,11 +21,31 @@ from agent.pool import ImageControl
 from tests.helpers import Worker, small_payload, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TTL = 2.0  # seconds a killed process's lease outlives it, in these tests
 
 
 def states(client, prefix, sims):
     """Return each simulator's instance state as the Redis board holds it."""
     return [client.hget(f"{prefix}sd:instance:{sim.url.removeprefix('http://')}", "state") for sim in sims]
+
+
+@contextmanager
+def another_process(redis_url, prefix, sim, prompt):
+    """Run a process of the deployment that asks `sim` for one image; kill it after the block if it lives."""
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        from agent.pool import SDInstancePool, ImageControl
+        from core.shared import InRedis
+        pool = SDInstancePool([{sim.endpoint!r}], connect_timeout=1, read_timeout=60, acquire_timeout=60,
+                              cooldown=30, max_attempts=1, probe_timeout=1,
+                              shared=InRedis({redis_url!r}, prefix={prefix!r}, ttl={TTL}))
+        pool.txt2img({{"prompt": {prompt!r}, "steps": 2, "width": 64, "height": 64}}, ImageControl("gone"))
+        """)], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
 
 
 @pytest.fixture
@@ -85,16 +106,8 @@ def test_the_line_is_fair_across_processes(deployment, sd_sims):
 
 def test_a_killed_process_lease_comes_back_and_its_image_is_interrupted_first(deployment, sd_sims, redis_url):
     sim = sd_sims(latency=30.0)  # the dead process's image would hold the instance for 30 s
-    (pool,), prefix = deployment([sim.endpoint], 1, ttl=2.0, acquire_timeout=30.0)
-    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        from agent.pool import SDInstancePool, ImageControl
-        from core.shared import InRedis
-        pool = SDInstancePool([{sim.endpoint!r}], connect_timeout=1, read_timeout=60, acquire_timeout=10,
-                              cooldown=30, max_attempts=1, probe_timeout=1,
-                              shared=InRedis({redis_url!r}, prefix={prefix!r}, ttl=2.0))
-        pool.txt2img({{"prompt": "orphan", "steps": 2, "width": 64, "height": 64}}, ImageControl("gone"))
-        """)], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
-    try:
+    (pool,), prefix = deployment([sim.endpoint], 1, ttl=TTL, acquire_timeout=30.0)
+    with another_process(redis_url, prefix, sim, "orphan") as child:
         client = redis.Redis.from_url(redis_url, decode_responses=True)
         wait_until(lambda: sim.max_in_flight == 1, what="the child's image to start")
         assert states(client, prefix, [sim]) == ["busy"]
@@ -106,12 +119,8 @@ def test_a_killed_process_lease_comes_back_and_its_image_is_interrupted_first(de
         sim.latency = 0.0
         outcome = result.outcome(timeout=20)
         back = time.monotonic() - killed
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
     assert outcome.instance == sim.url.removeprefix("http://")
-    assert back < 2.0 + 2.0 / 3 + 3.0, back  # the ttl, a beat to reap it, and the probe
+    assert back < TTL + TTL / 3 + 3.0, back  # the ttl, a beat to reap it, and the probe
     assert len(sim.interrupts) == 1  # the orphan was stopped before anyone got the instance
     assert sim.max_in_flight == 1  # never the orphan and the next job at once
     assert [job.prompt for job in sim.jobs] == ["orphan", "after"]
@@ -120,34 +129,22 @@ def test_a_killed_process_lease_comes_back_and_its_image_is_interrupted_first(de
 
 def test_a_waiter_of_a_killed_process_is_skipped(deployment, sd_sims, redis_url):
     sim = sd_sims()
-    (pool,), prefix = deployment([sim.endpoint], 1, ttl=2.0, acquire_timeout=30.0)
+    (pool,), prefix = deployment([sim.endpoint], 1, ttl=TTL, acquire_timeout=30.0)
     sim.hang()
     blocker = Worker(lambda: pool.txt2img(small_payload("blocker"), ImageControl("blocker")))
     blocker.start()
     wait_until(lambda: sim.max_in_flight == 1, what="the blocker to start")
-    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        from agent.pool import SDInstancePool, ImageControl
-        from core.shared import InRedis
-        pool = SDInstancePool([{sim.endpoint!r}], connect_timeout=1, read_timeout=60, acquire_timeout=60,
-                              cooldown=30, max_attempts=1, probe_timeout=1,
-                              shared=InRedis({redis_url!r}, prefix={prefix!r}, ttl=2.0))
-        pool.txt2img({{"prompt": "never", "steps": 2, "width": 64, "height": 64}}, ImageControl("gone"))
-        """)], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
-    try:
+    with another_process(redis_url, prefix, sim, "never") as child:
         wait_until(lambda: pool.snapshot()["waiting"] == 1, what="the child's image in line")
         child.send_signal(signal.SIGKILL)
         child.wait(5)
         after = Worker(lambda: pool.txt2img(small_payload("after"), ImageControl("alive")))
         after.start()
         wait_until(lambda: pool.snapshot()["waiting"] == 2, what="the next image in line")
-        time.sleep(2.5)  # past the child's liveness: it is dead to the board now
+        time.sleep(TTL + 0.5)  # past the child's liveness: it is dead to the board now
         sim.release()
         blocker.outcome(timeout=10)
         after.outcome(timeout=10)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
     assert [job.prompt for job in sim.jobs] == ["blocker", "after"]
     assert not sim.interrupts  # the instance went straight to the live waiter: no lease of the dead one to reap
     assert pool.snapshot()["waiting"] == 0
