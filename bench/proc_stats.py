@@ -69,6 +69,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def machine_cpu() -> tuple[float, float]:
+    """Return the seconds the machine's cores were busy and idle so far, every process counted (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS, idle / CLOCK_TICKS
+
+
 def reset_peak(pid: int) -> bool:
     """Restart the kernel's peak-RSS count of `pid`; return whether the kernel allowed it."""
     try:
