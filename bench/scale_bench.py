@@ -23,12 +23,13 @@ Scenarios, each the other benchmarks' own code:
    session is loaded and compared with its last acknowledged save; `--save-rounds` turns
    each. Saves/s, p50, p99, errors (goal: `-w N` at least 1.6x the saves/s of `-w 1`).
    CPU of every process over the loaded window (bench.proc_stats) and of the whole machine
-   (/proc/stat), and the CPU each save cost each process, say what limits it: the cores
+   (/proc/stat), how often the store was busy (a thread running, waiting for a core or
+   for the disk), and the CPU each save cost each process, say what limits it: the cores
    divided by the CPU of one save is the most this machine can save per second, and one
    nx-27017 process, whose writes to a database run one at a time, can save at most one
    core divided by its own share.
 
-Prints Markdown tables. About 3 minutes with the defaults. Not a test:
+Prints Markdown tables. About 2.5 minutes with the defaults. Not a test:
 
     python -m bench.scale_bench [--workers 4] [--clients 200] [--duration 20] [--rounds 2] [--save-rounds 2]
 """
@@ -49,7 +50,7 @@ from bench.burst_bench import BURST, SCENARIOS, Burst, burst, post
 from bench.load_bench import observe, percentile, workers_usage
 from bench.load_client import TIMEOUT
 from bench.load_server import Server, start_server
-from bench.proc_stats import Usage, machine_cpu
+from bench.proc_stats import Busy, Usage, machine_cpu
 from core.embedded_store import free_port
 from simulators.chat import ChatSimulator
 from simulators.webui import SDWebUISimulator
@@ -74,6 +75,7 @@ class Saves:
     usage: dict[str, Usage]
     machine_busy: float  # seconds of busy cores on the whole machine over the window, other work included
     error_kinds: dict[str, int]
+    store_busy: Busy  # how often a thread of the store ran, waited for a core or for the disk
 
     @property
     def rate(self) -> float:
@@ -145,8 +147,11 @@ def save_turn(deployment: Deployment, args: argparse.Namespace, seed: int) -> Sa
     """Run the load benchmark's save scenario once against `deployment` and summarise it."""
     job = {"scenario": "save", "port": deployment.port, "clients": args.clients, "duration": args.duration,
            "seed": seed}
-    busy = machine_cpu()[0]
-    result, usage = observe(deployment.server, job, args.duration + 3 * TIMEOUT)
+    busy, store = machine_cpu()[0], Busy(deployment.server.store).start()
+    try:
+        result, usage = observe(deployment.server, job, args.duration + 3 * TIMEOUT)
+    finally:
+        store.stop()
     busy = machine_cpu()[0] - busy
     routes = result["routes"]
     saves, check = routes["/paint/save"], routes.get("/paint/start (check)", {"errors": {}})
@@ -157,7 +162,7 @@ def save_turn(deployment: Deployment, args: argparse.Namespace, seed: int) -> Sa
     latencies = saves["latencies"]
     return Saves(len(latencies), sum(saves["errors"].values()), sum(check["errors"].values()),
                  saves["last"] - saves["first"], percentile(latencies, 50), percentile(latencies, 99),
-                 result["wall"], result["cpu"], usage, busy, kinds)
+                 result["wall"], result["cpu"], usage, busy, kinds, store)
 
 
 def pct(seconds: float, wall: float) -> str:
@@ -189,16 +194,21 @@ def save_tables(deployments: list[Deployment]) -> list[str]:
             lines.append(f"| {turn} | {d.label} | {s.saves} | {s.errors} | {s.rate:.1f} | {s.rate / a.rate:.2f}x | "
                          f"{s.p50:.3f} | {s.p99:.3f} | {s.check_errors} |")
     lines += ["", f"CPU over each loaded window as % of one core (this machine has {CORES}: {100 * CORES}% is all of "
-              "it); \"machine\" counts every process on it, other work included.", "",
-              "| turn | server | window (s) | load client | gunicorn workers (each) | nx-27017 | redis-server "
-              "| simulators | these processes | machine |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "it); \"machine\" counts every process on it, other work included. \"nx-27017 busy\": how often "
+              "one of the store's threads was running or waiting for a core (R) or for the disk (D), sampled "
+              "every 10 ms (bench.proc_stats.Busy).", "",
+              "| turn | server | window (s) | load client | gunicorn workers (each) | nx-27017 | nx-27017 busy: R or D "
+              "(D) | redis-server | simulators | these processes | machine |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for turn, pair in enumerate(zip(one.saves, many.saves), 1):
         for d, s in zip(deployments, pair):
             cpu, wall = s.cpu(), s.wall
             each = [s.usage[name].cpu() for name in sorted(s.usage) if name.startswith("worker ")]
             lines.append(f"| {turn} | {d.label} | {wall:.1f} | {pct(cpu['client'], wall)} | "
                          f"{pct(cpu['workers'], wall)} ({' / '.join(pct(c, wall) for c in each)}) | "
-                         f"{pct(cpu['store'], wall)} | {pct(cpu['redis'], wall) if d.redis else '–'} | "
+                         f"{pct(cpu['store'], wall)} | {100 * s.store_busy.share(s.store_busy.either):.0f}% "
+                         f"({100 * s.store_busy.share(s.store_busy.disk):.0f}%) | "
+                         f"{pct(cpu['redis'], wall) if d.redis else '–'} | "
                          f"{pct(cpu['simulators'], wall)} | {pct(sum(cpu.values()), wall)} | "
                          f"{pct(s.machine_busy, wall)} |")
     lines += ["", "CPU milliseconds per acknowledged save, over every turn; the ceilings are what this machine "
@@ -232,11 +242,17 @@ def verdict(deployments: list[Deployment]) -> list[str]:
     def mark(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
+    store_ms = 1000 * sum(s.cpu()["store"] for s in many.saves) / sum(s.saves for s in many.saves)
+    busy = [100 * s.store_busy.share(s.store_busy.either) for s in many.saves]
+    limit = (f"- what bounds saves with {many.label}: nx-27017 was busy {min(busy):.0f}-{max(busy):.0f}% of the "
+             f"time; at {store_ms:.1f} ms of its CPU per save one store process saves at most {1000 / store_ms:.0f}/s "
+             f"even with a core to itself, {1000 / store_ms / rate(one.saves):.2f}x the saves/s of {one.label}")
     return [f"- image phase with {many.label}: at most {worst:.2f}x ideal (goal ≤ {IMAGE_GOAL}x): "
             f"{mark(worst <= IMAGE_GOAL)}",
             f"- max open jobs per instance, every burst of both: {most_open} (goal 1): {mark(most_open == 1)}",
             f"- saves/s, every turn together, {many.label} / {one.label}: {rate(many.saves):.1f} / "
-            f"{rate(one.saves):.1f} = {ratio:.2f}x (turns: {turns}; goal ≥ {SAVE_GOAL}x): {mark(ratio >= SAVE_GOAL)}"]
+            f"{rate(one.saves):.1f} = {ratio:.2f}x (turns: {turns}; goal ≥ {SAVE_GOAL}x): {mark(ratio >= SAVE_GOAL)}",
+            limit]
 
 
 def main(argv: list[str] | None = None) -> None:
