@@ -21,7 +21,9 @@ Scenarios, each the other benchmarks' own code:
 2. save (bench.load_bench's, bench.load_client in its own process): `--clients`
    participants save their whole state back to back for `--duration` seconds, then every
    session is loaded and compared with its last acknowledged save; `--save-rounds` turns
-   each. Saves/s, p50, p99, errors (goal: `-w N` at least 1.6x the saves/s of `-w 1`).
+   each, every turn the same participants again, each on a new connection (with several
+   workers, maybe another worker than in the turn before). Saves/s, p50, p99, errors,
+   sessions loaded wrong (goal: `-w N` at least 1.6x the saves/s of `-w 1`).
    CPU of every process over the loaded window (bench.proc_stats) and of the whole machine
    (/proc/stat), how often the store was busy (a thread running, waiting for a core or
    for the disk), and the CPU each save cost each process, say what limits it: the cores
