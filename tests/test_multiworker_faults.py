@@ -125,17 +125,20 @@ class LeaseWatch:
         return [kept for when, kept in self.changes[name] if when <= moment][-1]
 
     def back(self, name: str, since: float) -> tuple[float, float] | None:
-        """Return when `name` was reaped after `since` and when it was back (idle, or leased anew), or None."""
+        """Return when `name` was reaped after `since` and when it was back (idle, or leased anew), or None.
+
+        A reap sets the instance probing with why in `last_error`; the probe may end between two
+        polls, and then the reap is first seen with the instance already back.
+        """
         holder = self.at(name, since)["holder"]
         reaped = None
         for when, kept in self.changes[name]:
-            if when <= since:
+            if when <= since or "lease expired" not in kept["last_error"]:
                 continue
-            if reaped is None and kept["state"] == "probing" and "lease expired" in kept["last_error"]:
-                reaped = when
-            elif reaped is not None and (kept["state"] == "idle" or
-                                         (kept["state"] == "busy" and kept["holder"] not in ("", holder))):
-                return reaped, when
+            if kept["state"] == "probing":
+                reaped = reaped or when
+            elif kept["state"] == "idle" or (kept["state"] == "busy" and kept["holder"] not in ("", holder)):
+                return reaped or when, when
         return None
 
 
@@ -297,6 +300,8 @@ def test_killing_one_of_four_workers_loses_nothing_and_stacks_no_job(redis_url, 
               "gunicorn to replace the killed worker", every=0.1)
         watch.stop()
         leases = {sd.port: watch.back(name, killed) for name, sd in names.items()}
+        (tmp_path / "leases.json").write_text(json.dumps({name: [(round(t - killed, 3), kept) for t, kept in seen]
+                                                          for name, seen in watch.changes.items()}, indent=1))
 
         # The killed worker's records were left running; they are answered and stored as failed once stale.
         left = {doc["username"]: doc for doc in store[database][COLLECTION].find({})}
@@ -320,7 +325,7 @@ def test_killing_one_of_four_workers_loses_nothing_and_stacks_no_job(redis_url, 
     assert all(sd.max_in_flight == 1 and sd.max_concurrency == 1 for sd in sds), report
     # The killed worker's leases were reaped and came back within the ttl and a beat; no live one was reaped.
     for sd in orphans:
-        assert leases[sd.port] is not None, (sd.port, watch.changes, report)
+        assert leases[sd.port] is not None, (sd.port, f"its states: {tmp_path / 'leases.json'}", report)
         assert leases[sd.port][1] - killed <= BACK_WITHIN, report
     assert all(leases[sd.port] is None for sd in sds if sd not in orphans), report
     # Each orphaned image still drawing when its lease was reaped was interrupted, and had ended before the
