@@ -110,7 +110,8 @@ def _wait_for_ping(master: subprocess.Popen, port: int, data_dir: Path) -> None:
     raise RuntimeError("gunicorn did not answer /ping within 60 s")
 
 
-def _wait_for_workers(master: subprocess.Popen, count: int, redis_url: str | None, data_dir: Path) -> list[int]:
+def _wait_for_workers(master: subprocess.Popen, count: int, redis_url: str | None, prefix: str,
+                      data_dir: Path) -> list[int]:
     """Wait until the master has `count` workers, each with its app built (with Redis: each marked alive)."""
     deadline = time.monotonic() + BOOT
     client = redis_py.Redis.from_url(redis_url) if redis_url else None
@@ -120,7 +121,7 @@ def _wait_for_workers(master: subprocess.Popen, count: int, redis_url: str | Non
                 raise RuntimeError(f"gunicorn exited with {master.returncode}; see {data_dir}/server.err")
             workers = [pid for pid in proc_stats.children(master.pid) if "gunicorn" in proc_stats.command_line(pid)]
             # Each worker's core.shared marks its process alive once its app is built.
-            alive = len(client.keys(REDIS_PREFIX + "process:*")) if client is not None else len(workers)
+            alive = len(client.keys(prefix + "process:*")) if client is not None else len(workers)
             if len(workers) == count and alive == count:
                 return sorted(workers)
             time.sleep(0.1)
@@ -159,7 +160,7 @@ def start_server(port: int, data_dir: Path, chat_url: str, api_key: str, sd_endp
             master = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
                                        "-w", str(workers), "app:app"], cwd=ROOT, env=env, stdout=out, stderr=err)
         _wait_for_ping(master, port, data_dir)
-        pids = _wait_for_workers(master, workers, env.get("REDIS_URL"), data_dir)
+        pids = _wait_for_workers(master, workers, env.get("REDIS_URL"), env.get("REDIS_PREFIX", REDIS_PREFIX), data_dir)
         store_pid = store.pid if store is not None else proc_stats.only_child(pids[0], "nx_27017")
         return Server(master, pids, store_pid, data_dir, store, redis_server)
     except BaseException:
