@@ -113,8 +113,9 @@ class LeaseWatch:
             pipe = self.client.pipeline(transaction=False)
             for key in self.keys.values():
                 pipe.hgetall(key)
-            now = time.monotonic()
-            for name, seen in zip(self.keys, pipe.execute()):
+            states = pipe.execute()
+            now = time.monotonic()  # after the answer: a change is never timed before it was seen
+            for name, seen in zip(self.keys, states):
                 kept = {k: seen.get(k, "") for k in ("state", "holder", "last_error")}
                 history = self.changes.setdefault(name, [])
                 if not history or history[-1][1] != kept:
