@@ -64,9 +64,34 @@ def post(url: str, body: dict) -> dict:
             return json.load(e)
 
 
+@dataclass(frozen=True)
+class Burst:
+    """What one burst did: answers, the image jobs on each instance, its times against the ideal ones."""
+
+    scenario: Scenario
+    ok: int
+    per_instance: list[int]
+    image_phase: float
+    ideal_images: float
+    whole: float
+    ideal_whole: float
+    max_open: int  # the most txt2img requests any instance ever had open at once (since it started)
+
+    @property
+    def jobs(self) -> int:
+        """The image jobs of the burst."""
+        return sum(self.per_instance)
+
+    def row(self) -> str:
+        """Return the burst as a row of the table `main` prints."""
+        return (f"| {self.scenario.name} | {self.ok}/{BURST} | {self.jobs} | "
+                f"{'/'.join(map(str, self.per_instance))} | {self.image_phase:.2f} | {self.ideal_images:.2f} | "
+                f"{self.whole:.2f} | {self.ideal_whole:.2f} | {self.max_open} |")
+
+
 def burst(url: str, scenario: Scenario, sds: list[SDWebUISimulator], sd_latency: float,
-          gpt_latency: float) -> str:
-    """Fire one burst of the scenario and return its Markdown table row."""
+          gpt_latency: float) -> Burst:
+    """Fire one burst of the scenario, each request on a connection of its own, and return what it did."""
     before = [len(sd.jobs) for sd in sds]
     answers: list[dict] = [{}] * BURST
     barrier = threading.Barrier(BURST + 1)
@@ -86,11 +111,9 @@ def burst(url: str, scenario: Scenario, sds: list[SDWebUISimulator], sd_latency:
     jobs = [job for sd, n in zip(sds, before) for job in sd.jobs[n:]]
     image_phase = max(j.end for j in jobs) - min(j.start for j in jobs) if jobs else float("nan")
     ideal_images = math.ceil(len(jobs) / len(sds)) * sd_latency
-    ideal_whole = scenario.gpt_chain * gpt_latency + ideal_images
-    ok = sum(1 for a in answers if a.get("success"))
-    per_instance = "/".join(str(len(sd.jobs) - n) for sd, n in zip(sds, before))
-    return (f"| {scenario.name} | {ok}/{BURST} | {len(jobs)} | {per_instance} | {image_phase:.2f} | "
-            f"{ideal_images:.2f} | {whole:.2f} | {ideal_whole:.2f} | {max(sd.max_in_flight for sd in sds)} |")
+    return Burst(scenario, sum(1 for a in answers if a.get("success")),
+                 [len(sd.jobs) - n for sd, n in zip(sds, before)], image_phase, ideal_images, whole,
+                 scenario.gpt_chain * gpt_latency + ideal_images, max(sd.max_in_flight for sd in sds))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -118,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
             print("|---|---|---|---|---|---|---|---|---|")
             for scenario in SCENARIOS:
                 for _ in range(args.rounds):
-                    print(burst(url, scenario, sds, args.sd_latency, args.gpt_latency), flush=True)
+                    print(burst(url, scenario, sds, args.sd_latency, args.gpt_latency).row(), flush=True)
         finally:
             server.stop()
     for sd in sds:

@@ -33,7 +33,7 @@ from typing import Any
 
 from bench.load_client import TIMEOUT
 from bench.load_server import Server, start_server
-from bench.proc_stats import Sampler
+from bench.proc_stats import Sampler, Usage
 from core.embedded_store import free_port
 from simulators.chat import ChatSimulator
 from simulators.webui import SDWebUISimulator
@@ -82,13 +82,35 @@ def route_rows(scenario: str, routes: dict[str, Any]) -> tuple[list[str], list[s
     return rows, errors
 
 
-def measure(name: str, server: Server, job: dict[str, Any], limit: float) -> tuple[dict[str, Any], str]:
-    """Run one scenario while watching the server; return the client's results and the usage row."""
-    sampler = Sampler({"worker": server.worker, "store": server.store, "simulators": os.getpid()}).start()
+def observe(server: Server, job: dict[str, Any], limit: float) -> tuple[dict[str, Any], dict[str, Usage]]:
+    """Run one scenario while watching the server's processes; return the client's results and their usage.
+
+    The usage is by process: "worker 1" ... one per gunicorn worker, "store", "simulators"
+    (this process) and "redis" when the server has a redis-server of the benchmark's.
+    """
+    pids = {f"worker {i}": pid for i, pid in enumerate(server.workers, 1)}
+    pids.update(store=server.store, simulators=os.getpid())
+    if server.redis_pid is not None:
+        pids["redis"] = server.redis_pid
+    sampler = Sampler(pids).start()
     try:
         result = run_client(job, limit)
     finally:
         usage = sampler.stop()
+    return result, usage
+
+
+def workers_usage(usage: dict[str, Usage]) -> Usage:
+    """Return the usage of every gunicorn worker added up (CPU seconds, and RSS at the start and peak)."""
+    workers = [u for name, u in usage.items() if name.startswith("worker ")]
+    return Usage(sum(u.start_rss_kb for u in workers), sum(u.peak_rss_kb for u in workers),
+                 sum(u.cpu_start for u in workers), sum(u.cpu_end for u in workers))
+
+
+def measure(name: str, server: Server, job: dict[str, Any], limit: float) -> tuple[dict[str, Any], str]:
+    """Run one scenario while watching the server; return the client's results and the usage row."""
+    result, usage = observe(server, job, limit)
+    usage["worker"] = workers_usage(usage)
     wall = result["wall"]
 
     def core(seconds: float) -> str:

@@ -3,6 +3,11 @@
 Peak memory per scenario: `reset_peak` asks the kernel to restart a process's VmHWM
 (writing 5 to /proc/<pid>/clear_refs, Linux 4.0+) and a `Sampler` thread also polls VmRSS,
 so a kernel that refuses the reset still gives a sampled peak.
+
+Whether a process is the bottleneck: `Busy` samples the states of its threads about a
+hundred times a second, and counts how often at least one was running or waiting for a
+core (R) or for the disk (D). A process busy nearly all the time never waits for work: it
+is what the others wait for, whatever share of a core its CPU time shows.
 """
 from __future__ import annotations
 
@@ -69,6 +74,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def machine_cpu() -> tuple[float, float]:
+    """Return the seconds the machine's cores were busy and idle so far, every process counted (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS, idle / CLOCK_TICKS
+
+
 def reset_peak(pid: int) -> bool:
     """Restart the kernel's peak-RSS count of `pid`; return whether the kernel allowed it."""
     try:
@@ -130,3 +142,57 @@ class Sampler:
         for name, pid in self.pids.items():
             self.usage[name].cpu_end = cpu_seconds(pid)
         return self.usage
+
+
+def thread_states(pid: int) -> list[str]:
+    """Return the state letter (R, S, D, ...) of every thread of `pid` ([] once it has ended)."""
+    states = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return states
+    for task in tasks:
+        try:
+            states.append((task / "stat").read_text().rpartition(")")[2].split()[0])
+        except (OSError, IndexError):
+            continue  # the thread ended while we looked
+    return states
+
+
+@dataclass
+class Busy:
+    """Sample the thread states of `pid` on a thread between `start()` and `stop()`."""
+
+    pid: int
+    interval: float = 0.01
+    samples: int = 0
+    running: int = 0  # samples with a thread running or waiting for a core
+    disk: int = 0  # samples with a thread waiting for the disk
+    either: int = 0
+
+    def __post_init__(self) -> None:
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="busy-sampler", daemon=True)
+
+    def start(self) -> Busy:
+        """Start sampling; return self."""
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            states = thread_states(self.pid)
+            self.samples += 1
+            self.running += "R" in states
+            self.disk += "D" in states
+            self.either += "R" in states or "D" in states
+
+    def stop(self) -> Busy:
+        """Stop sampling; return self."""
+        self._stopped.set()
+        self._thread.join()
+        return self
+
+    def share(self, count: int) -> float:
+        """Return `count` as a share of the samples."""
+        return count / self.samples if self.samples else float("nan")

@@ -40,6 +40,11 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._process: subprocess.Popen | None = None
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (for benchmarks that watch its CPU)."""
+        return None if self._process is None else self._process.pid
+
     def start(self, timeout: float = 10.0) -> RedisServer:
         """Start the server and return once it answers PING."""
         path = binary()
