@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import ctypes
 import io
-import itertools
 import logging
 import math
 import threading
+import time
 
 from flask import Flask, current_app, g, request
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
@@ -37,7 +37,8 @@ RETRY_AFTER = 2  # seconds: about what reading and storing a large save takes
 PIECE = 1024 * 1024  # a body without Content-Length is read, and reserved for, this much at a time
 _HELD = "body_memory_held"  # what the current request reserved, in flask.g
 _M_MMAP_THRESHOLD = -3  # glibc's malloc.h
-_ARRIVALS = itertools.count(1)  # next() on it is atomic: threads and the worker's loop get distinct numbers
+_last_arrival = 0  # the number `arrive` gave last, under its lock (the worker's loop and threads ask)
+_arrival_lock = threading.Lock()
 
 
 class BodyMemoryFull(ApiError):
@@ -147,8 +148,16 @@ class ReadBody:
 
 
 def arrive() -> int:
-    """Return a number above that of every request that arrived before in this process."""
-    return next(_ARRIVALS)
+    """Return when a request arrives: nanoseconds of the wall clock, above every number this process gave before.
+
+    The wall clock and not a counter, so that the numbers of a deployment's processes compare
+    (a participant's next save may reach another worker, or another host, as far as their
+    clocks agree: run NTP), and a restarted server's come after those of its last run.
+    """
+    global _last_arrival
+    with _arrival_lock:
+        _last_arrival = max(_last_arrival + 1, time.time_ns())
+        return _last_arrival
 
 
 def arrival() -> int:

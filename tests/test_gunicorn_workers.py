@@ -7,12 +7,13 @@ read stops it the same way, in one line that names it.
 """
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
 import redis
 
-from tests.helpers import answers_ping, wait_until
+from tests.helpers import answers_ping, save_body, wait_until
 from tests.production_server import Gunicorn, serving
 
 
@@ -49,3 +50,32 @@ def test_several_workers_on_one_redis_start_and_serve(mongo_uri, redis_url, tmp_
             wait_until(lambda: len(client.keys(f"{prefix}process:*")) == 2, 30, "both workers in Redis")
         finally:
             client.close()
+
+
+def test_a_participants_later_save_on_another_worker_stays_current(mongo_uri, redis_url, tmp_path):
+    """Saves are ordered by when they arrived on the deployment's clock, not by a count of one worker's requests."""
+    with serving(WEB_CONCURRENCY="2", REDIS_URL=redis_url, REDIS_PREFIX=f"test-{uuid.uuid4().hex[:12]}:",
+                 MONGO_URI=mongo_uri, MONGO_DB=f"workers_{uuid.uuid4().hex[:12]}",
+                 DATA_DIR=str(tmp_path / "var")) as server:
+        workers = wait_until(lambda: len(server.workers()) == 2 and server.workers(), 30, "two workers")
+        (a, _), (b, _) = server.connections_to_each(workers, 1)
+
+        def call(connection, path, body):
+            connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+
+        try:
+            assert call(b, "/paint/start", {"username": "bea"})[0] == 200
+            assert call(b, "/paint/save", save_body("bea", task="b's"))[0] == 200
+            for _ in range(30):  # worker A serves many more requests than worker B
+                call(a, "/paint/start", {"username": "ann"})
+            assert call(a, "/paint/save", save_body("cai", task="first"))[0] == 404  # not started: refused
+            assert call(a, "/paint/start", {"username": "cai"})[0] == 200
+            assert call(a, "/paint/save", save_body("cai", task="first"))[0] == 200
+            assert call(b, "/paint/save", save_body("cai", task="second"))[0] == 200  # sent once the first was answered
+            for connection in (a, b):
+                assert call(connection, "/paint/start", {"username": "cai"})[1]["data"]["designTask"] == "second"
+        finally:
+            a.close()
+            b.close()

@@ -5,6 +5,7 @@ from flask import Blueprint, current_app, request
 
 from apps import attribution
 from apps.paint import cli, register, sessions
+from core import request_body
 from core import validation as v
 from core.db import get_db
 from core.envelope import ok
@@ -13,14 +14,12 @@ from core.security import participant, researcher
 # cli_group=None: the study commands sit at the top level (`flask export-study`).
 bp = Blueprint("paint", __name__, url_prefix="/paint", cli_group=None)
 cli.register(bp)
-SAVE_ORDER = "paint_save_order"  # the app's sessions.SaveOrder
 SIGHTINGS = "paint_sightings"  # the app's attribution.Sightings
 
 
 @bp.record_once
 def _give_state(state) -> None:
-    """Give the app the order its saves arrive in, and what it saw of its participants' clients."""
-    state.app.extensions[SAVE_ORDER] = sessions.SaveOrder()
+    """Give the app what it saw of its participants' clients."""
     state.app.extensions[SIGHTINGS] = attribution.Sightings()
 
 
@@ -46,14 +45,13 @@ def start():
 @participant
 def save():
     """Make the state sent the participant's current one, keeping the previous ones."""
-    order: sessions.SaveOrder = current_app.extensions[SAVE_ORDER]
-    number = order.arrive()  # before the body is read: of two saves, the one sent last stays current
+    arrival = request_body.arrival()  # before the body is read: of two saves, the one sent last stays current
     # A save carries the whole session, every sketch as a data URI: ~100 MB for 200 sketches.
     request.max_content_length = current_app.config["SAVE_MAX_CONTENT_LENGTH"]
     body = v.body(sessions.SaveBody)
     register.admit(body.username)
     db = get_db()
-    sessions.save(db, body.username, body.data, order.arrival(db, number))
+    sessions.save(db, body.username, body.data, arrival)
     _seen(db, body.username)
     return ok(None)
 

@@ -6,7 +6,8 @@ apps.paint.scheme_store. POST /paint/start answers it (creating it on first visi
 `Session`, the seven keys the client spreads into its state; POST /paint/save replaces the
 state and keeps every save in `session_history`, which GET /paint/history lists.
 
-A save is placed in order as it arrives, before its body is read (`SaveOrder`). Once read
+A save is placed in order as it arrives, before its body is read (core.request_body.arrival:
+when its head came in, on the wall clock, so the processes of a deployment agree). Once read
 and its sketches stored, it takes the next number from the participant's `revisionSeq`,
 writes its history entry (pending), then sets the participant's state in one atomic
 update that only applies while that state arrived earlier, and last marks the entry
@@ -27,7 +28,6 @@ sketch after sending it to /generate still has that generation attributed.
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import datetime, timezone
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal, get_args
@@ -44,7 +44,6 @@ from apps import attribution, records
 from apps.attribution import Marks
 from apps.paint import scheme_store
 from apps.paint.scheme_store import SchemeLists, SchemeRefs
-from core import request_body
 from core.db import Document, Id
 from core.image_store import ImageDecodeError, decode_image
 from core.envelope import CODE_STORAGE, ApiError, NotFound
@@ -163,7 +162,7 @@ class HistoryEntry(SessionState):
     participant_id: Id
     username: str
     revision: int
-    arrival: int = 0  # its place in the order saves arrived in (SaveOrder); older entries have none
+    arrival: int = 0  # when it arrived (core.request_body.arrival); older entries have none
     kind: Literal["save", "legacy"] = "save"  # legacy: the state of an old-format participant
     saved_at: datetime
     status: Status = PENDING
@@ -189,35 +188,6 @@ class Participant(Document):
         if isinstance(doc, dict) and "schemeRefs" not in doc:
             return {**doc, "inline": {field: doc.get(field) or [] for field in SCHEME_FIELDS.values()}}
         return doc
-
-
-class SaveOrder:
-    """The order in which one app receives saves: a number for each, later than every save stored before.
-
-    `arrive` numbers a save by its request's arrival in this process, before its body is read
-    (core.request_body.arrival: under gunicorn, when its head came in). The number stored
-    (`arrival`) adds where the stored saves end, read from the database on the first save
-    that reaches it, so the saves of a restarted server still come after those of the last
-    one; no clock is involved.
-    """
-
-    def __init__(self) -> None:
-        self._base: int | None = None
-        self._lock = threading.Lock()
-
-    def arrive(self) -> int:
-        """Return the number of the save arriving in the current request."""
-        return request_body.arrival()
-
-    def arrival(self, db: Database, number: int) -> int:
-        """Return the stored arrival of the save numbered `number`."""
-        if self._base is None:
-            with self._lock:
-                if self._base is None:
-                    last = db[PARTICIPANTS].find_one({"arrival": {"$gt": 0}}, {"arrival": 1},
-                                                     sort=[("arrival", DESCENDING)])
-                    self._base = last["arrival"] if last else 0
-        return self._base + number
 
 
 class SaveNotStored(ApiError):
@@ -419,7 +389,7 @@ def mark_history(db: Database) -> int:
 def save(db: Database, username: str, state: SavedState, arrival: int) -> int:
     """Store `state` in the history, and as the current session unless a save that arrived later is; return its revision.
 
-    `arrival` is the save's place in the order saves arrived in (SaveOrder.arrival).
+    `arrival` is when the save arrived (core.request_body.arrival, read before its body).
     """
     participant = _participant(db, {"username": username})
     if participant is None:
