@@ -177,14 +177,15 @@ def image_steps(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # -- waiting ----------------------------------------------------------------------------
-def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `condition` until it is truthy and return its value; fail the test at the deadline."""
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
+               every: float = 0.002) -> Any:
+    """Poll `condition` every `every` seconds until it is truthy and return its value; fail the test at the deadline."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
-        time.sleep(0.002)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
 
 

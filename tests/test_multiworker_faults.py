@@ -32,7 +32,6 @@ import time
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,10 +40,9 @@ from pymongo import MongoClient
 
 from agent.sd import SDEndpoint
 from apps.records import COLLECTION
-from bench import proc_stats
 from simulators.chat import ChatSimulator
 from simulators.webui import SDWebUISimulator
-from tests.helpers import SIM_KEY, TASK
+from tests.helpers import SIM_KEY, TASK, wait_until
 from tests.production_server import serving
 
 pytestmark = pytest.mark.crash
@@ -143,86 +141,6 @@ class LeaseWatch:
         return None
 
 
-def _socket_owners(pids: list[int]) -> dict[int, int]:
-    """Return the pid owning each socket inode of `pids` (their fd tables)."""
-    owners = {}
-    for pid in pids:
-        try:
-            fds = list(Path(f"/proc/{pid}/fd").iterdir())
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                owners[int(target[8:-1])] = pid
-    return owners
-
-
-def _tcp_connections() -> list[tuple[int, int, int]]:
-    """Return (local port, remote port, inode) of every established IPv4 TCP connection on this machine."""
-    found = []
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[3] == "01":  # ESTABLISHED
-            found.append((int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16), int(fields[9])))
-    return found
-
-
-def _connections_of(workers: list[int], server_port: int, sd_ports: set[int]) -> tuple[dict[int, int], dict[int, int]]:
-    """Return the worker holding each client connection (by client port) and each WebUI request (by WebUI port)."""
-    owners = _socket_owners(workers)
-    clients, images = {}, {}
-    for local, remote, inode in _tcp_connections():
-        if inode not in owners:
-            continue
-        if local == server_port:
-            clients[remote] = owners[inode]
-        elif remote in sd_ports:
-            images[remote] = owners[inode]
-    return clients, images
-
-
-def _spread(port: int, workers: list[int], each: int) -> list[tuple[http.client.HTTPConnection, int]]:
-    """Open connections one at a time until every worker has accepted `each`; return them with their worker, in turn.
-
-    A burst of connections at once goes mostly to whichever worker's loop runs first, so the
-    spread is made: each connection waits until some worker accepted it, and those beyond
-    `each` for their worker are closed unused (a connection that sent nothing is harmless).
-    """
-    kept: dict[int, list[http.client.HTTPConnection]] = {pid: [] for pid in workers}
-    for _ in range(50 * each * len(workers)):
-        if all(len(held) >= each for held in kept.values()):
-            break
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        connection.connect()
-        mine = connection.sock.getsockname()[1]
-        owner = _poll(lambda: _connections_of(workers, port, set())[0].get(mine), 5, "a worker to accept")
-        if len(kept[owner]) < each:
-            kept[owner].append(connection)
-        else:
-            connection.close()
-    assert all(len(held) >= each for held in kept.values()), f"gunicorn's workers took {kept}"
-    return [(held[i], pid) for i in range(each) for pid, held in kept.items()]
-
-
-def _workers(master: int) -> list[int]:
-    return sorted(pid for pid in proc_stats.children(master) if "gunicorn" in proc_stats.command_line(pid))
-
-
-def _poll(condition: Any, timeout: float, what: str, every: float = 0.01) -> Any:
-    """Return `condition()` once it is truthy, asking every `every` seconds; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-
-
 def _ended_job(port: int, job_id: Any) -> dict[str, Any]:
     """Return GET /jobs/<id>'s data once the job is no longer queued or running (a stale record reads failed)."""
     def ended() -> dict[str, Any] | None:
@@ -234,7 +152,7 @@ def _ended_job(port: int, job_id: Any) -> dict[str, Any]:
             connection.close()
         return data if data["status"] not in ("queued", "running") else None
 
-    return _poll(ended, 10 * HEARTBEAT, f"job {job_id} to be answered as ended", every=0.2)
+    return wait_until(ended, 10 * HEARTBEAT, f"job {job_id} to be answered as ended", every=0.2)
 
 
 def test_killing_one_of_four_workers_loses_nothing_and_stacks_no_job(redis_url, mongo_uri, tmp_path):
@@ -261,15 +179,14 @@ def test_killing_one_of_four_workers_loses_nothing_and_stacks_no_job(redis_url, 
             SD_PROBE_TIMEOUT="2", SD_ACQUIRE_TIMEOUT="60")
         server = closing.enter_context(serving(["-w", str(WORKERS)], **settings))
         closing.callback(lambda: (tmp_path / "gunicorn.log").write_text(server.output()))  # before it stops
-        master = server.process.pid
         # Every worker built its app: core.shared marks each process alive in Redis.
-        _poll(lambda: len(_workers(master)) == WORKERS and len(keys.keys(prefix + "process:*")) == WORKERS,
-              120, "four workers to be up", every=0.1)
-        workers = _workers(master)
+        wait_until(lambda: len(server.workers()) == WORKERS and len(keys.keys(prefix + "process:*")) == WORKERS,
+                   120, "four workers to be up", every=0.1)
+        workers = server.workers()
         watch = LeaseWatch(keys, {name: f"{prefix}sd:instance:{name}" for name in names}).start()
         closing.callback(watch.stop)
         burst = [Request(f"fault-{i}", connection, pid)
-                 for i, (connection, pid) in enumerate(_spread(server.port, workers, PER_WORKER))]
+                 for i, (connection, pid) in enumerate(server.connections_to_each(workers, PER_WORKER))]
         go = threading.Event()
         threads = [threading.Thread(target=r.run, args=(go,), daemon=True) for r in burst]
         for thread in threads:
@@ -279,10 +196,10 @@ def test_killing_one_of_four_workers_loses_nothing_and_stacks_no_job(redis_url, 
         # As soon as every instance draws, kill a worker drawing images, one with images waiting too if
         # there is one (so its leases and its tickets in line are both left behind), the most images first.
         def drawing() -> dict[int, int] | None:
-            images = _connections_of(workers, server.port, set(by_port))[1]
+            images = server.connections_of(workers, set(by_port))[1]
             return images if len(images) == INSTANCES else None
 
-        images = _poll(drawing, 60, "every instance to draw an image")
+        images = wait_until(drawing, 60, "every instance to draw an image")
         drawn = {pid: sum(1 for p in images.values() if p == pid) for pid in workers}
         victim = max(workers, key=lambda pid: (drawn[pid] > 0, drawn[pid] < PER_WORKER, drawn[pid]))
         orphans = [by_port[port] for port, pid in images.items() if pid == victim]
@@ -297,8 +214,8 @@ def test_killing_one_of_four_workers_loses_nothing_and_stacks_no_job(redis_url, 
         while time.monotonic() < deadline and any(watch.back(names_of[sd.port], killed) is None for sd in orphans):
             time.sleep(0.1)
         # The master starts a worker in the killed one's place.
-        _poll(lambda: len(_workers(master)) == WORKERS and victim not in _workers(master), 60,
-              "gunicorn to replace the killed worker", every=0.1)
+        wait_until(lambda: len(server.workers()) == WORKERS and victim not in server.workers(), 60,
+                   "gunicorn to replace the killed worker", every=0.1)
         watch.stop()
         leases = {sd.port: watch.back(name, killed) for name, sd in names.items()}
         (tmp_path / "leases.json").write_text(json.dumps({name: [(round(t - killed, 3), kept) for t, kept in seen]
