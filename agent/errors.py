@@ -32,6 +32,8 @@ BackendError                 a generative backend could not give an answer (503)
     ├── SDBadResponse *      a 2xx answer without decodable images
     ├── SDBadRequest         the instance rejected our payload (400, 422, ...)
     ├── SDCancelled          the job's ImageControl was cancelled (also a Cancelled: 409, code 1)
+    ├── SDLeaseLost *        the job's lease expired while it ran (its process did not renew it): its image
+    │                        may have been interrupted by the reaper, so it is drawn again elsewhere
     └── PoolError            no instance could take the job (or the pool is closed)
         ├── PoolTimeout      no instance became free in time (also a BackendTimeout)
         ├── AllInstancesDown every instance is cooling down
@@ -246,6 +248,10 @@ class SDBadResponse(SDError):
     """The instance answered 2xx with something that is not JSON with decodable images."""
 
 
+class SDLeaseLost(SDError):
+    """The lease of the instance expired while the job ran on it, so what it drew cannot be trusted."""
+
+
 class SDCancelled(SDError, Cancelled):
     """The job's generation was cancelled (agent.pool.ImageControl.cancel) while it waited or ran."""
 
@@ -254,7 +260,7 @@ class SDCancelled(SDError, Cancelled):
 
 
 # The failures that say something about the instance, so the job may go elsewhere.
-INSTANCE_FAILURES = (SDConnectionError, SDTimeout, SDServerError, SDBadResponse)
+INSTANCE_FAILURES = (SDConnectionError, SDTimeout, SDServerError, SDBadResponse, SDLeaseLost)
 
 
 class PoolError(SDError):

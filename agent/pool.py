@@ -60,7 +60,7 @@ from typing import Any, Literal, get_args
 
 from agent.errors import (
     INSTANCE_FAILURES, AllInstancesDown, JobContext, NoInstancesConfigured, PoolError, PoolTimeout, SDCancelled,
-    SDError, TooManyQueued,
+    SDError, SDLeaseLost, TooManyQueued,
 )
 from agent.sd import Generation, SDEndpoint, interrupt, ping, progress, text2Image
 from core.image_store import Image
@@ -530,7 +530,7 @@ class SDInstancePool:
         watch = None
         if control.on_event is not None:
             watch = _ProgressWatch(control, instance.endpoint, self._progress_every, self._probe_timeout)
-        failure, ok = None, False
+        failure, ok, kept = None, False, True
         try:
             if control.cancelled:  # read after `job.instance` was set: a cancel either sees it or is seen here
                 raise SDCancelled(f"the generation was cancelled before SD instance {name} began the image")
@@ -545,19 +545,25 @@ class SDInstancePool:
             if control.cancelled:  # what an interrupted WebUI returns is a half-denoised picture
                 raise SDCancelled(f"the generation was cancelled while SD instance {name} drew the image")
             ok = True
-            return generation
         finally:
             if watch is not None:
                 watch.end()
-            self._give_back(job, instance, failure)
-            control._emit("finished", {"instance": name, "ok": ok})
+            kept = self._give_back(job, instance, failure)
+            control._emit("finished", {"instance": name, "ok": ok and kept})
+        if not kept:  # reaped as a dead process's: the reaper may have interrupted the image
+            raise SDLeaseLost(f"the lease of SD instance {name} expired while it drew the image (this process did "
+                              "not renew it in time), so the image is drawn again")
+        return generation
 
-    def _give_back(self, job: _Job, instance: _Instance, failure: str | None) -> None:
-        """Give the instance back once no interrupt is on its way to it (the gate), so none reaches the next job."""
+    def _give_back(self, job: _Job, instance: _Instance, failure: str | None) -> bool:
+        """Give the instance back once no interrupt is on its way to it (the gate), so none reaches the next job.
+
+        Return whether the lease was still the job's (the board's `give_back`).
+        """
         with instance.gate:
             with self._running:
                 job.instance = None
-            self._board.give_back(instance, failure)
+            return self._board.give_back(instance, failure)
 
     def _cancel(self, job: _Job) -> None:
         """Take a cancelled job out of the line, or interrupt the instance running it."""
@@ -624,7 +630,8 @@ class _Board:
     def lease(self, job: _Job, timeout: float, *, retry: bool) -> _Instance:
         raise NotImplementedError
 
-    def give_back(self, instance: _Instance, failure: str | None) -> None:
+    def give_back(self, instance: _Instance, failure: str | None) -> bool:
+        """End a lease; return False when it had expired and was reaped before (its job's work is not to be trusted)."""
         raise NotImplementedError
 
     def withdraw(self, job: _Job, error: SDError) -> bool:
@@ -709,7 +716,7 @@ class _LocalBoard(_Board):
         assert waiter.instance is not None
         return waiter.instance
 
-    def give_back(self, instance: _Instance, failure: str | None) -> None:
+    def give_back(self, instance: _Instance, failure: str | None) -> bool:
         with self._lock:
             if instance.state != BUSY:  # a second release would hand one instance to two jobs
                 raise ValueError(f"SD instance {instance.endpoint.name} is not leased")
@@ -723,6 +730,7 @@ class _LocalBoard(_Board):
                 instance.failures += 1
                 self._cool(instance, failure)
             self._dispatch()
+            return True  # a lease in this process never expires
 
     def withdraw(self, job: _Job, error: SDError) -> bool:
         with self._lock:
@@ -918,12 +926,15 @@ local function dispatch()
       local rec = take(ticket)
       if rec == nil then redis.call('ZREM', P .. 'line:' .. turn, member) end
       if redis.call('LINDEX', owners, 0) == turn then redis.call('LMOVE', owners, owners, 'LEFT', 'RIGHT') end
-      -- A waiter whose process is gone is skipped: nobody would run its job.
+      -- A waiter whose process is gone is skipped: nobody would run its job. Told so, in case
+      -- its process only missed its beats and still waits: it then stands in line again.
       if rec ~= nil and redis.call('EXISTS', PROC .. rec.process) == 1 then
         local name = idle[free][1]
         free = free + 1
         redis.call('HSET', ikey(name), 'state', 'busy', 'until', NOW + TTL, 'holder', ticket, 'leased_at', NOW)
         grant(ticket, 'ok:' .. name)
+      elseif rec ~= nil then
+        grant(ticket, 'lapsed')
       end
     end
   end
@@ -1056,6 +1067,7 @@ return with_probes({next_wake()}, probes)
 }
 
 REAP_WAIT = 30.0  # seconds a reaped instance may take to end the image of the process that died
+LAPSED = "lapsed"  # the grant of a ticket whose turn came while its process was taken for dead
 
 
 class _RedisBoard(_Board):
@@ -1107,29 +1119,40 @@ class _RedisBoard(_Board):
             self._waiting[ticket] = job
         job.ticket = ticket
         try:
-            reply = self._run("lease", ticket, control._key if self.order == FAIR else "", control._key,
-                              f"{control._begun if self.order == FAIR else 0:020d}", self._shared.process,
-                              "1" if retry else "0", self._max_queued)
-            outcome = reply[0]
-            if outcome == "full":
-                self._start_probes(reply[2:])
-                raise _too_many_queued(self._max_queued, reply[1] if reply[1] > 0 else None, self.views(),
-                                       self._leases())
-            wake = -1
-            if outcome == "queued":
-                wake = reply[2]
-                self._start_probes(reply[3:])
-                control._emit("queued", {"position": reply[1]})
-            else:
-                self._start_probes(reply[1:])
+            wake = self._stand(job, ticket, retry)
             if control.cancelled:  # a cancel that looked for the ticket before it stood in line
                 self.withdraw(job, SDCancelled("the generation was cancelled before this image got an instance"))
             return self._wait(job, ticket, deadline, timeout, wake)
+        except SharedUnavailable:
+            # If it still stands in line, a dispatch would grant it an instance nobody takes.
+            try:
+                self._run("withdraw", ticket, "")
+            except SharedUnavailable:  # its grant expires with the ttl, and its lease is reaped
+                pass
+            raise
         finally:
             job.ticket = None
             with self._lock:
                 self._waiting.pop(ticket, None)
                 self._errors.pop(ticket, None)
+
+    def _stand(self, job: _Job, ticket: str, retry: bool) -> int:
+        """Put the ticket in line (served at once if it can be); return ms until its waiter should dispatch, or -1."""
+        control = job.control
+        reply = self._run("lease", ticket, control._key if self.order == FAIR else "", control._key,
+                          f"{control._begun if self.order == FAIR else 0:020d}", self._shared.process,
+                          "1" if retry else "0", self._max_queued)
+        outcome = reply[0]
+        if outcome == "full":
+            self._start_probes(reply[2:])
+            raise _too_many_queued(self._max_queued, reply[1] if reply[1] > 0 else None, self.views(),
+                                   self._leases())
+        if outcome == "queued":
+            self._start_probes(reply[3:])
+            control._emit("queued", {"position": reply[1]})
+            return reply[2]
+        self._start_probes(reply[1:])
+        return -1
 
     def _wait(self, job: _Job, ticket: str, deadline: float, timeout: float, wake: int) -> _Instance:
         """Block on the ticket's grant until it comes, the deadline, or a cooldown's end (to dispatch)."""
@@ -1141,12 +1164,18 @@ class _RedisBoard(_Board):
                     raise PoolTimeout(self._timeout_message(timeout, len(self._instances)))
                 with self._shared.reaching():
                     value = self._client.lpop(grant_key)  # served as it timed out: the grant is there
-                if value is not None:
+                if value is not None and value != LAPSED:
                     return self._granted(job, ticket, value)
                 raise PoolTimeout(self._timeout_message(timeout, len(self._instances)))
             block = left if wake < 0 else min(left, wake / 1000)
             with self._shared.reaching():
-                got = self._client.blpop([grant_key], timeout=max(0.01, block))
+                got = self._shared.blocking.blpop([grant_key], timeout=max(0.01, block))
+            if got is not None and got[1] == LAPSED:
+                # Its turn came while this process was taken for dead (it missed its beats for the
+                # ttl): alive after all, it says so and stands in line again, first, as it arrived early.
+                self._shared.beat()
+                wake = self._stand(job, ticket, retry=True)
+                continue
             if got is not None:
                 return self._granted(job, ticket, got[1])
             if time.monotonic() < deadline:
@@ -1168,7 +1197,7 @@ class _RedisBoard(_Board):
             error = self._errors.pop(ticket, None)
         raise error if error is not None else PoolError(f"the line answered {value!r}")
 
-    def give_back(self, instance: _Instance, failure: str | None) -> None:
+    def give_back(self, instance: _Instance, failure: str | None) -> bool:
         name = instance.endpoint.name
         with self._lock:
             ticket = self._held.pop(name, None)
@@ -1178,13 +1207,15 @@ class _RedisBoard(_Board):
             reply = self._run("give_back", name, ticket, failure or "", self._cooldown_ms)
         except SharedUnavailable as error:  # the job is done: the lease, no longer renewed, expires and is reaped
             log.warning("SD instance %s: could not give its lease back: %s", name, error)
-            return
+            return True
         if failure is not None:
             log.warning("SD instance %s set aside for %gs: %s", name, self._cooldown_ms / 1000, failure)
+        self._start_probes(reply[1:])
         if reply[0] != 1:
             log.warning("SD instance %s: the lease had expired before its job ended (this process did not renew "
                         "it for %gs); it was reaped", name, self._shared.ttl)
-        self._start_probes(reply[1:])
+            return False
+        return True
 
     def withdraw(self, job: _Job, error: SDError) -> bool:
         ticket = job.ticket

@@ -488,7 +488,8 @@ class RedisBroadcast(Broadcast):
     def read(self, job_id: ObjectId, after: int, timeout: float) -> list[Event]:
         key = self.stream(job_id)
         try:
-            answer = self.client.xread({key: f"{after}-0"}, count=self.BATCH, block=max(1, round(timeout * 1000)))
+            answer = self.state.blocking.xread({key: f"{after}-0"}, count=self.BATCH,
+                                               block=max(1, round(timeout * 1000)))
         except redis.RedisError as error:
             self._trouble("could not read a job's events from Redis (%s)", error)
             time.sleep(timeout)  # as if none came: the reader looks at the record meanwhile

@@ -41,6 +41,7 @@ from agent.errors import BackendError
 log = logging.getLogger(__name__)
 
 EXTENSION = "shared"
+REPLY_TIMEOUT = 5.0  # seconds Redis may take to answer a command that does not block
 
 
 # -- the interface -------------------------------------------------------------------------
@@ -263,7 +264,7 @@ class _RedisSemaphore(Semaphore):
             # Woken by a release, or when the first holder's slot would expire anyway.
             block = wait_ms / 1000 if left is None else min(left, wait_ms / 1000)
             with self.shared.reaching():
-                self.shared.client.blpop([self._wake], timeout=max(0.01, block))
+                self.shared.blocking.blpop([self._wake], timeout=max(0.01, block))
 
     def release(self, token: str) -> None:
         with self._lock:
@@ -299,9 +300,13 @@ class InRedis(Shared):
 
     def __init__(self, url: str, *, prefix: str = "refinity:", ttl: float = 10.0) -> None:
         self.url, self.prefix, self.ttl = url, prefix, ttl
-        # Blocking waits hold a connection each: the pool grows with them (redis-py's default is unbounded).
+        # Commands answer at once, so a Redis that stops answering fails them within REPLY_TIMEOUT;
+        # the blocking waits (BLPOP, XREAD BLOCK) go through `blocking`, which waits as long as they
+        # ask. Each wait holds a connection: its pool grows with them (redis-py's is unbounded).
         self.client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30,
-                                           socket_connect_timeout=5)
+                                           socket_connect_timeout=5, socket_timeout=REPLY_TIMEOUT)
+        self.blocking = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30,
+                                             socket_connect_timeout=5, socket_timeout=None)
         self._probe = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)  # for /readyz
         self.process = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._beats: list[Callable[[], None]] = []
@@ -362,6 +367,11 @@ class InRedis(Shared):
         where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
         return f"Redis at {where}, db {kwargs.get('db', 0)}, keys {self.prefix}*"
 
+    def beat(self) -> None:
+        """Mark this process alive and renew what it holds now, not at the next beat (its errors are raised)."""
+        with self.reaching():
+            self._beat_once()
+
     def _beat_once(self) -> None:
         self.client.set(self.process_key(self.process), str(time.time()), px=self.ttl_ms)
         with self._lock:
@@ -386,6 +396,7 @@ class InRedis(Shared):
         except redis.RedisError:
             pass
         self.client.close()
+        self.blocking.close()
         self._probe.close()
 
 

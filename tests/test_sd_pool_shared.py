@@ -18,6 +18,7 @@ import redis
 
 from agent.errors import SDError
 from agent.pool import ImageControl
+from core import shared as shared_state
 from tests.helpers import Worker, small_payload, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -167,3 +168,50 @@ def test_one_probe_per_instance_for_the_whole_deployment(deployment, sd_sims):
         pool.probe_due()
     assert sim.pings - pings == 1
     assert pools[2].txt2img(small_payload("second"), ImageControl("b")).instance == name
+
+
+def test_a_job_whose_lease_was_reaped_is_drawn_again_not_returned_half_done(deployment, sd_sims, redis_url):
+    sims = [sd_sims(latency=1.0) for _ in range(2)]
+    (pool,), prefix = deployment([sim.endpoint for sim in sims], 1, acquire_timeout=30.0)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    job = Worker(lambda: pool.txt2img(small_payload("reaped"), ImageControl("a")))
+    job.start()
+    drawing = wait_until(lambda: [sim for sim in sims if sim.max_in_flight == 1], what="the image to start")[0]
+    # What the reaper of another process does to a lease it found expired (here, with nobody to interrupt it).
+    client.hset(f"{prefix}sd:instance:{drawing.url.removeprefix('http://')}",
+                mapping={"state": "probing", "holder": "", "until": 2**50})
+    result = job.outcome(timeout=20)
+    retried = next(sim for sim in sims if sim is not drawing)
+    assert result.instance == retried.url.removeprefix("http://") and result.attempts == 2
+    assert "lease" in result.errors[0]
+
+
+def test_a_process_taken_for_dead_while_it_waited_stands_in_line_again(deployment, sd_sims, redis_url):
+    sim = sd_sims()
+    (pool,), prefix = deployment([sim.endpoint], 1, acquire_timeout=30.0)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    sim.hang()
+    blocker = Worker(lambda: pool.txt2img(small_payload("blocker"), ImageControl("blocker")))
+    blocker.start()
+    wait_until(lambda: sim.max_in_flight == 1, what="the blocker to start")
+    waiter = Worker(lambda: pool.txt2img(small_payload("waiter"), ImageControl("a")))
+    waiter.start()
+    wait_until(lambda: pool.snapshot()["waiting"] == 1, what="the image in line")
+    client.delete(*client.keys(f"{prefix}process:*"))  # its beats missed for the ttl, as in a long stall
+    started = time.monotonic()
+    sim.release()
+    blocker.outcome(timeout=10)
+    assert waiter.outcome(timeout=10).instance == sim.url.removeprefix("http://")
+    assert time.monotonic() - started < 5.0  # at its turn, not after SD_ACQUIRE_TIMEOUT
+    assert [job.prompt for job in sim.jobs] == ["blocker", "waiter"]
+
+
+def test_a_wait_longer_than_a_commands_reply_timeout_is_still_a_wait(deployment, sd_sims, monkeypatch):
+    monkeypatch.setattr(shared_state, "REPLY_TIMEOUT", 0.3)  # a command may take 0.3 s; a wait, as long as it asks
+    sim = sd_sims(latency=1.0)
+    (pool,), _ = deployment([sim.endpoint], 1, acquire_timeout=30.0)
+    first = Worker(lambda: pool.txt2img(small_payload("first"), ImageControl("a")))
+    first.start()
+    wait_until(lambda: sim.max_in_flight == 1, what="the first image to start")
+    assert pool.txt2img(small_payload("second"), ImageControl("b")).queue_wait > 0.3
+    first.outcome(timeout=10)

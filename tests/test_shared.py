@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+import core.shared
 from core.embedded_store import free_port
 from core.envelope import CODE_BACKEND
 from core.shared import _LocalBucket
@@ -73,6 +74,14 @@ def test_a_release_wakes_a_waiter(shared):
     # Woken by the release: not at its 30 s timeout, nor when a Redis waiter would look again
     # anyway (when the holder's slot would expire, SHARED_TTL = 10 s after its last renewal).
     assert got is not None and at - released < 5
+
+
+def test_a_wait_longer_than_a_commands_reply_timeout_is_still_a_wait(make_shared, shared_kind, monkeypatch):
+    monkeypatch.setattr(core.shared, "REPLY_TIMEOUT", 0.3)  # a command may take 0.3 s; a wait, as long as it asks
+    slots = make_shared(shared_kind).semaphore("long", 1)
+    token = slots.acquire()
+    threading.Timer(1.0, slots.release, args=(token,)).start()
+    assert slots.acquire(timeout=10) is not None
 
 
 def test_acquire_gives_up_after_its_timeout_when_every_slot_is_held(shared):
